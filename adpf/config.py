@@ -1,0 +1,191 @@
+"""One config object that names every size of ADPF, and the named presets.
+
+Every open choice of the method (``../shared/paper/adpf-method.md``, "Open choices") that is
+cheap to make configurable is a field here; the docstring of each field says what the paper
+gives and what this project chose where the paper is silent.
+
+Presets
+-------
+``paper``
+    As close to the paper as its text allows: 128×128 input, X = 32×32×500, 5 heads
+    (c_head = 100), λ = 0.01, ages 0..100.
+``cpu``
+    The same architecture at 64×64 with narrow layers; a stage trains in minutes on 2 cores.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Literal
+
+Variant = Literal["adpf", "attention_only", "plain_cnn", "fixed_patches"]
+
+
+@dataclass(frozen=True)
+class ADPFConfig:
+    """All sizes and switches of ADPF, its ablations and its baselines.
+
+    Sizes
+    -----
+    image_size: side of the square aligned face fed to both networks (paper: 128).
+    in_channels: colour channels of the face (3).
+    stem_channels: widths of the AttentionNet stem's conv stages; each stage but the first
+        halves the resolution. Open choice 1: the paper only fixes the stem's output X.
+    x_size: spatial side of X, the RMHHA input (paper: 32).
+    x_channels: channels of X, c_p = c_head · heads (paper: 500).
+    heads: number of hybrid-attention heads n (paper: 5; Table IX sweeps it).
+    key_channels: c_K = c_Q of each head's self-attention (open choice 2).
+    value_channels: c_V of each head's self-attention and channel attention (open choice 2).
+    ca_reduction: bottleneck ratio of the channel-attention FC1 (c_V → c_V / r; open choice 2).
+    fusion_channels: widths of FusionNet's main-stream stages; stage k (1-based) receives
+        patch P_k, so there is one stage per head (open choice 8).
+    patch_size: side of each patch after cropping and resizing (open choice 7).
+    patch_channels: width of each patch's own short stream of conv blocks (open choice 8).
+
+    Age output
+    ----------
+    age_min, age_max: the age classes g_p = age_min..age_max, q = age_max - age_min + 1
+        (open choice 5; paper: 0..100).
+    sigma: standard deviation (years) of the Gaussian label distribution of Eq. 12
+        (open choice 5; DLDL uses 2).
+    eq9: "as_written" applies Eq. 9 after the softmax, where it is a no-op (open choice 4);
+        "raw" applies max(0, ·) and renormalisation to the raw outputs instead.
+
+    Switches (the ablations of Table VII and the baselines)
+    --------------------------------------------------------
+    variant: "adpf" (AttentionNet + FusionNet), "attention_only" (AttentionNet alone),
+        "plain_cnn" (FusionNet's main stream without attention or patches),
+        "fixed_patches" (FusionNet fed with patches at the same place in every image).
+    attention: "hybrid" (Eq. 5) or "self_sum" (ADPF w/SA: self-attention summed over channels).
+    ranking: True ranks heads by a_k (Eq. 6); False feeds patches in head-index order.
+    rank_by: "value" ranks by a_k, "abs" by |a_k| (open choice 6).
+    diversity_weight: λ of Eq. 14 (paper: 0.01; 0 is the "w/o diversity loss" ablation).
+    diversity_maps: "normalized" feeds Eq. 7 with each head's map made non-negative and
+        summing to one over space (so L_div is bounded and cannot be lowered by growing or
+        flipping the sign of the maps); "raw" feeds the hybrid maps as they are.
+
+    From maps to patches (open choice 7)
+    ------------------------------------
+    patch_threshold: a map (min-max normalised to [0, 1]) is thresholded at this value,
+        or at its spatial mean when "mean".
+    patch_min_frac, patch_max_frac: the box side is clamped to these fractions of the image.
+
+    Implementation
+    --------------
+    attention_impl: "sdpa" (relative logits folded into a bias for
+        scaled_dot_product_attention) or "plain" (explicit matmul + softmax, the reference).
+    """
+
+    # sizes
+    image_size: int = 128
+    in_channels: int = 3
+    stem_channels: tuple[int, ...] = (64, 128, 256)
+    x_size: int = 32
+    x_channels: int = 500
+    heads: int = 5
+    key_channels: int = 32
+    value_channels: int = 64
+    ca_reduction: int = 4
+    fusion_channels: tuple[int, ...] = (64, 128, 128, 256, 256)
+    patch_size: int = 48
+    patch_channels: int = 32
+    # age output
+    age_min: int = 0
+    age_max: int = 100
+    sigma: float = 2.0
+    eq9: Literal["as_written", "raw"] = "as_written"
+    # switches
+    variant: Variant = "adpf"
+    attention: Literal["hybrid", "self_sum"] = "hybrid"
+    ranking: bool = True
+    rank_by: Literal["value", "abs"] = "value"
+    diversity_weight: float = 0.01
+    diversity_maps: Literal["normalized", "raw"] = "normalized"
+    # maps to patches
+    patch_threshold: float | Literal["mean"] = "mean"
+    patch_min_frac: float = 0.15
+    patch_max_frac: float = 0.6
+    # implementation
+    attention_impl: Literal["sdpa", "plain"] = "sdpa"
+
+    def __post_init__(self) -> None:
+        if self.x_channels % self.heads:
+            raise ValueError(
+                f"x_channels={self.x_channels} must be divisible by heads={self.heads} "
+                "(each head takes its own c_head-channel slice)")
+        if self.age_max <= self.age_min:
+            raise ValueError(f"age_max={self.age_max} must exceed age_min={self.age_min}")
+        if self.variant in ("adpf", "fixed_patches") and len(self.fusion_channels) != self.heads:
+            raise ValueError(
+                f"fusion_channels has {len(self.fusion_channels)} stages but heads={self.heads}: "
+                "FusionNet needs one main-stream stage per patch")
+        if not 0 < self.patch_min_frac <= self.patch_max_frac <= 1:
+            raise ValueError("need 0 < patch_min_frac <= patch_max_frac <= 1")
+
+    @property
+    def c_head(self) -> int:
+        """Channels of X that each head takes (c_p / n)."""
+        return self.x_channels // self.heads
+
+    @property
+    def num_classes(self) -> int:
+        """q, the number of age classes."""
+        return self.age_max - self.age_min + 1
+
+    def replace(self, **changes) -> "ADPFConfig":
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ADPFConfig":
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = set(d) - set(known)
+        if unknown:
+            raise ValueError(f"unknown ADPFConfig field(s): {sorted(unknown)}")
+        d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        return cls(**d)
+
+    def fingerprint(self) -> str:
+        """A short stable hash of every field (used by the train-or-load cache)."""
+        blob = json.dumps(self.to_dict(), sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+PRESETS: dict[str, ADPFConfig] = {
+    "paper": ADPFConfig(),
+    "cpu": ADPFConfig(
+        image_size=64,
+        stem_channels=(16, 32, 48),
+        x_size=16,
+        x_channels=80,
+        heads=5,
+        key_channels=16,
+        value_channels=16,
+        ca_reduction=4,
+        fusion_channels=(16, 32, 32, 48, 48),
+        patch_size=24,
+        patch_channels=16,
+    ),
+}
+
+
+def get_preset(name: str, **changes) -> ADPFConfig:
+    """The named preset, optionally with some fields changed.
+
+    Changing ``heads`` in a preset rescales ``x_channels`` to keep c_head and adapts the
+    number of FusionNet stages, so ``get_preset("paper", heads=3)`` is a valid config.
+    """
+    if name not in PRESETS:
+        raise KeyError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    base = PRESETS[name]
+    if "heads" in changes and changes["heads"] != base.heads:
+        n = changes["heads"]
+        changes.setdefault("x_channels", base.c_head * n)
+        fc = base.fusion_channels
+        changes.setdefault("fusion_channels", tuple(fc[min(i * len(fc) // n, len(fc) - 1)] for i in range(n)))
+    return base.replace(**changes)

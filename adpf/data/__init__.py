@@ -1,0 +1,1 @@
+"""Data: the synthetic aging faces, dlib alignment, dataset readers, protocols, prepared format."""
