@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.adpf-installed
 
-.PHONY: venv test book clean
+.PHONY: venv test book book-check clean
 
 venv: $(STAMP)
 
@@ -17,7 +17,16 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n auto
+	$(PY) -m pytest -q -n auto --ignore=tests/book
+
+# Execute every chapter (papermill) and build the HTML (warnings are errors): _build/book-src/_build/html.
+# BOOK_ARGS passes options to book/build.py, e.g. `make book BOOK_ARGS="--only 02"`.
+book: $(STAMP)
+	$(PY) book/build.py $(BOOK_ARGS)
+
+# Checks over the executed chapters (needs `make book` first).
+book-check: $(STAMP)
+	$(PY) -m pytest -q tests/book
 
 clean:
 	rm -rf _build .adpf-cache
