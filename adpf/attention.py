@@ -1,0 +1,158 @@
+"""One hybrid-attention head of RMHHA: relative self-attention, channel attention, and their fusion.
+
+Equations refer to Wang, Sanchez, Li, "Improving Face-Based Age Estimation with
+Attention-Based Dynamic Patch Fusion", IEEE TIP 2022.
+
+Open choices made here (``adpf-method.md``, "Open choices"):
+
+2. c_K, c_V and the channel-attention bottleneck ratio are constructor arguments
+   (``config.key_channels``, ``config.value_channels``, ``config.ca_reduction``); the
+   bottleneck never goes below one unit.
+3. Q, K, V and CA are all computed from the head's own input ``z`` (its channel slice).
+"""
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+AttentionImpl = Literal["sdpa", "plain"]
+
+
+def _relative_index(size: int, device: torch.device) -> Tensor:
+    """``idx[a, b] = b - a + size - 1``: the row of a relative embedding for offset b - a. Shape (size, size)."""
+    pos = torch.arange(size, device=device)
+    return pos[None, :] - pos[:, None] + size - 1
+
+
+def relative_logits(q: Tensor, rel_h: Tensor, rel_w: Tensor, h: int, w: int) -> Tensor:
+    """The relative-position logits m_h + m_w of Eq. 2–3.
+
+    Pixels are flattened row-major: i = i_y · w + i_x. Entry [i, j] of the result is
+    q_iᵀ r^H_{j_y − i_y} + q_iᵀ r^W_{j_x − i_x}. The dot products with every embedding
+    row are taken once (q · rᵀ) and then picked by relative offset, so no (N, N, c_K)
+    tensor is ever built.
+
+    Args:
+        q: queries ``(..., N, c_K)`` with N = h · w.
+        rel_h: height embeddings r^H ``(2h − 1, c_K)``; row d + h − 1 encodes offset d.
+        rel_w: width embeddings r^W ``(2w − 1, c_K)``; row d + w − 1 encodes offset d.
+    Returns:
+        ``(..., N, N)`` unscaled logits (the caller divides by √c_K).
+    """
+    n = q.shape[-2]
+    if n != h * w:
+        raise ValueError(f"q has {n} positions but h*w = {h}*{w} = {h * w}")
+    if rel_h.shape[0] != 2 * h - 1 or rel_w.shape[0] != 2 * w - 1:
+        raise ValueError(
+            f"rel_h must have 2h-1={2 * h - 1} rows and rel_w 2w-1={2 * w - 1}, "
+            f"got {rel_h.shape[0]} and {rel_w.shape[0]}")
+    lead = q.shape[:-2]
+    q = q.reshape(*lead, h, w, q.shape[-1])
+    # (..., h, w, 2h-1) -> pick offset j_y - i_y for every (i_y, j_y): (..., h, w, h)
+    qh = q @ rel_h.transpose(0, 1)
+    iy = torch.arange(h, device=q.device)[:, None, None]
+    mh = qh[..., iy, torch.arange(w, device=q.device)[None, :, None], _relative_index(h, q.device)[:, None, :]]
+    # (..., h, w, 2w-1) -> pick offset j_x - i_x for every (i_x, j_x): (..., h, w, w)
+    qw = q @ rel_w.transpose(0, 1)
+    ix = torch.arange(w, device=q.device)[None, :, None]
+    mw = qw[..., torch.arange(h, device=q.device)[:, None, None], ix, _relative_index(w, q.device)[None, :, :]]
+    # m[i, (j_y, j_x)] = mh[i, j_y] + mw[i, j_x]
+    m = mh[..., :, None] + mw[..., None, :]
+    return m.reshape(*lead, n, n)
+
+
+class RelativeSelfAttention(nn.Module):
+    """Self-attention over the pixels of a feature map with relative positions (Eq. 1–3).
+
+    SA = softmax((Q Kᵀ + m_h + m_w) / √c_K) · V, with Q, K, V 1×1 convolutions of the input and
+    m_h, m_w the relative logits of ``relative_logits``.
+
+    ``impl="plain"`` computes exactly that (the readable reference); ``impl="sdpa"`` passes
+    (m_h + m_w) / √c_K as an additive bias to ``F.scaled_dot_product_attention``, which
+    applies the 1/√c_K to Q Kᵀ itself. Both compute the same function.
+
+    Input ``(B, c_in, h, w)``; output ``(B, c_V, h, w)``.
+    """
+
+    def __init__(self, in_channels: int, key_channels: int, value_channels: int,
+                 height: int, width: int, impl: AttentionImpl = "sdpa"):
+        super().__init__()
+        if impl not in ("sdpa", "plain"):
+            raise ValueError(f"impl must be 'sdpa' or 'plain', got {impl!r}")
+        self.key_channels, self.height, self.width, self.impl = key_channels, height, width, impl
+        self.query = nn.Conv2d(in_channels, key_channels, 1)
+        self.key = nn.Conv2d(in_channels, key_channels, 1)
+        self.value = nn.Conv2d(in_channels, value_channels, 1)
+        # r^H, r^W of Eq. 2, initialised at the scale of a unit-variance query's dot product
+        self.rel_h = nn.Parameter(torch.randn(2 * height - 1, key_channels) * key_channels ** -0.5)
+        self.rel_w = nn.Parameter(torch.randn(2 * width - 1, key_channels) * key_channels ** -0.5)
+
+    def forward(self, z: Tensor) -> Tensor:
+        b, _, h, w = z.shape
+        if (h, w) != (self.height, self.width):
+            raise ValueError(f"expected a {self.height}x{self.width} feature map, got {h}x{w}")
+        q = self.query(z).flatten(2).transpose(1, 2)  # (B, N, c_K)
+        k = self.key(z).flatten(2).transpose(1, 2)  # (B, N, c_K)
+        v = self.value(z).flatten(2).transpose(1, 2)  # (B, N, c_V)
+        scale = math.sqrt(self.key_channels)
+        rel = relative_logits(q, self.rel_h, self.rel_w, h, w)  # (B, N, N)
+        if self.impl == "plain":
+            attn = torch.softmax((q @ k.transpose(1, 2) + rel) / scale, dim=-1)
+            out = attn @ v
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=rel / scale)
+        return out.transpose(1, 2).reshape(b, -1, h, w)
+
+
+class ChannelAttention(nn.Module):
+    """Channel-wise attention weights w_CA of Eq. 4.
+
+    CA = 1×1 conv of the input to c_V channels; each channel is max-pooled over space (the
+    paper's choice, rather than SE-Net's average); w_CA = σ(FC2 δ(FC1 δ(pooled))).
+
+    Input ``(B, c_in, h, w)``; output ``(B, c_V)`` in (0, 1).
+    """
+
+    def __init__(self, in_channels: int, value_channels: int, reduction: int):
+        super().__init__()
+        if reduction < 1:
+            raise ValueError(f"reduction must be >= 1, got {reduction}")
+        hidden = max(1, value_channels // reduction)
+        self.project = nn.Conv2d(in_channels, value_channels, 1)
+        self.fc1 = nn.Linear(value_channels, hidden)
+        self.fc2 = nn.Linear(hidden, value_channels)
+
+    def forward(self, z: Tensor) -> Tensor:
+        pooled = self.project(z).amax(dim=(2, 3))  # (B, c_V)
+        return torch.sigmoid(self.fc2(F.relu(self.fc1(F.relu(pooled)))))
+
+
+class HybridAttention(nn.Module):
+    """One hybrid-attention head (Eq. 5): HA = Σ_c SA_c · w_CA,c, a single-channel map.
+
+    ``mode="self_sum"`` is the ADPF w/SA ablation: HA = Σ_c SA_c, and there is no
+    channel-attention module at all.
+
+    Input ``(B, c_in, h, w)``; output ``(B, h, w)``.
+    """
+
+    def __init__(self, in_channels: int, key_channels: int, value_channels: int,
+                 height: int, width: int, reduction: int,
+                 mode: Literal["hybrid", "self_sum"] = "hybrid", impl: AttentionImpl = "sdpa"):
+        super().__init__()
+        if mode not in ("hybrid", "self_sum"):
+            raise ValueError(f"mode must be 'hybrid' or 'self_sum', got {mode!r}")
+        self.self_attention = RelativeSelfAttention(in_channels, key_channels, value_channels,
+                                                    height, width, impl)
+        self.channel_attention = (ChannelAttention(in_channels, value_channels, reduction)
+                                  if mode == "hybrid" else None)
+
+    def forward(self, z: Tensor) -> Tensor:
+        sa = self.self_attention(z)  # (B, c_V, h, w)
+        if self.channel_attention is None:
+            return sa.sum(dim=1)
+        return torch.einsum("bchw,bc->bhw", sa, self.channel_attention(z))

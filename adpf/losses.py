@@ -1,0 +1,157 @@
+"""The losses of ADPF and the age read-out: diversity (Eq. 7), age distribution and age (Eq. 9–10),
+MAE + KL (Eq. 11–13), and the AttentionNet objective (Eq. 14).
+
+Open choices made here (``adpf-method.md``, "Open choices"):
+
+4. Eq. 9 as written is a no-op after a softmax; ``age_distribution(mode="as_written")``
+   applies it anyway, ``mode="raw"`` applies it to the raw outputs (``config.eq9``).
+5. The target of Eq. 12 is a Gaussian with σ = ``config.sigma`` years over the classes
+   age_min..age_max, renormalised over those classes (so ages at or beyond the edges
+   still give a distribution that sums to one).
+
+Every loss is a mean over the batch (Eq. 11 says so; Eq. 7 and 12 are per image and
+are averaged the same way so that λ does not depend on the batch size).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from adpf.config import ADPFConfig
+
+
+@dataclass
+class Losses:
+    """A total loss and its parts (each a scalar tensor; ``diversity`` is None for L_AE alone)."""
+
+    total: Tensor
+    mae: Tensor
+    kl: Tensor
+    diversity: Tensor | None = None
+
+
+def age_classes(config: ADPFConfig, like: Tensor | None = None) -> Tensor:
+    """The age labels g_p = age_min..age_max ``(q,)`` (on ``like``'s device and float dtype)."""
+    dtype = like.dtype if like is not None and like.is_floating_point() else torch.float32
+    device = like.device if like is not None else None
+    return torch.arange(config.age_min, config.age_max + 1, dtype=dtype, device=device)
+
+
+def normalize_maps(maps: Tensor) -> Tensor:
+    """Each map shifted to a minimum of zero and scaled to sum to one over space ``(B, n, h, w)``.
+
+    The diversity loss on these maps is bounded, is zero exactly when the heads' supports
+    (above their minima) are disjoint, and cannot be lowered by scaling a map up or flipping
+    its sign; the shift matches how ``maps_to_boxes`` reads a map (min-max normalised), so
+    less overlap here means less overlap between patches. A flat map has no support and
+    becomes uniform (it overlaps every other head, so the loss discourages it).
+    """
+    shifted = maps - maps.amin(dim=(-2, -1), keepdim=True)
+    total = shifted.sum(dim=(-2, -1), keepdim=True)
+    uniform = torch.full_like(maps, 1.0 / (maps.shape[-2] * maps.shape[-1]))
+    return torch.where(total > 0, shifted / total.clamp_min(torch.finfo(maps.dtype).tiny), uniform)
+
+
+def diversity_loss(maps: Tensor) -> Tensor:
+    """Eq. 7: Σ_{n1≠n2} Σ_{h,w} HA_n1 · HA_n2, summed over ordered pairs and averaged over the batch.
+
+    Computed as Σ_{h,w} [(Σ_n HA_n)² − Σ_n HA_n²], which equals the double sum.
+
+    Args:
+        maps: ``(B, n, h, w)``.
+    Returns:
+        a scalar.
+    """
+    total = maps.sum(dim=1)
+    return (total.square() - maps.square().sum(dim=1)).sum(dim=(-2, -1)).mean()
+
+
+def age_distribution(logits: Tensor, mode: Literal["as_written", "raw"] = "as_written") -> Tensor:
+    """Eq. 9: the predicted age distribution o' ``(B, q)`` from the network output ``(B, q)``.
+
+    ``"as_written"``: softmax, then o'_p = max(0, o_p) / Σ_t max(0, o_t). The second step is a
+    no-op (a softmax has no negatives and sums to one); it is kept so the code reads like the
+    paper. ``"raw"``: the same rule on the raw outputs; a row with no positive output falls
+    back to the uniform distribution (and then passes no gradient to that row's logits).
+    """
+    if mode == "as_written":
+        probs = torch.softmax(logits, dim=-1)
+    elif mode == "raw":
+        probs = logits
+    else:
+        raise ValueError(f"mode must be 'as_written' or 'raw', got {mode!r}")
+    positive = probs.clamp_min(0)
+    total = positive.sum(dim=-1, keepdim=True)
+    uniform = torch.full_like(positive, 1.0 / positive.shape[-1])
+    return torch.where(total > 0, positive / total.clamp_min(torch.finfo(positive.dtype).tiny), uniform)
+
+
+def expected_age(probs: Tensor, ages: Tensor) -> Tensor:
+    """Eq. 10: E = Σ_p o'_p · g_p. probs ``(B, q)``, ages ``(q,)`` → ``(B,)``."""
+    return probs @ ages
+
+
+def age_std(probs: Tensor, ages: Tensor) -> Tensor:
+    """The standard deviation of the predicted age distribution ``(B,)``: the prediction's uncertainty."""
+    mean = expected_age(probs, ages)
+    var = (probs * (ages[None, :] - mean[:, None]).square()).sum(dim=-1)
+    return var.clamp_min(0).sqrt()
+
+
+def predict_age(logits: Tensor, config: ADPFConfig) -> tuple[Tensor, Tensor]:
+    """Predicted age and its uncertainty ``(B,)``, ``(B,)`` from the network output (Eq. 9–10)."""
+    probs = age_distribution(logits, config.eq9)
+    ages = age_classes(config, probs)
+    return expected_age(probs, ages), age_std(probs, ages)
+
+
+def mae_loss(predicted: Tensor, target: Tensor) -> Tensor:
+    """Eq. 11: (1/b) Σ_b |E_b − GT_b|. Both ``(B,)``."""
+    return (predicted - target).abs().mean()
+
+
+def gaussian_label_distribution(age: Tensor, ages: Tensor, sigma: float) -> Tensor:
+    """The target P of Eq. 12: a Gaussian over the classes centred on the true age ``(B, q)``.
+
+    P(p) ∝ exp(−(g_p − age)² / 2σ²), normalised over the q classes (computed as a softmax, so an
+    age far outside the range puts its mass on the nearest edge class instead of underflowing).
+    age ``(B,)``, ages ``(q,)``.
+    """
+    if sigma <= 0:
+        raise ValueError(f"sigma must be positive, got {sigma}")
+    return torch.softmax(-(ages[None, :] - age[:, None]).square() / (2 * sigma ** 2), dim=-1)
+
+
+def kl_loss(target: Tensor, probs: Tensor, eps: float = 1e-8) -> Tensor:
+    """Eq. 12: Σ_p P(p) log(P(p) / P'(p)), averaged over the batch.
+
+    Terms with P(p) = 0 contribute 0, and P' is clamped at ``eps`` so log(0) never appears.
+    target, probs ``(B, q)``.
+    """
+    per_class = torch.xlogy(target, target) - target * probs.clamp_min(eps).log()
+    return per_class.sum(dim=-1).mean()
+
+
+def age_estimation_loss(logits: Tensor, age: Tensor, config: ADPFConfig) -> Losses:
+    """Eq. 13: L_AE = L_MAE + L_KL. logits ``(B, q)``, age ``(B,)`` in years."""
+    probs = age_distribution(logits, config.eq9)
+    ages = age_classes(config, probs)
+    age = age.to(probs.dtype)
+    mae = mae_loss(expected_age(probs, ages), age)
+    kl = kl_loss(gaussian_label_distribution(age, ages, config.sigma), probs)
+    return Losses(total=mae + kl, mae=mae, kl=kl)
+
+
+def attention_net_loss(logits: Tensor, age: Tensor, maps: Tensor, config: ADPFConfig) -> Losses:
+    """Eq. 14: L_AttentionNet = L_AE + λ · L_div, with λ = ``config.diversity_weight``.
+
+    ``maps`` ``(B, n, h, w)`` are the unweighted hybrid maps (``AttentionOutput.maps``), made
+    distributions first when ``config.diversity_maps == "normalized"``.
+    """
+    ae = age_estimation_loss(logits, age, config)
+    div_maps = normalize_maps(maps) if config.diversity_maps == "normalized" else maps
+    div = diversity_loss(div_maps)
+    return Losses(total=ae.total + config.diversity_weight * div, mae=ae.mae, kl=ae.kl, diversity=div)

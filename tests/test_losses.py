@@ -1,0 +1,132 @@
+"""Eq. 7 and Eq. 9–14 against plain loops and hand-made distributions."""
+import math
+
+import pytest
+import torch
+
+from adpf.config import get_preset
+from adpf.losses import (age_classes, age_distribution, age_estimation_loss, age_std,
+                         attention_net_loss, diversity_loss, expected_age,
+                         gaussian_label_distribution, kl_loss, mae_loss, normalize_maps,
+                         predict_age)
+
+D = torch.float64
+
+
+def test_diversity_loss_matches_double_sum_over_head_pairs():
+    torch.manual_seed(0)
+    maps = torch.randn(3, 4, 5, 6, dtype=D)
+    ref = 0.0
+    for b in range(3):
+        for n1 in range(4):
+            for n2 in range(4):
+                if n1 != n2:
+                    for y in range(5):
+                        for x in range(6):
+                            ref += maps[b, n1, y, x].item() * maps[b, n2, y, x].item()
+    assert diversity_loss(maps).item() == pytest.approx(ref / 3, rel=1e-12)
+
+
+def test_diversity_loss_is_zero_for_disjoint_maps_and_positive_for_overlap():
+    maps = torch.zeros(1, 3, 4, 4, dtype=D)
+    maps[0, 0, :2, :2] = 1.0
+    maps[0, 1, 2:, 2:] = 2.0
+    maps[0, 2, 0, 3] = 5.0
+    assert diversity_loss(maps).item() == 0.0
+    maps[0, 2, 0, 0] = 1.0
+    assert diversity_loss(maps).item() == pytest.approx(2 * 1.0 * 1.0)  # both ordered pairs
+
+
+def test_normalize_maps():
+    maps = torch.tensor([[[[1.0, 3.0], [1.0, 1.0]], [[2.0, 2.0], [2.0, 2.0]]]], dtype=D)
+    got = normalize_maps(maps)
+    torch.testing.assert_close(got[0, 0], torch.tensor([[0.0, 1.0], [0.0, 0.0]], dtype=D))
+    torch.testing.assert_close(got[0, 1], torch.full((2, 2), 0.25, dtype=D))  # flat -> uniform
+    # invariant to scaling up and shifting; sign flips change it
+    torch.testing.assert_close(normalize_maps(5 * maps + 3), got)
+    assert diversity_loss(normalize_maps(-maps)) >= 0
+
+
+def test_age_distribution_as_written_is_softmax():
+    logits = torch.randn(4, 7, dtype=D)
+    torch.testing.assert_close(age_distribution(logits, "as_written"), torch.softmax(logits, -1))
+
+
+def test_age_distribution_raw_clips_negatives_and_renormalises():
+    logits = torch.tensor([[1.0, -2.0, 3.0, 0.0], [-1.0, -1.0, 0.0, -3.0]], dtype=D)
+    got = age_distribution(logits, "raw")
+    torch.testing.assert_close(got[0], torch.tensor([0.25, 0.0, 0.75, 0.0], dtype=D))
+    torch.testing.assert_close(got[1], torch.full((4,), 0.25, dtype=D))  # no positive: uniform
+    with pytest.raises(ValueError, match="mode"):
+        age_distribution(logits, "clipped")
+
+
+def test_expected_age_std_and_mae_on_hand_made_distributions():
+    ages = torch.tensor([10.0, 20.0, 30.0], dtype=D)
+    probs = torch.tensor([[0.0, 1.0, 0.0], [0.5, 0.0, 0.5], [0.25, 0.5, 0.25]], dtype=D)
+    torch.testing.assert_close(expected_age(probs, ages), torch.tensor([20.0, 20.0, 20.0], dtype=D))
+    torch.testing.assert_close(age_std(probs, ages), torch.tensor([0.0, 10.0, math.sqrt(50.0)], dtype=D))
+    target = torch.tensor([22.0, 15.0, 20.0], dtype=D)
+    assert mae_loss(expected_age(probs, ages), target).item() == pytest.approx((2 + 5 + 0) / 3)
+
+
+def test_gaussian_label_distribution():
+    ages = torch.arange(0, 11, dtype=D)
+    age = torch.tensor([5.0, 0.0, 10.0, 40.0, -30.0, 3.5], dtype=D)
+    p = gaussian_label_distribution(age, ages, sigma=2.0)
+    assert p.shape == (6, 11)
+    torch.testing.assert_close(p.sum(-1), torch.ones(6, dtype=D))
+    ref = torch.exp(-(ages - 5.0) ** 2 / 8.0)
+    torch.testing.assert_close(p[0], ref / ref.sum())
+    assert p[1].argmax() == 0 and p[2].argmax() == 10  # at the edges: renormalised over the classes
+    assert p[3, 10] > 0.999 and p[4, 0] > 0.999  # far outside: edge class
+    assert torch.isfinite(p).all()
+    torch.testing.assert_close(expected_age(p[5:], ages), torch.tensor([3.5], dtype=D), atol=1e-3, rtol=0)
+    with pytest.raises(ValueError, match="sigma"):
+        gaussian_label_distribution(age, ages, sigma=0.0)
+
+
+def test_kl_loss():
+    torch.manual_seed(0)
+    p = torch.softmax(torch.randn(5, 8, dtype=D), -1)
+    r = torch.softmax(torch.randn(5, 8, dtype=D), -1)
+    assert kl_loss(p, p).item() == pytest.approx(0.0, abs=1e-12)
+    ref = sum((p[b] * (p[b] / r[b]).log()).sum().item() for b in range(5)) / 5
+    assert kl_loss(p, r).item() == pytest.approx(ref, rel=1e-10)
+    assert kl_loss(p, r).item() > 0
+    # zeros in either distribution: finite, and P=0 terms vanish
+    target = torch.tensor([[0.0, 1.0, 0.0]], dtype=D)
+    probs = torch.tensor([[0.5, 0.5, 0.0]], dtype=D)
+    assert kl_loss(target, probs).item() == pytest.approx(math.log(2))
+    assert torch.isfinite(kl_loss(probs, target))
+
+
+def test_age_estimation_and_attention_net_losses():
+    torch.manual_seed(0)
+    config = get_preset("cpu", age_min=0, age_max=9, sigma=1.5, diversity_weight=0.3)
+    logits = torch.randn(4, 10, dtype=D)
+    age = torch.tensor([1.0, 4.0, 8.0, 9.0], dtype=D)
+    ages = torch.arange(10, dtype=D)
+    probs = torch.softmax(logits, -1)
+    mae = (probs @ ages - age).abs().mean()
+    target = torch.exp(-(ages[None] - age[:, None]) ** 2 / (2 * 1.5 ** 2))
+    target = target / target.sum(-1, keepdim=True)
+    kl = (target * (target / probs).log()).sum(-1).mean()
+    got = age_estimation_loss(logits, age, config)
+    torch.testing.assert_close(got.mae, mae)
+    torch.testing.assert_close(got.kl, kl)
+    torch.testing.assert_close(got.total, mae + kl)
+    assert got.diversity is None
+    maps = torch.randn(4, 3, 2, 2, dtype=D)
+    full = attention_net_loss(logits, age, maps, config)
+    torch.testing.assert_close(full.total, mae + kl + 0.3 * diversity_loss(normalize_maps(maps)))
+    raw = attention_net_loss(logits, age, maps, config.replace(diversity_maps="raw"))
+    torch.testing.assert_close(raw.diversity, diversity_loss(maps))
+
+
+def test_predict_age_and_classes():
+    config = get_preset("cpu", age_min=16, age_max=20)
+    assert age_classes(config).tolist() == [16.0, 17.0, 18.0, 19.0, 20.0]
+    logits = torch.tensor([[0.0, 0.0, 50.0, 0.0, 0.0]])
+    age, std = predict_age(logits, config)
+    assert age.item() == pytest.approx(18.0) and std.item() == pytest.approx(0.0, abs=1e-6)
