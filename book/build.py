@@ -175,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     paths = chapters()
     stage_tree(paths)
     os.environ.setdefault("ADPF_CACHE_DIR", str(CACHE))
+    # the chapters import this checkout's library, installed or not
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     overrides = {k: v for k, v in {"profile": args.profile, "device": args.device,
                                    "seed": args.seed}.items() if v is not None}
 

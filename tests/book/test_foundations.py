@@ -1,0 +1,11 @@
+"""The checks that chapters 1-6 make, read back from the executed notebooks."""
+from book_outputs import glued
+
+
+def test_ch2_relative_attention_matches_the_loops():
+    values = glued("02_self_attention")
+    assert 0 <= values["rel_max_error"] < 1e-10
+    assert 0 <= values["sa_plain_max_error"] < 1e-10
+    assert 0 <= values["sa_sdpa_max_error"] < 1e-10
+    # the attention weights shown are the module's own (float32)
+    assert 0 <= values["weights_reproduce_error"] < 1e-4
