@@ -18,6 +18,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 PALETTE = "colorblind"
+# the colorblind palette reordered so the first five (the paper's five heads) are far apart
+_HEAD_ORDER = (0, 1, 2, 4, 9, 3, 5, 8, 7, 6)
 MAP_CMAP = "magma"
 
 
@@ -31,7 +33,7 @@ def set_theme() -> None:
 def head_color(k: int) -> tuple[float, float, float]:
     """The colour of head ``k`` (0-based) in every figure of the book."""
     palette = sns.color_palette(PALETTE)
-    return palette[k % len(palette)]
+    return palette[_HEAD_ORDER[k % len(_HEAD_ORDER)]]
 
 
 def as_image(image) -> np.ndarray:
@@ -101,19 +103,22 @@ def _stretch(heat: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def overlay_map(ax: Axes, image, heat, alpha: float = 0.55, cmap: str = MAP_CMAP,
-                title: str | None = None, normalize: bool = True):
-    """A map drawn over a face; with ``normalize`` the map is min-max scaled to [0, 1] first.
+                title: str | None = None, normalize: bool = True,
+                vmin: float | None = None, vmax: float | None = None):
+    """A map drawn over a face.
 
-    Returns the map's ``AxesImage`` (for a colour bar).
+    With ``normalize`` the map is min-max scaled to [0, 1] first; otherwise its colours span
+    ``vmin..vmax`` (the map's own range when they are None). Returns the map's ``AxesImage``
+    (for a colour bar).
     """
     image = as_image(image)
     heat = as_map(heat)
     if normalize:
         span = heat.max() - heat.min()
         heat = (heat - heat.min()) / span if span > 0 else np.zeros_like(heat)
+        vmin, vmax = 0.0, 1.0
     show_face(ax, image, title)
-    return ax.imshow(_stretch(heat, image.shape[:2]), cmap=cmap, alpha=alpha,
-                     vmin=0 if normalize else None, vmax=1 if normalize else None)
+    return ax.imshow(_stretch(heat, image.shape[:2]), cmap=cmap, alpha=alpha, vmin=vmin, vmax=vmax)
 
 
 def overlay_masks(ax: Axes, image, masks, labels: Sequence[str] | None = None,
