@@ -71,9 +71,10 @@ class RelativeSelfAttention(nn.Module):
     SA = softmax((Q Kᵀ + m_h + m_w) / √c_K) · V, with Q, K, V 1×1 convolutions of the input and
     m_h, m_w the relative logits of ``relative_logits``.
 
-    ``impl="plain"`` computes exactly that (the readable reference); ``impl="sdpa"`` passes
-    (m_h + m_w) / √c_K as an additive bias to ``F.scaled_dot_product_attention``, which
-    applies the 1/√c_K to Q Kᵀ itself. Both compute the same function.
+    ``impl="plain"`` computes exactly that (the readable reference); ``impl="sdpa"`` folds
+    m_h + m_w into the dot product (``relative_queries_keys``) and hands it to
+    ``F.scaled_dot_product_attention``, so no (N, N) logit or bias tensor is built. Both
+    compute the same function.
 
     Input ``(B, c_in, h, w)``; output ``(B, c_V, h, w)``.
     """
@@ -99,12 +100,13 @@ class RelativeSelfAttention(nn.Module):
         k = self.key(z).flatten(2).transpose(1, 2)  # (B, N, c_K)
         v = self.value(z).flatten(2).transpose(1, 2)  # (B, N, c_V)
         scale = math.sqrt(self.key_channels)
-        rel = relative_logits(q, self.rel_h, self.rel_w, h, w)  # (B, N, N)
         if self.impl == "plain":
+            rel = relative_logits(q, self.rel_h, self.rel_w, h, w)  # (B, N, N)
             attn = torch.softmax((q @ k.transpose(1, 2) + rel) / scale, dim=-1)
             out = attn @ v
-        else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=rel / scale)
+        else:  # (m_h + m_w) / √c_K, scaling the small embeddings rather than the (B, N, N) logits
+            bias = relative_logits(q, self.rel_h / scale, self.rel_w / scale, h, w)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         return out.transpose(1, 2).reshape(b, -1, h, w)
 
 

@@ -123,6 +123,21 @@ class ADPFConfig:
                 "FusionNet needs one main-stream stage per patch")
         if not 0 < self.patch_min_frac <= self.patch_max_frac <= 1:
             raise ValueError("need 0 < patch_min_frac <= patch_max_frac <= 1")
+        if self.heads < 1 or not self.stem_channels or not self.fusion_channels:
+            raise ValueError("need heads >= 1 and non-empty stem_channels and fusion_channels")
+        if self.image_size != self.x_size * 2 ** (len(self.stem_channels) - 1):
+            raise ValueError(
+                f"image_size={self.image_size} must equal x_size={self.x_size} * 2**(len(stem_channels)-1) "
+                f"= {self.x_size * 2 ** (len(self.stem_channels) - 1)}: every stem stage but the first halves it")
+        if self.patch_threshold != "mean" and not (
+                isinstance(self.patch_threshold, (int, float)) and 0 <= self.patch_threshold <= 1):
+            raise ValueError(f"patch_threshold must be 'mean' or a number in [0, 1], got {self.patch_threshold!r}")
+        for name, allowed in [("variant", ("adpf", "attention_only", "plain_cnn", "fixed_patches")),
+                              ("attention", ("hybrid", "self_sum")), ("rank_by", ("value", "abs")),
+                              ("eq9", ("as_written", "raw")), ("diversity_maps", ("normalized", "raw")),
+                              ("attention_impl", ("sdpa", "plain"))]:
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
 
     @property
     def c_head(self) -> int:

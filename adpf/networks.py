@@ -1,0 +1,250 @@
+"""The networks: AttentionNet (stem → X → RMHHA → FC), FusionNet (Eq. 8), ADPF, and the baselines.
+
+Open choices made here (``adpf-method.md``, "Open choices"):
+
+1. Stems. AttentionNet: one stage per ``config.stem_channels`` entry, each two conv blocks
+   (conv 3×3 – BatchNorm – ReLU), every stage but the first halving the resolution, then a
+   1×1 conv block to X (``x_channels`` at ``x_size``). FusionNet: one stride-2 conv block,
+   then one stage per head, each two conv blocks; a stage halves the resolution unless the
+   main stream is already ``MIN_SIDE`` wide.
+8. Patch streams. Each patch has its own stream of two conv blocks at the patch size, then is
+   resized (bilinear, antialiased) to the main stream's size at its joining stage, where
+   R = Concat[I, P] feeds the stage. Stage k receives P_k, so P_1 travels the longest path.
+
+Images enter as ``(B, 3, H, W)`` in [0, 1] and are mapped to [-1, 1] inside the model
+(fixed, no dataset statistics, so every dataset and the synthetic faces are treated alike).
+
+``python -m adpf.networks [--preset NAME]`` prints every variant's parameter counts.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from adpf.config import PRESETS, ADPFConfig, get_preset
+from adpf.patches import crop_patches, fixed_boxes, maps_to_boxes
+from adpf.rmhha import RMHHA, AttentionOutput
+
+MIN_SIDE = 4  # FusionNet's main stream stops halving its resolution at this side
+
+
+@dataclass
+class ModelOutput:
+    """What every network of ``build_model`` returns.
+
+    logits: ``(B, q)`` the age output of the network (FusionNet's for ADPF).
+    attention: RMHHA's output (attention variants only).
+    attention_logits: ``(B, q)`` AttentionNet's own age output (ADPF only).
+    boxes: ``(B, n, 4)`` int64 (x0, y0, x1, y1) of P_1..P_n (patch variants only).
+    patches: ``(B, n, 3, p, p)`` the cropped patches in [0, 1] (patch variants only).
+    """
+
+    logits: Tensor
+    attention: AttentionOutput | None = None
+    attention_logits: Tensor | None = None
+    boxes: Tensor | None = None
+    patches: Tensor | None = None
+
+
+def conv_block(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:
+    """Conv 3×3 (no bias) – BatchNorm – ReLU."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+def check_images(x: Tensor, config: ADPFConfig) -> None:
+    """Raise a clear error unless x is a float batch ``(B, in_channels, image_size, image_size)``."""
+    expected = (config.in_channels, config.image_size, config.image_size)
+    if x.dim() != 4 or tuple(x.shape[1:]) != expected or not x.is_floating_point():
+        raise ValueError(f"images must be a float tensor (B, {', '.join(map(str, expected))}) in [0, 1], "
+                         f"got {x.dtype} {tuple(x.shape)}")
+
+
+def normalize_images(x: Tensor) -> Tensor:
+    """[0, 1] → [-1, 1]."""
+    return 2 * x - 1
+
+
+class AttentionNet(nn.Module):
+    """Stem → X ``(B, x_channels, x_size, x_size)`` → RMHHA → concat of HA_k·a_k → FC → logits ``(B, q)``."""
+
+    def __init__(self, config: ADPFConfig):
+        super().__init__()
+        self.config = config
+        layers, prev = [], config.in_channels
+        for i, width in enumerate(config.stem_channels):
+            layers += [conv_block(prev, width, stride=1 if i == 0 else 2), conv_block(width, width)]
+            prev = width
+        self.stem = nn.Sequential(*layers)
+        self.to_x = nn.Sequential(nn.Conv2d(prev, config.x_channels, 1, bias=False),
+                                  nn.BatchNorm2d(config.x_channels), nn.ReLU(inplace=True))
+        self.rmhha = RMHHA(config)
+        self.fc = nn.Linear(config.heads * config.x_size ** 2, config.num_classes)
+
+    def forward(self, x: Tensor) -> ModelOutput:
+        check_images(x, self.config)
+        attention = self.rmhha(self.to_x(self.stem(normalize_images(x))))
+        return ModelOutput(logits=self.fc(attention.weighted.flatten(1)), attention=attention)
+
+
+class PatchStream(nn.Module):
+    """A patch's own short stream: two conv blocks at the patch size, then a resize to the joining stage's size."""
+
+    def __init__(self, in_channels: int, channels: int):
+        super().__init__()
+        self.blocks = nn.Sequential(conv_block(in_channels, channels), conv_block(channels, channels))
+
+    def forward(self, patch: Tensor, size: int) -> Tensor:
+        """patch ``(B, C, p, p)`` → features ``(B, channels, size, size)``."""
+        return F.interpolate(self.blocks(patch), size=(size, size), mode="bilinear",
+                             align_corners=False, antialias=True)
+
+
+class FusionNet(nn.Module):
+    """Main stream with one stage per head; stage k takes R = Concat[I, P_k] (Eq. 8).
+
+    With ``use_patches=False`` it is the ``plain_cnn`` baseline: the same main stream (depth,
+    widths, resolutions), each stage fed with I alone.
+
+    forward(x ``(B, 3, H, W)``, patches ``(B, n, 3, p, p)`` ranked P_1..P_n) → ``ModelOutput``.
+    """
+
+    def __init__(self, config: ADPFConfig, use_patches: bool = True):
+        super().__init__()
+        self.config, self.use_patches = config, use_patches
+        widths = config.fusion_channels
+        extra = config.patch_channels if use_patches else 0
+        self.stem = conv_block(config.in_channels, widths[0], stride=2)
+        self.input_sizes, stages, side, prev = [], [], config.image_size // 2, widths[0]
+        for width in widths:
+            stride = 2 if side > MIN_SIDE else 1
+            self.input_sizes.append(side)
+            stages.append(nn.Sequential(conv_block(prev + extra, width, stride), conv_block(width, width)))
+            side, prev = (side + 1) // 2 if stride == 2 else side, width
+        self.stages = nn.ModuleList(stages)
+        self.patch_streams = nn.ModuleList(
+            PatchStream(config.in_channels, config.patch_channels) for _ in widths) if use_patches else None
+        self.fc = nn.Linear(widths[-1], config.num_classes)
+
+    def forward(self, x: Tensor, patches: Tensor | None = None) -> ModelOutput:
+        check_images(x, self.config)
+        if self.use_patches != (patches is not None):
+            raise ValueError("this FusionNet " + ("needs" if self.use_patches else "takes no") + " patches")
+        if patches is not None and (patches.dim() != 5 or patches.shape[1] != len(self.stages)):
+            raise ValueError(f"patches must be (B, {len(self.stages)}, C, p, p), got {tuple(patches.shape)}")
+        features = self.stem(normalize_images(x))
+        for k, stage in enumerate(self.stages):
+            if patches is not None:
+                p = self.patch_streams[k](normalize_images(patches[:, k]), features.shape[-1])
+                features = torch.cat([features, p], dim=1)
+            features = stage(features)
+        return ModelOutput(logits=self.fc(features.mean(dim=(2, 3))), patches=patches)
+
+
+class ADPF(nn.Module):
+    """AttentionNet + FusionNet: maps ranked by a_k → boxes → patches → FusionNet.
+
+    ``freeze_attention()`` starts stage 2: AttentionNet stops learning, stays in eval mode
+    and runs under ``no_grad``. Boxes come from the unweighted maps HA_k in ranked order
+    (min-max normalisation makes a positive a_k irrelevant to the box). Stage 1 trains
+    ``model.attention_net`` on its own.
+    """
+
+    def __init__(self, config: ADPFConfig, box_method: str = "torch"):
+        super().__init__()
+        self.config, self.box_method = config, box_method
+        self.attention_net = AttentionNet(config)
+        self.fusion_net = FusionNet(config)
+
+    @property
+    def attention_frozen(self) -> bool:
+        return not any(p.requires_grad for p in self.attention_net.parameters())
+
+    def freeze_attention(self) -> "ADPF":
+        self.attention_net.requires_grad_(False)
+        self.attention_net.eval()
+        return self
+
+    def train(self, mode: bool = True) -> "ADPF":
+        super().train(mode)
+        if self.attention_frozen:
+            self.attention_net.eval()
+        return self
+
+    def forward(self, x: Tensor) -> ModelOutput:
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.attention_frozen):
+            att = self.attention_net(x)
+        c = self.config
+        ranked = att.attention.maps.detach()[:, att.attention.order]
+        boxes = maps_to_boxes(ranked, c.image_size, c.patch_threshold, c.patch_min_frac,
+                              c.patch_max_frac, method=self.box_method)
+        patches = crop_patches(x, boxes, c.patch_size)
+        fused = self.fusion_net(x, patches)
+        return ModelOutput(logits=fused.logits, attention=att.attention, attention_logits=att.logits,
+                           boxes=boxes, patches=patches)
+
+
+class FixedPatchFusion(nn.Module):
+    """The ``fixed_patches`` baseline: FusionNet fed with ``fixed_boxes`` (the same face parts in every image)."""
+
+    def __init__(self, config: ADPFConfig):
+        super().__init__()
+        self.config = config
+        self.fusion_net = FusionNet(config)
+        self.register_buffer("boxes", fixed_boxes(config.heads, config.image_size), persistent=False)
+
+    def forward(self, x: Tensor) -> ModelOutput:
+        boxes = self.boxes.expand(x.shape[0], -1, -1)
+        patches = crop_patches(x, boxes, self.config.patch_size)
+        return ModelOutput(logits=self.fusion_net(x, patches).logits, boxes=boxes, patches=patches)
+
+
+def build_model(config: ADPFConfig) -> nn.Module:
+    """The network for ``config.variant``; ablations are switches of the config, not other classes."""
+    if config.variant == "adpf":
+        return ADPF(config)
+    if config.variant == "attention_only":
+        return AttentionNet(config)
+    if config.variant == "plain_cnn":
+        return FusionNet(config, use_patches=False)
+    if config.variant == "fixed_patches":
+        return FixedPatchFusion(config)
+    raise ValueError(f"unknown variant {config.variant!r}")
+
+
+def count_parameters(module: nn.Module | None) -> int:
+    """Number of parameters (0 for None)."""
+    return 0 if module is None else sum(p.numel() for p in module.parameters())
+
+
+def parameter_table(config: ADPFConfig) -> list[tuple[str, int, int, int]]:
+    """(variant, AttentionNet, FusionNet, total) parameter counts for every variant of a config."""
+    rows = []
+    for variant in ("adpf", "attention_only", "plain_cnn", "fixed_patches"):
+        model = build_model(config.replace(variant=variant))
+        attention = count_parameters(model if variant == "attention_only" else getattr(model, "attention_net", None))
+        total = count_parameters(model)
+        rows.append((variant, attention, total - attention, total))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Parameter counts of every ADPF variant.")
+    parser.add_argument("--preset", choices=sorted(PRESETS), help="only this preset (default: all)")
+    args = parser.parse_args(argv)
+    for name in [args.preset] if args.preset else sorted(PRESETS):
+        print(f"preset {name}")
+        print(f"  {'variant':<16}{'AttentionNet':>14}{'FusionNet':>12}{'total':>12}")
+        for variant, attention, fusion, total in parameter_table(get_preset(name)):
+            print(f"  {variant:<16}{attention:>14,}{fusion:>12,}{total:>12,}")
+
+
+if __name__ == "__main__":
+    main()
