@@ -1,0 +1,148 @@
+"""Maps → boxes (both implementations of the same rule), crops, and the fixed layout."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from adpf.patches import FACE_PARTS, crop_patches, fixed_boxes, maps_to_boxes
+
+S = 64
+
+
+def check_valid(boxes, size, min_side, max_side):
+    x0, y0, x1, y1 = boxes.unbind(-1)
+    assert boxes.dtype == torch.int64
+    assert (x0 >= 0).all() and (y0 >= 0).all() and (x1 <= size).all() and (y1 <= size).all()
+    side = x1 - x0
+    assert torch.equal(side, y1 - y0)  # square
+    assert (side >= min_side).all() and (side <= max_side).all()
+
+
+def peak_of(maps, size):
+    up = F.interpolate(maps.flatten(0, 1)[:, None].float(), size=(size, size), mode="bilinear",
+                       align_corners=False)[:, 0]
+    idx = up.flatten(1).argmax(1)
+    return (idx // size).reshape(maps.shape[:2]), (idx % size).reshape(maps.shape[:2])
+
+
+@pytest.mark.parametrize("method", ["torch", "cv2"])
+def test_boxes_inside_image_and_cover_peak(method):
+    torch.manual_seed(0)
+    maps = F.avg_pool2d(torch.randn(6, 5, 20, 20), 5, 1)  # smooth 16x16 maps, like attention
+    boxes = maps_to_boxes(maps, S, "mean", 0.15, 0.6, method=method)
+    assert boxes.shape == (6, 5, 4)
+    check_valid(boxes, S, round(0.15 * S), round(0.6 * S))
+    py, px = peak_of(maps, S)
+    x0, y0, x1, y1 = boxes.unbind(-1)
+    assert ((x0 <= px) & (px < x1) & (y0 <= py) & (py < y1)).all()
+
+
+def test_box_is_the_blob_bounding_square():
+    maps = torch.zeros(1, 1, 16, 16)
+    maps[0, 0, 4:8, 9:11] = 1.0  # a 4x2 blob -> 16x8 pixels at 64, mask holds it (threshold 0.5)
+    maps[0, 0, 12:15, 1:3] = 0.9  # a second region that does not hold the peak
+    for method in ("torch", "cv2"):
+        (box,) = maps_to_boxes(maps, S, 0.5, 0.01, 1.0, method=method)[0]
+        x0, y0, x1, y1 = box.tolist()
+        # bilinear resize spreads the blob by up to 2 px each side; the region spans rows 16..31
+        assert 14 <= y0 <= 16 and 32 <= y1 <= 34 and y1 - y0 == x1 - x0
+        assert 34 <= (x0 + x1) / 2 <= 46  # centred on the blob's columns 36..43
+        assert y1 <= 48  # the second region is not included
+
+
+def test_boxes_follow_the_map_order():
+    maps = torch.zeros(1, 3, 16, 16)
+    maps[0, 0, 2, 2] = maps[0, 1, 13, 13] = maps[0, 2, 2, 13] = 1.0
+    for order in ([0, 1, 2], [2, 0, 1]):
+        boxes = maps_to_boxes(maps[:, order], S, min_frac=0.2, max_frac=0.2)[0]
+        centres = ((boxes[:, 0] + boxes[:, 2]) // 2, (boxes[:, 1] + boxes[:, 3]) // 2)
+        expected = {0: (10, 10), 1: (54, 54), 2: (54, 10)}
+        for k, head in enumerate(order):
+            cx, cy = expected[head]
+            assert abs(centres[0][k] - cx) <= 7 and abs(centres[1][k] - cy) <= 7
+
+
+@pytest.mark.parametrize("method", ["torch", "cv2"])
+def test_flat_zero_and_nan_maps_give_centred_boxes(method):
+    maps = torch.randn(1, 4, 8, 8)
+    maps[0, 0] = 0.0
+    maps[0, 1] = 3.7
+    maps[0, 2, 3, 3] = float("nan")
+    maps[0, 3, 1, 1] = float("inf")
+    boxes = maps_to_boxes(maps, S, min_frac=0.25, max_frac=0.5, method=method)[0]
+    side = round(0.5 * S)
+    centred = torch.tensor([(S - side) // 2, (S - side) // 2, (S - side) // 2 + side, (S - side) // 2 + side])
+    for k in range(4):
+        assert torch.equal(boxes[k], centred)
+
+
+def test_peak_stays_inside_when_region_exceeds_max_side():
+    maps = torch.zeros(1, 1, 16, 16)
+    maps[0, 0, :, :] = torch.linspace(0, 1, 16)[None, :] * 0.1 + 1.0  # wide plateau rising to the right
+    maps[0, 0, 8, 15] = 2.0
+    boxes = maps_to_boxes(maps, S, 0.0, 0.1, 0.25, method="torch")
+    x0, y0, x1, y1 = boxes[0, 0].tolist()
+    py, px = (int(t) for t in peak_of(maps, S))
+    assert px > 48 and x1 - x0 == 16
+    # the region is the whole image, so the centred box misses the peak: it moves just enough
+    assert x1 == px + 1 and y0 <= py < y1
+
+
+def test_torch_and_cv2_agree_on_random_maps():
+    torch.manual_seed(1)
+    for trial in range(8):
+        maps = torch.randn(3, 4, 6 + trial, 6 + trial)  # rough maps: many nested, snaking regions
+        for threshold in ("mean", 0.0, 0.4, 0.9, 1.0):
+            a = maps_to_boxes(maps, 48, threshold, 0.05, 1.0, method="torch")
+            b = maps_to_boxes(maps, 48, threshold, 0.05, 1.0, method="cv2")
+            assert torch.equal(a, b), (trial, threshold)
+
+
+def test_a_region_inside_a_hole_is_found():
+    mask = torch.zeros(1, 1, 32, 32)
+    mask[0, 0, 4:28, 4:28] = 0.8
+    mask[0, 0, 8:24, 8:24] = 0.0  # a ring...
+    mask[0, 0, 14:18, 14:18] = 1.0  # ...around the peak's blob
+    for method in ("torch", "cv2"):
+        x0, y0, x1, y1 = maps_to_boxes(mask, 32, 0.5, 0.01, 1.0, method=method)[0, 0].tolist()
+        assert x1 - x0 <= 6 and 13 <= x0 <= 15 and 13 <= y0 <= 15
+
+
+def test_bad_arguments_raise():
+    with pytest.raises(ValueError, match="threshold"):
+        maps_to_boxes(torch.rand(1, 1, 4, 4), 16, threshold=1.5)
+    with pytest.raises(ValueError, match="method"):
+        maps_to_boxes(torch.rand(1, 1, 4, 4), 16, method="skimage")
+    with pytest.raises(ValueError, match=r"\(B, n, h, w\)"):
+        maps_to_boxes(torch.rand(1, 4, 4), 16)
+
+
+def test_crop_of_patch_size_copies_pixels_and_full_box_is_identity():
+    torch.manual_seed(0)
+    images = torch.rand(2, 3, 20, 24, dtype=torch.float64)
+    boxes = torch.tensor([[[3, 5, 11, 13], [0, 0, 8, 8]], [[16, 12, 24, 20], [10, 2, 18, 10]]])
+    patches = crop_patches(images, boxes, 8)
+    assert patches.shape == (2, 2, 3, 8, 8)
+    for b in range(2):
+        for k in range(2):
+            x0, y0, x1, y1 = boxes[b, k].tolist()
+            torch.testing.assert_close(patches[b, k], images[b, :, y0:y1, x0:x1])
+    full = crop_patches(images, torch.tensor([[[0, 0, 24, 20]]] * 2), 20)
+    assert full.shape == (2, 1, 3, 20, 20)
+
+
+def test_crop_downsamples_by_averaging_pixel_pairs():
+    images = torch.arange(16, dtype=torch.float64).reshape(1, 1, 4, 4)
+    patch = crop_patches(images, torch.tensor([[[0, 0, 4, 4]]]), 2)[0, 0, 0]
+    # each output pixel centre falls between 2x2 input pixels: bilinear = their mean
+    torch.testing.assert_close(patch, torch.tensor([[2.5, 4.5], [10.5, 12.5]], dtype=torch.float64))
+
+
+def test_fixed_boxes():
+    for n in range(1, len(FACE_PARTS) + 1):
+        boxes = fixed_boxes(n, 128)
+        assert boxes.shape == (n, 4)
+        check_valid(boxes, 128, 1, 128)
+    eyes = fixed_boxes(2, 128)
+    assert eyes[0, 0] < 64 < eyes[1, 2]  # left eye left of centre, right eye right of it
+    with pytest.raises(ValueError, match="face parts"):
+        fixed_boxes(len(FACE_PARTS) + 1, 128)
