@@ -1,0 +1,335 @@
+"""The one on-disk format every dataset is prepared into, and the torch `Dataset` over it.
+
+A prepared dataset is a folder::
+
+    images.npy   (N, H, W, 3) uint8, aligned faces (opened memory-mapped)
+    meta.csv     one row per image: index (0..N-1), age, subject (int), path (source), extras
+    info.json    {"format": "adpf-prepared", "version": 1, "name", "image_size", "count",
+                  "subjects", "age_min", "age_max", "region_names", ...}
+    masks.npy    (N, R, H, W) bool, optional (the synthetic set's age-region masks)
+
+Folders are written to a temporary sibling and renamed into place, so a folder that exists
+is complete. `default_dataset` draws the embedded synthetic set once into a cache folder.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from adpf.data.synthetic import GENERATOR_VERSION, REGION_NAMES, SyntheticFaceSpec, iter_synthetic_faces
+
+FORMAT = "adpf-prepared"
+VERSION = 1
+REQUIRED_COLUMNS = ("index", "age", "subject", "path")
+
+
+class PreparedFormatError(ValueError):
+    """A prepared folder is missing, incomplete or inconsistent (the message names the file)."""
+
+
+@dataclass
+class Prepared:
+    """A loaded prepared folder. images and masks are read-only memory maps."""
+
+    root: Path
+    images: np.ndarray
+    meta: pd.DataFrame
+    info: dict
+    masks: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.info["image_size"])
+
+    @property
+    def region_names(self) -> tuple[str, ...]:
+        return tuple(self.info.get("region_names") or ())
+
+
+# --------------------------------------------------------------------------- writing
+
+class PreparedWriter:
+    """Writes a prepared folder in pieces (for sets too large to hold in memory).
+
+    ``with PreparedWriter(root, count, size, name) as w: w.write(start, images); w.finish(meta)``
+    The folder appears at ``root`` only when `finish` succeeds.
+    """
+
+    def __init__(self, root: str | Path, count: int, image_size: int, name: str,
+                 region_names: tuple[str, ...] | None = None, overwrite: bool = False):
+        self.root, self.overwrite = Path(root), overwrite
+        if self.root.exists() and not overwrite:
+            raise FileExistsError(f"{self.root} already exists (pass overwrite=True to replace it)")
+        if count < 1:
+            raise ValueError(f"{self.root}: a prepared dataset needs at least one image, got count={count}")
+        self.root.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.root.name}.tmp-", dir=self.root.parent))
+        self.count, self.image_size, self.name = count, image_size, name
+        self.region_names = tuple(region_names or ())
+        self.images = np.lib.format.open_memmap(self.tmp / "images.npy", mode="w+", dtype=np.uint8,
+                                                shape=(count, image_size, image_size, 3))
+        self.masks = None
+        if self.region_names:
+            self.masks = np.lib.format.open_memmap(self.tmp / "masks.npy", mode="w+", dtype=bool,
+                                                   shape=(count, len(self.region_names), image_size, image_size))
+
+    def write(self, start: int, images: np.ndarray, masks: np.ndarray | None = None) -> None:
+        """Store ``images`` ``(n, H, W, 3)`` uint8 (and ``masks`` ``(n, R, H, W)``) at rows start..start+n."""
+        images = np.asarray(images)
+        if images.dtype != np.uint8 or images.shape[1:] != self.images.shape[1:]:
+            raise ValueError(f"images must be uint8 of shape (n, {self.image_size}, {self.image_size}, 3), "
+                             f"got {images.dtype} {images.shape}")
+        self.images[start: start + len(images)] = images
+        if self.masks is not None:
+            if masks is None or masks.shape != (len(images), *self.masks.shape[1:]):
+                raise ValueError(f"masks of shape {(len(images), *self.masks.shape[1:])} expected, "
+                                 f"got {None if masks is None else masks.shape}")
+            self.masks[start: start + len(images)] = masks
+
+    def finish(self, meta: pd.DataFrame, info: dict | None = None) -> Path:
+        """Write meta.csv and info.json, then move the folder into place. Returns its path."""
+        meta = _check_meta_for_writing(meta, self.count)
+        self.images.flush()
+        del self.images
+        if self.masks is not None:
+            self.masks.flush()
+            del self.masks
+        meta.to_csv(self.tmp / "meta.csv", index=False)
+        full_info = {
+            "format": FORMAT, "version": VERSION, "name": self.name, "image_size": self.image_size,
+            "count": self.count, "subjects": int(meta["subject"].nunique()),
+            "age_min": float(meta["age"].min()), "age_max": float(meta["age"].max()),
+            "region_names": list(self.region_names), **(info or {}),
+        }
+        (self.tmp / "info.json").write_text(json.dumps(full_info, indent=2, default=str))
+        if self.root.exists():
+            if not self.overwrite:  # someone else wrote it meanwhile: keep theirs
+                raise FileExistsError(f"{self.root} appeared while writing it")
+            shutil.rmtree(self.root)
+        os.replace(self.tmp, self.root)
+        return self.root
+
+    def abort(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self) -> "PreparedWriter":
+        return self
+
+    def __exit__(self, exc_type, *_) -> None:
+        if self.tmp.exists():
+            self.abort()
+
+
+def _check_meta_for_writing(meta: pd.DataFrame, count: int) -> pd.DataFrame:
+    missing = [c for c in ("age", "subject") if c not in meta.columns]
+    if missing:
+        raise ValueError(f"meta lacks column(s) {missing}; it needs age and subject (path optional)")
+    if len(meta) != count:
+        raise ValueError(f"meta has {len(meta)} rows for {count} images")
+    meta = meta.reset_index(drop=True).copy()
+    meta["age"] = pd.to_numeric(meta["age"], errors="raise").astype(float)
+    if not np.isfinite(meta["age"]).all():
+        raise ValueError("meta column age holds non-finite values")
+    if not pd.api.types.is_integer_dtype(meta["subject"]):
+        meta["subject_name"] = meta["subject"].astype(str)
+        meta["subject"] = pd.factorize(meta["subject_name"], sort=True)[0]
+    meta["index"] = np.arange(count)
+    if "path" not in meta.columns:
+        meta["path"] = ""
+    return meta[list(REQUIRED_COLUMNS) + [c for c in meta.columns if c not in REQUIRED_COLUMNS]]
+
+
+def write_prepared(root: str | Path, images: np.ndarray, meta: pd.DataFrame, name: str,
+                   masks: np.ndarray | None = None, region_names: tuple[str, ...] | None = None,
+                   info: dict | None = None, overwrite: bool = False) -> Path:
+    """Write in-memory ``images`` ``(N, H, W, 3)`` uint8 and their ``meta`` as a prepared folder.
+
+    A non-integer ``subject`` column (names) is kept as ``subject_name`` and coded 0..S-1.
+    """
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[1] != images.shape[2] or images.shape[3] != 3:
+        raise ValueError(f"images must have shape (N, S, S, 3), got {images.shape}")
+    with PreparedWriter(root, len(images), images.shape[1], name, region_names, overwrite) as w:
+        w.write(0, images, masks)
+        return w.finish(meta, info)
+
+
+def write_synthetic_prepared(root: str | Path, n: int, image_size: int = 128, seed: int = 0,
+                             spec: SyntheticFaceSpec | None = None, overwrite: bool = False) -> Path:
+    """Draw the synthetic faces (`iter_synthetic_faces`) straight into a prepared folder, with
+    their masks; meta.csv also holds each image's pose, lighting and decoy strengths."""
+    spec = spec or SyntheticFaceSpec()
+    metas = []
+    with PreparedWriter(root, n, image_size, "synthetic", REGION_NAMES, overwrite) as w:
+        start = 0
+        for faces in iter_synthetic_faces(n, image_size, seed, spec):
+            w.write(start, faces.images, faces.masks)
+            metas.append(faces.params.assign(path=[f"synthetic:{i}" for i in range(start, start + len(faces))]))
+            start += len(faces)
+        info = {"seed": seed, "generator_version": GENERATOR_VERSION, "spec": asdict(spec)}
+        return w.finish(pd.concat(metas, ignore_index=True), info)
+
+
+def cache_root() -> Path:
+    """Where generated data is cached: ``$ADPF_CACHE_DIR``, else ``.adpf-cache`` in the source
+    checkout, else ``~/.cache/adpf``."""
+    if os.environ.get("ADPF_CACHE_DIR"):
+        return Path(os.environ["ADPF_CACHE_DIR"])
+    checkout = Path(__file__).resolve().parents[2]
+    if (checkout / "pyproject.toml").exists():
+        return checkout / ".adpf-cache"
+    return Path.home() / ".cache" / "adpf"
+
+
+def default_dataset(image_size: int = 64, n: int = 10_000, seed: int = 0,
+                    cache_dir: str | Path | None = None) -> Path:
+    """The embedded default: the synthetic set drawn once into ``cache_dir/data`` (default
+    `cache_root`) and reused. Returns the prepared folder; concurrent callers are safe."""
+    name = f"synthetic-s{image_size}-n{n}-seed{seed}-v{GENERATOR_VERSION}"
+    root = Path(cache_dir or cache_root()) / "data" / name
+    if root.exists():
+        load_prepared(root)  # a broken cache entry is an error worth seeing, not silently redrawn
+        return root
+    try:
+        write_synthetic_prepared(root, n, image_size, seed)
+    except OSError:
+        if not root.exists():  # another process finished first: use its folder
+            raise
+    return root
+
+
+# --------------------------------------------------------------------------- reading
+
+def load_prepared(root: str | Path) -> Prepared:
+    """Open a prepared folder, checking that its files agree; raises `PreparedFormatError`."""
+    root = Path(root)
+    if not root.is_dir():
+        raise PreparedFormatError(f"{root}: no prepared dataset folder here "
+                                  "(expected a folder with images.npy, meta.csv and info.json)")
+    for f in ("info.json", "images.npy", "meta.csv"):
+        if not (root / f).is_file():
+            raise PreparedFormatError(f"{root / f}: missing (a prepared folder holds images.npy, meta.csv, info.json)")
+    try:
+        info = json.loads((root / "info.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise PreparedFormatError(f"{root / 'info.json'}: not valid JSON ({e})") from e
+    if not isinstance(info, dict) or info.get("format") != FORMAT:
+        raise PreparedFormatError(f"{root / 'info.json'}: expected \"format\": \"{FORMAT}\"")
+    if info.get("version") != VERSION:
+        raise PreparedFormatError(f"{root / 'info.json'}: format version {info.get('version')!r}, "
+                                  f"this adpf reads version {VERSION}; prepare the dataset again")
+    for key in ("image_size", "count"):
+        if not isinstance(info.get(key), int):
+            raise PreparedFormatError(f"{root / 'info.json'}: field {key!r} must be an integer")
+    n, s = info["count"], info["image_size"]
+    images = _load_array(root / "images.npy", np.uint8, (n, s, s, 3))
+    regions = info.get("region_names") or []
+    masks = _load_array(root / "masks.npy", np.bool_, (n, len(regions), s, s)) if regions else None
+    try:
+        meta = pd.read_csv(root / "meta.csv")
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise PreparedFormatError(f"{root / 'meta.csv'}: not a readable CSV ({e})") from e
+    missing = [c for c in REQUIRED_COLUMNS if c not in meta.columns]
+    if missing:
+        raise PreparedFormatError(f"{root / 'meta.csv'}: missing column(s) {missing}")
+    if len(meta) != n or not np.array_equal(meta["index"].to_numpy(), np.arange(n)):
+        raise PreparedFormatError(f"{root / 'meta.csv'}: expected {n} rows with index 0..{n - 1}, got {len(meta)}")
+    if not pd.api.types.is_integer_dtype(meta["subject"]) or not pd.api.types.is_numeric_dtype(meta["age"]) \
+            or not np.isfinite(meta["age"]).all():
+        raise PreparedFormatError(f"{root / 'meta.csv'}: subject must be integers and age finite numbers")
+    return Prepared(root, images, meta, info, masks)
+
+
+def _load_array(path: Path, dtype, shape: tuple[int, ...]) -> np.ndarray:
+    if not path.is_file():
+        raise PreparedFormatError(f"{path}: missing (info.json announces it)")
+    try:
+        a = np.load(path, mmap_mode="r")
+    except (ValueError, OSError, EOFError) as e:
+        raise PreparedFormatError(f"{path}: not a readable .npy array ({e})") from e
+    if a.dtype != dtype or a.shape != shape:
+        raise PreparedFormatError(f"{path}: expected {np.dtype(dtype)} of shape {shape} (from info.json), "
+                                  f"got {a.dtype} of shape {a.shape}")
+    return a
+
+
+# --------------------------------------------------------------------------- torch dataset
+
+def pad_crop_flip(image: torch.Tensor, masks: torch.Tensor | None, pad: int,
+                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The paper's augmentation: zero-pad by ``pad`` pixels, crop a random window of the
+    original size, flip horizontally with probability 1/2. Masks move with the image.
+
+    image: ``(C, H, W)``; masks: ``(R, H, W)`` or None. Returns tensors of the same shapes.
+    """
+    _, h, w = image.shape
+    top, left = (int(v) for v in torch.randint(0, 2 * pad + 1, (2,), generator=generator))
+    flip = bool(torch.randint(0, 2, (1,), generator=generator))
+
+    def move(t: torch.Tensor) -> torch.Tensor:
+        t = torch.nn.functional.pad(t, (pad, pad, pad, pad))[:, top: top + h, left: left + w]
+        return t.flip(-1) if flip else t
+
+    return move(image), None if masks is None else move(masks)
+
+
+class PreparedFaces(Dataset):
+    """Items of a prepared folder, as CONTRIBUTING.md specifies: a dict with ``image``
+    ``(3, H, W)`` float32 in [0, 1], ``age`` float32, ``subject`` int64, ``index`` int64 (the
+    row in the folder) and, where the folder has them, ``masks`` ``(R, H, W)`` bool.
+
+    indices: rows to expose (a protocol's split); default all.
+    augment: apply `pad_crop_flip` with ``pad`` pixels (default image_size // 16; the paper
+        does not give its padding, open choice 9). Random draws use torch's global generator,
+        so ``torch.manual_seed`` and DataLoader worker seeding make them reproducible.
+    """
+
+    def __init__(self, root: str | Path | Prepared, indices=None, augment: bool = False, pad: int | None = None):
+        data = root if isinstance(root, Prepared) else load_prepared(root)
+        self.root = data.root
+        self._data: Prepared | None = data
+        n = len(data)
+        self.indices = np.arange(n) if indices is None else np.asarray(indices, dtype=np.int64)
+        if self.indices.ndim != 1 or (len(self.indices) and (self.indices.min() < 0 or self.indices.max() >= n)):
+            raise IndexError(f"{self.root}: indices must be a 1-D array of rows in 0..{n - 1}")
+        self.ages = data.meta["age"].to_numpy(np.float32)
+        self.subjects = data.meta["subject"].to_numpy(np.int64)
+        self.region_names = data.region_names
+        self.augment = augment
+        self.pad = data.image_size // 16 if pad is None else pad
+
+    @property
+    def data(self) -> Prepared:
+        if self._data is None:  # reopened lazily in DataLoader workers
+            self._data = load_prepared(self.root)
+        return self._data
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_data": None}  # memory maps are reopened, never pickled
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        j = int(self.indices[i])
+        image = torch.from_numpy(np.array(self.data.images[j])).permute(2, 0, 1).float().div_(255)
+        masks = None if self.data.masks is None else torch.from_numpy(np.array(self.data.masks[j]))
+        if self.augment:
+            image, masks = pad_crop_flip(image, masks, self.pad)
+        item = {"image": image, "age": torch.tensor(self.ages[j]),
+                "subject": torch.tensor(self.subjects[j]), "index": torch.tensor(j, dtype=torch.int64)}
+        if masks is not None:
+            item["masks"] = masks
+        return item

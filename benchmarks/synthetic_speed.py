@@ -1,0 +1,25 @@
+"""How fast the embedded synthetic faces are drawn (images per second, one process).
+
+    python benchmarks/synthetic_speed.py [--n 10000] [--sizes 128 64]
+"""
+import argparse
+import time
+
+from adpf.data.synthetic import make_synthetic_faces
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=10_000, help="images per size")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[128, 64])
+    args = parser.parse_args()
+    for size in args.sizes:
+        start = time.perf_counter()
+        faces = make_synthetic_faces(args.n, size, seed=0)
+        seconds = time.perf_counter() - start
+        print(f"{args.n} faces at {size}x{size}: {seconds:.1f} s, {args.n / seconds:.0f} images/s "
+              f"({faces.images.nbytes / 2**20:.0f} MiB images, {faces.masks.nbytes / 2**20:.0f} MiB masks)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,163 @@
+"""The prepared on-disk format, PreparedFaces and the paper's augmentation."""
+import json
+import pickle
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from adpf.data.prepared import (PreparedFaces, PreparedFormatError, PreparedWriter, default_dataset,
+                                load_prepared, pad_crop_flip, write_prepared, write_synthetic_prepared)
+from adpf.data.synthetic import REGION_NAMES, make_synthetic_faces
+
+
+def _random_set(n=7, size=12, seed=0):
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+    meta = pd.DataFrame({"age": rng.integers(1, 90, n), "subject": [f"p{i % 3}" for i in range(n)],
+                         "path": [f"img{i}.jpg" for i in range(n)], "gender": ["m", "f"] * (n // 2) + ["m"] * (n % 2)})
+    return images, meta
+
+
+def test_round_trip_keeps_images_meta_and_codes_subject_names(tmp_path):
+    images, meta = _random_set()
+    root = write_prepared(tmp_path / "set", images, meta, name="toy", info={"source": "unit test"})
+    p = load_prepared(root)
+    np.testing.assert_array_equal(p.images, images)
+    assert isinstance(p.images, np.memmap)
+    assert p.info["name"] == "toy" and p.info["count"] == 7 and p.info["image_size"] == 12
+    assert p.info["subjects"] == 3 and p.info["source"] == "unit test" and p.masks is None
+    assert list(p.meta.columns[:4]) == ["index", "age", "subject", "path"]
+    np.testing.assert_array_equal(p.meta["subject"], [0, 1, 2, 0, 1, 2, 0])
+    np.testing.assert_array_equal(p.meta["subject_name"], meta["subject"])
+    np.testing.assert_array_equal(p.meta["gender"], meta["gender"])
+    assert not list(tmp_path.glob(".set.tmp-*")), "the temporary folder is gone"
+
+
+def test_items_follow_the_contract(tmp_path):
+    images, meta = _random_set()
+    ds = PreparedFaces(write_prepared(tmp_path / "set", images, meta, name="toy"), indices=[5, 2])
+    assert len(ds) == 2
+    item = ds[0]
+    assert set(item) == {"image", "age", "subject", "index"}
+    assert item["image"].shape == (3, 12, 12) and item["image"].dtype == torch.float32
+    torch.testing.assert_close(item["image"], torch.from_numpy(images[5]).permute(2, 0, 1).double().div(255).float())
+    assert item["age"].dtype == torch.float32 and item["age"].item() == meta["age"][5]
+    assert item["subject"].dtype == torch.int64 and item["subject"].item() == 2
+    assert item["index"].dtype == torch.int64 and item["index"].item() == 5
+    batch = next(iter(DataLoader(ds, batch_size=2)))
+    assert batch["image"].shape == (2, 3, 12, 12) and batch["index"].tolist() == [5, 2]
+    clone = pickle.loads(pickle.dumps(ds))  # what DataLoader workers receive
+    torch.testing.assert_close(clone[1]["image"], ds[1]["image"])
+    with pytest.raises(IndexError, match="rows in 0..6"):
+        PreparedFaces(ds.root, indices=[7])
+
+
+def _reference_augment(image, pad, top, left, flip):
+    c, h, w = image.shape
+    out = np.zeros_like(image)
+    for ch in range(c):
+        for y in range(h):
+            for x in range(w):
+                sy, sx = y + top - pad, (w - 1 - x if flip else x) + left - pad
+                out[ch, y, x] = image[ch, sy, sx] if 0 <= sy < h and 0 <= sx < w else 0
+    return out
+
+
+def test_pad_crop_flip_matches_a_loop_and_moves_masks_with_the_image():
+    image = torch.rand(3, 9, 11, dtype=torch.float64)
+    masks = image[:2] > 0.5
+    pad, seen = 3, set()
+    for seed in range(60):
+        g = torch.Generator().manual_seed(seed)
+        top, left = (int(v) for v in torch.randint(0, 2 * pad + 1, (2,), generator=g))
+        flip = bool(torch.randint(0, 2, (1,), generator=g))
+        out, out_masks = pad_crop_flip(image, masks, pad, generator=torch.Generator().manual_seed(seed))
+        np.testing.assert_array_equal(out.numpy(), _reference_augment(image.numpy(), pad, top, left, flip))
+        torch.testing.assert_close(out_masks, out[:2] > 0.5)
+        seen.add((top, left, flip))
+    assert {t for t, _, _ in seen} == set(range(7)) and {f for *_, f in seen} == {True, False}
+
+
+def test_augmented_items_keep_masks_on_the_image(tmp_path):
+    root = write_synthetic_prepared(tmp_path / "syn", 6, 32, seed=1)
+    plain, aug = PreparedFaces(root), PreparedFaces(root, augment=True, pad=4)
+    assert aug.pad == 4 and PreparedFaces(root).pad == 2
+    torch.manual_seed(0)
+    for i in range(6):
+        a, p = aug[i], plain[i]
+        assert a["masks"].shape == p["masks"].shape == (4, 32, 32) and a["masks"].dtype == torch.bool
+        # whatever window and flip were drawn, find it from the image, then check the masks
+        windows = {(t, l, f): _window(p["image"], 4, t, l, f) for t in range(9) for l in range(9) for f in (0, 1)}
+        found = [k for k, w in windows.items() if torch.equal(a["image"], w)]
+        assert found
+        assert any(torch.equal(a["masks"], _window(p["masks"], 4, *k)) for k in found)
+
+
+def _window(t, pad, top, left, flip):
+    w = torch.nn.functional.pad(t, (pad,) * 4)[:, top:top + t.shape[1], left:left + t.shape[2]]
+    return w.flip(-1) if flip else w
+
+
+def test_synthetic_writer_equals_the_generator(tmp_path):
+    root = write_synthetic_prepared(tmp_path / "syn", 25, 32, seed=4)
+    f, p = make_synthetic_faces(25, 32, seed=4), load_prepared(root)
+    np.testing.assert_array_equal(p.images, f.images)
+    np.testing.assert_array_equal(p.masks, f.masks)
+    np.testing.assert_array_equal(p.meta["age"], f.ages)
+    np.testing.assert_array_equal(p.meta["subject"], f.subjects)
+    assert p.region_names == REGION_NAMES and p.info["seed"] == 4
+    np.testing.assert_allclose(p.meta["rotation_deg"], f.params["rotation_deg"])
+
+
+def test_default_dataset_is_drawn_once_and_reused(tmp_path):
+    root = default_dataset(image_size=32, n=20, seed=3, cache_dir=tmp_path)
+    stamp = (root / "images.npy").stat().st_mtime_ns
+    assert default_dataset(image_size=32, n=20, seed=3, cache_dir=tmp_path) == root
+    assert (root / "images.npy").stat().st_mtime_ns == stamp
+    np.testing.assert_array_equal(load_prepared(root).images, make_synthetic_faces(20, 32, seed=3).images)
+    assert default_dataset(image_size=32, n=20, seed=4, cache_dir=tmp_path) != root
+
+
+def test_writer_refuses_to_overwrite_and_cleans_up_on_error(tmp_path):
+    images, meta = _random_set()
+    write_prepared(tmp_path / "set", images, meta, name="toy")
+    with pytest.raises(FileExistsError):
+        write_prepared(tmp_path / "set", images, meta, name="toy")
+    write_prepared(tmp_path / "set", images[:3], meta[:3], name="toy", overwrite=True)
+    assert load_prepared(tmp_path / "set").info["count"] == 3
+    with pytest.raises(ValueError, match="meta has 2 rows for 7 images"):
+        write_prepared(tmp_path / "other", images, meta[:2], name="toy")
+    with pytest.raises(ValueError, match="lacks column"):
+        write_prepared(tmp_path / "other", images, meta.drop(columns="age"), name="toy")
+    with PreparedWriter(tmp_path / "partial", 2, 12, "toy") as w, pytest.raises(ValueError, match="uint8"):
+        w.write(0, images[:2].astype(np.float32))
+    assert not (tmp_path / "other").exists() and not (tmp_path / "partial").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["set"]
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda r: (r / "meta.csv").unlink(), "meta.csv: missing"),
+    (lambda r: (r / "info.json").write_text("{not json"), "info.json: not valid JSON"),
+    (lambda r: (r / "info.json").write_text(json.dumps({**json.loads((r / "info.json").read_text()), "version": 99})),
+     "format version 99"),
+    (lambda r: (r / "info.json").write_text(json.dumps({**json.loads((r / "info.json").read_text()), "count": 8})),
+     r"images.npy: expected uint8 of shape \(8, 12, 12, 3\)"),
+    (lambda r: (r / "images.npy").write_bytes((r / "images.npy").read_bytes()[:100]), "images.npy: not a readable"),
+    (lambda r: pd.read_csv(r / "meta.csv")[:5].to_csv(r / "meta.csv", index=False), "meta.csv: expected 7 rows"),
+    (lambda r: pd.read_csv(r / "meta.csv").drop(columns="age").to_csv(r / "meta.csv", index=False),
+     r"meta.csv: missing column\(s\) \['age'\]"),
+])
+def test_damaged_folders_name_the_file(tmp_path, damage, message):
+    images, meta = _random_set()
+    root = write_prepared(tmp_path / "set", images, meta, name="toy")
+    damage(root)
+    with pytest.raises(PreparedFormatError, match=message):
+        load_prepared(root)
+
+
+def test_missing_folder_says_what_it_expects(tmp_path):
+    with pytest.raises(PreparedFormatError, match="expected a folder with images.npy, meta.csv and info.json"):
+        PreparedFaces(tmp_path / "nowhere")
