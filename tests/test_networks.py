@@ -1,0 +1,174 @@
+"""Shapes, parameter counts, the patch-joining order of FusionNet (Eq. 8), ADPF's wiring, the variants."""
+import pytest
+import torch
+
+from adpf.attention import HybridAttention
+from adpf.config import get_preset
+from adpf.losses import age_estimation_loss, attention_net_loss
+from adpf.networks import (ADPF, AttentionNet, FixedPatchFusion, FusionNet, build_model, conv_block,
+                           count_parameters, main, parameter_table)
+from adpf.patches import crop_patches, fixed_boxes, maps_to_boxes
+
+VARIANTS = ("adpf", "attention_only", "plain_cnn", "fixed_patches")
+
+
+def tiny(**changes):
+    return get_preset("cpu", image_size=16, x_size=4, stem_channels=(4, 4, 4), x_channels=6, heads=3,
+                      key_channels=4, value_channels=4, ca_reduction=2, fusion_channels=(4, 6, 8),
+                      patch_size=8, patch_channels=3, age_max=9, **changes)
+
+
+def test_parameter_counts_by_hand():
+    assert count_parameters(conv_block(3, 4)) == 3 * 4 * 9 + 2 * 4  # conv (no bias) + BN scale, shift
+    c_in, c_k, c_v, h, w, hidden = 5, 4, 6, 3, 2, 3
+    qkv = 2 * (c_in * c_k + c_k) + (c_in * c_v + c_v)
+    rel = (2 * h - 1) * c_k + (2 * w - 1) * c_k
+    ca = (c_in * c_v + c_v) + (c_v * hidden + hidden) + (hidden * c_v + c_v)
+    assert count_parameters(HybridAttention(c_in, c_k, c_v, h, w, reduction=2)) == qkv + rel + ca
+    assert count_parameters(HybridAttention(c_in, c_k, c_v, h, w, 2, mode="self_sum")) == qkv + rel
+    config = tiny()
+    fc = config.heads * config.x_size ** 2 * config.num_classes + config.num_classes
+    stem = count_parameters(AttentionNet(config).stem)
+    to_x = 4 * 6 + 2 * 6
+    heads = 3 * count_parameters(HybridAttention(2, 4, 4, 4, 4, 2))
+    assert count_parameters(AttentionNet(config)) == stem + to_x + heads + 3 + fc  # + the scales a_k
+
+
+@pytest.mark.parametrize("name,low,high", [("paper", 3_000_000, 20_000_000), ("cpu", 100_000, 1_000_000)])
+def test_preset_sizes_within_documented_range(name, low, high):
+    rows = {variant: (att, fus, total) for variant, att, fus, total in parameter_table(get_preset(name))}
+    assert low <= rows["adpf"][2] <= high
+    assert rows["adpf"][2] == rows["attention_only"][2] + rows["fixed_patches"][2]
+    assert rows["plain_cnn"][2] < rows["fixed_patches"][2]  # same main stream, minus the patch streams
+
+
+def test_cli_prints_every_variant(capsys):
+    main(["--preset", "cpu"])
+    out = capsys.readouterr().out
+    assert all(v in out for v in VARIANTS) and "preset cpu" in out
+
+
+@pytest.mark.parametrize("name,batch", [("cpu", 3), ("paper", 2)])
+def test_every_variant_runs_forward_and_backward(name, batch):
+    torch.manual_seed(0)
+    config = get_preset(name)
+    x = torch.rand(batch, 3, config.image_size, config.image_size)
+    age = torch.tensor([20.0, 45.0, 70.0])[:batch]
+    for variant in VARIANTS:
+        model = build_model(config.replace(variant=variant))
+        out = model(x)
+        assert out.logits.shape == (batch, config.num_classes)
+        if variant in ("adpf", "attention_only"):
+            maps = out.attention.maps
+            assert maps.shape == (batch, config.heads, config.x_size, config.x_size)
+        if variant in ("adpf", "fixed_patches"):
+            assert out.boxes.shape == (batch, config.heads, 4)
+            assert out.patches.shape == (batch, config.heads, 3, config.patch_size, config.patch_size)
+        if variant == "attention_only":
+            loss = attention_net_loss(out.logits, age, out.attention.maps, config).total
+        else:
+            loss = age_estimation_loss(out.logits, age, config).total
+        loss.backward()
+        assert torch.isfinite(loss)
+        trained = [p for p in model.parameters() if p.grad is not None]
+        assert trained and all(torch.isfinite(p.grad).all() for p in trained)
+
+
+def stage_inputs(net, x, patches):
+    seen = []
+    hooks = [stage.register_forward_hook(lambda m, inp, out: seen.append(inp[0].detach().clone()))
+             for stage in net.stages]
+    net(x, patches)
+    for h in hooks:
+        h.remove()
+    return seen
+
+
+def test_patch_k_joins_at_stage_k():
+    torch.manual_seed(0)
+    config = tiny()
+    net = FusionNet(config).eval()
+    x = torch.rand(2, 3, 16, 16)
+    patches = torch.rand(2, 3, 3, 8, 8)
+    base = stage_inputs(net, x, patches)
+    main_widths = (4, 4, 6)  # stem, then stage outputs
+    for k in range(3):
+        # R = Concat[I, P]: the last patch_channels of stage k's input are patch stream k's features
+        assert base[k].shape[1] == main_widths[k] + config.patch_channels
+        p = net.patch_streams[k](2 * patches[:, k] - 1, base[k].shape[-1])
+        torch.testing.assert_close(base[k][:, main_widths[k]:], p.detach())
+        moved = patches.clone()
+        moved[:, k] = torch.rand(2, 3, 8, 8)
+        after = stage_inputs(net, x, moved)
+        for j in range(3):
+            if j < k:
+                torch.testing.assert_close(after[j], base[j])  # earlier stages never see P_k
+            else:
+                assert not torch.allclose(after[j], base[j])  # stage k and all later ones do
+    assert net.input_sizes == [8, 4, 4]
+
+
+def test_plain_cnn_has_the_same_main_stream():
+    config = tiny()
+    plain, fusion = FusionNet(config, use_patches=False), FusionNet(config)
+    assert plain.patch_streams is None and plain.input_sizes == fusion.input_sizes
+    assert [s[1][0].out_channels for s in plain.stages] == [s[1][0].out_channels for s in fusion.stages]
+    assert [s[0][0].in_channels for s in plain.stages] == [s[0][0].in_channels - 3 for s in fusion.stages]
+    with pytest.raises(ValueError, match="takes no patches"):
+        plain(torch.rand(1, 3, 16, 16), torch.rand(1, 3, 3, 8, 8))
+    with pytest.raises(ValueError, match="needs patches"):
+        fusion(torch.rand(1, 3, 16, 16))
+
+
+def test_adpf_crops_the_ranked_maps_and_freezes_attention():
+    torch.manual_seed(0)
+    config = tiny()
+    model = ADPF(config)
+    with torch.no_grad():
+        model.attention_net.rmhha.scales.copy_(torch.tensor([0.2, 0.9, 0.5]))
+    x = torch.rand(2, 3, 16, 16)
+    model.eval()
+    out = model(x)
+    assert out.attention.order.tolist() == [1, 2, 0]
+    expected = maps_to_boxes(out.attention.maps[:, [1, 2, 0]], 16, config.patch_threshold,
+                             config.patch_min_frac, config.patch_max_frac)
+    assert torch.equal(out.boxes, expected)
+    torch.testing.assert_close(out.patches, crop_patches(x, expected, config.patch_size))
+    torch.testing.assert_close(out.attention_logits, model.attention_net(x).logits)
+    # stage 2: attention frozen, in eval mode even after .train(), no graph through it
+    model.freeze_attention().train()
+    assert not model.attention_net.training and model.fusion_net.training
+    out = model(x)
+    assert not out.attention.maps.requires_grad
+    age_estimation_loss(out.logits, torch.tensor([3.0, 6.0]), config).total.backward()
+    assert all(p.grad is None for p in model.attention_net.parameters())
+    assert all(p.grad is not None for p in model.fusion_net.parameters())
+
+
+def test_fixed_patches_are_the_same_in_every_image():
+    config = tiny()
+    model = FixedPatchFusion(config)
+    out = model(torch.rand(3, 3, 16, 16))
+    assert torch.equal(out.boxes[0], fixed_boxes(3, 16)) and torch.equal(out.boxes[2], out.boxes[0])
+
+
+def test_ablations_and_heads_are_switches():
+    assert all(h.channel_attention is None
+               for h in AttentionNet(tiny(attention="self_sum")).rmhha.heads)
+    unranked = AttentionNet(tiny(ranking=False))
+    with torch.no_grad():
+        unranked.rmhha.scales.copy_(torch.tensor([0.1, 0.9, 0.5]))
+    assert unranked(torch.rand(1, 3, 16, 16)).attention.order.tolist() == [0, 1, 2]
+    for k in (1, 4, 8):
+        config = get_preset("cpu", heads=k)
+        model = build_model(config)
+        assert len(model.attention_net.rmhha.heads) == k and len(model.fusion_net.stages) == k
+    assert isinstance(build_model(tiny(variant="attention_only")), AttentionNet)
+
+
+def test_bad_images_raise_clear_errors():
+    model = build_model(tiny())
+    with pytest.raises(ValueError, match=r"\(B, 3, 16, 16\)"):
+        model(torch.rand(2, 3, 32, 32))
+    with pytest.raises(ValueError, match="float"):
+        model(torch.zeros(2, 3, 16, 16, dtype=torch.uint8))
