@@ -10,7 +10,7 @@ D = torch.float64
 
 
 def tiny(**changes):
-    return get_preset("cpu", x_size=4, x_channels=15, heads=3, key_channels=4, value_channels=4,
+    return get_preset("cpu", image_size=16, x_size=4, x_channels=15, heads=3, key_channels=4, value_channels=4,
                       fusion_channels=(8, 8, 8), **changes)
 
 
