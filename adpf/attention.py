@@ -13,7 +13,7 @@ Open choices made here (``adpf-method.md``, "Open choices"):
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -65,6 +65,38 @@ def relative_logits(q: Tensor, rel_h: Tensor, rel_w: Tensor, h: int, w: int) -> 
     return m.reshape(*lead, n, n)
 
 
+def relative_queries_keys(q: Tensor, k: Tensor, rel_h: Tensor, rel_w: Tensor,
+                          h: int, w: int) -> tuple[Tensor, Tensor]:
+    """Eq. 2 folded into one dot product: q̃_i · k̃_j = q_iᵀ k_j + m_h[i, j] + m_w[i, j].
+
+    q̃_i = [q_i, (q_iᵀ r^H_{j_y − i_y})_{j_y < h}, (q_iᵀ r^W_{j_x − i_x})_{j_x < w}] and
+    k̃_j = [k_j, onehot_h(j_y), onehot_w(j_x)], so q̃ k̃ᵀ is exactly Q Kᵀ + m_h + m_w of Eq. 3
+    and fused attention kernels can take it without an (N, N) bias. Building q̃ costs
+    N (h + w) c_K multiply-adds, against N² c_K for Q Kᵀ itself.
+
+    Args:
+        q, k: queries and keys ``(..., N, c_K)``, N = h · w, pixels row-major.
+        rel_h: r^H ``(..., 2h − 1, c_K)``; rel_w: r^W ``(..., 2w − 1, c_K)``; their leading
+            dims broadcast against q's (one embedding per head: ``(n, 2h − 1, c_K)`` for q
+            ``(B, n, N, c_K)``).
+    Returns:
+        q̃, k̃ ``(..., N, c_K + h + w)``.
+    """
+    *lead, n, c = q.shape
+    if n != h * w:
+        raise ValueError(f"q has {n} positions but h*w = {h}*{w} = {h * w}")
+    q_grid = q.reshape(*lead, h, w, c)
+    # row i_y of q_grid against the embeddings of offsets j_y − i_y: (..., h, w, c) @ (..., h, c, h)
+    mh = q_grid @ rel_h[..., _relative_index(h, q.device), :].transpose(-1, -2)
+    # column i_x against the embeddings of offsets j_x − i_x: (..., w, h, c) @ (..., w, c, w)
+    mw = (q_grid.transpose(-3, -2) @ rel_w[..., _relative_index(w, q.device), :].transpose(-1, -2)).transpose(-3, -2)
+    q_aug = torch.cat([q, mh.reshape(*lead, n, h), mw.reshape(*lead, n, w)], dim=-1)
+    rows = torch.eye(h, dtype=k.dtype, device=k.device).repeat_interleave(w, dim=0)  # (N, h): onehot(j_y)
+    cols = torch.eye(w, dtype=k.dtype, device=k.device).repeat(h, 1)  # (N, w): onehot(j_x)
+    k_aug = torch.cat([k, torch.cat([rows, cols], dim=1).expand(*k.shape[:-1], h + w)], dim=-1)
+    return q_aug, k_aug
+
+
 class RelativeSelfAttention(nn.Module):
     """Self-attention over the pixels of a feature map with relative positions (Eq. 1–3).
 
@@ -99,14 +131,13 @@ class RelativeSelfAttention(nn.Module):
         q = self.query(z).flatten(2).transpose(1, 2)  # (B, N, c_K)
         k = self.key(z).flatten(2).transpose(1, 2)  # (B, N, c_K)
         v = self.value(z).flatten(2).transpose(1, 2)  # (B, N, c_V)
-        scale = math.sqrt(self.key_channels)
         if self.impl == "plain":
             rel = relative_logits(q, self.rel_h, self.rel_w, h, w)  # (B, N, N)
-            attn = torch.softmax((q @ k.transpose(1, 2) + rel) / scale, dim=-1)
+            attn = torch.softmax((q @ k.transpose(1, 2) + rel) / math.sqrt(self.key_channels), dim=-1)
             out = attn @ v
-        else:  # (m_h + m_w) / √c_K, scaling the small embeddings rather than the (B, N, N) logits
-            bias = relative_logits(q, self.rel_h / scale, self.rel_w / scale, h, w)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        else:
+            q_aug, k_aug = relative_queries_keys(q, k, self.rel_h, self.rel_w, h, w)
+            out = F.scaled_dot_product_attention(q_aug, k_aug, v, scale=self.key_channels ** -0.5)
         return out.transpose(1, 2).reshape(b, -1, h, w)
 
 
@@ -158,3 +189,54 @@ class HybridAttention(nn.Module):
         if self.channel_attention is None:
             return sa.sum(dim=1)
         return torch.einsum("bchw,bc->bhw", sa, self.channel_attention(z))
+
+
+def hybrid_attention_heads(heads: Sequence[HybridAttention], x: Tensor) -> Tensor:
+    """The maps HA_k of n hybrid-attention heads (Eq. 5), head k on the k-th channel slice of x.
+
+    With ``impl="plain"`` each head runs on its slice in turn (the reference). With
+    ``impl="sdpa"`` all heads run at once, computing the same function:
+
+    - the 1×1 convolutions Q, K, V and CA of every head are one grouped convolution;
+    - Eq. 5 is linear in V, so HA = Σ_c (A V)_c w_CA,c = A (V w_CA): the attention A is
+      applied to a single value channel per head instead of c_V;
+    - the relative logits are folded into the dot product (``relative_queries_keys``) and
+      one ``F.scaled_dot_product_attention`` call takes all heads and images; the value
+      channel is zero-padded to the query width, which the fused kernels need.
+
+    Input ``(B, n · c_in, h, w)``; output ``(B, n, h, w)``.
+    """
+    attentions = [head.self_attention for head in heads]
+    if attentions[0].impl == "plain":
+        return torch.stack([head(z) for head, z in zip(heads, x.chunk(len(heads), dim=1))], dim=1)
+    first = attentions[0]
+    b, _, h, w = x.shape
+    if (h, w) != (first.height, first.width):
+        raise ValueError(f"expected a {first.height}x{first.width} feature map, got {h}x{w}")
+    c_k, c_v = first.key_channels, first.value.out_channels
+    hybrid = heads[0].channel_attention is not None
+    convs = [[a.query, a.key, a.value] + ([head.channel_attention.project] if hybrid else [])
+             for head, a in zip(heads, attentions)]
+    weight = torch.cat([conv.weight for group in convs for conv in group])
+    bias = torch.cat([conv.bias for group in convs for conv in group])
+    proj = F.conv2d(x, weight, bias, groups=len(heads)).reshape(b, len(heads), -1, h * w)  # (B, n, ·, N)
+    q, k, v, *ca = proj.split([c_k, c_k, c_v] + ([c_v] if hybrid else []), dim=2)
+    if hybrid:
+        w_ca = _channel_attention_heads([head.channel_attention for head in heads], ca[0].amax(dim=-1))
+        values = torch.einsum("bncj,bnc->bnj", v, w_ca)  # (B, n, N)
+    else:
+        values = v.sum(dim=2)
+    q_aug, k_aug = relative_queries_keys(
+        q.transpose(-1, -2), k.transpose(-1, -2),
+        torch.stack([a.rel_h for a in attentions]), torch.stack([a.rel_w for a in attentions]), h, w)
+    values = F.pad(values[..., None], (0, q_aug.shape[-1] - 1))  # (B, n, N, c_K + h + w)
+    out = F.scaled_dot_product_attention(q_aug, k_aug, values, scale=c_k ** -0.5)
+    return out[..., 0].reshape(b, len(heads), h, w)
+
+
+def _channel_attention_heads(modules: Sequence[ChannelAttention], pooled: Tensor) -> Tensor:
+    """Eq. 4 for n heads at once from their max-pooled CA ``(B, n, c_V)``; returns w_CA ``(B, n, c_V)``."""
+    w1, b1 = torch.stack([m.fc1.weight for m in modules]), torch.stack([m.fc1.bias for m in modules])
+    w2, b2 = torch.stack([m.fc2.weight for m in modules]), torch.stack([m.fc2.bias for m in modules])
+    hidden = F.relu(torch.einsum("bnc,nkc->bnk", F.relu(pooled), w1) + b1)
+    return torch.sigmoid(torch.einsum("bnk,nck->bnc", hidden, w2) + b2)

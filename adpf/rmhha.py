@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from adpf.attention import HybridAttention
+from adpf.attention import HybridAttention, hybrid_attention_heads
 from adpf.config import ADPFConfig
 
 
@@ -67,7 +67,6 @@ class RMHHA(nn.Module):
     def forward(self, x: Tensor) -> AttentionOutput:
         if x.shape[1] != self.config.x_channels:
             raise ValueError(f"RMHHA expects X with {self.config.x_channels} channels, got {x.shape[1]}")
-        slices = x.split(self.config.c_head, dim=1)
-        maps = torch.stack([head(z) for head, z in zip(self.heads, slices)], dim=1)  # (B, n, h, w)
+        maps = hybrid_attention_heads(self.heads, x)  # (B, n, h, w)
         weighted = maps * self.scales[None, :, None, None]
         return AttentionOutput(maps=maps, weighted=weighted, order=self.ranking())

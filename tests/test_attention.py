@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from adpf.attention import ChannelAttention, HybridAttention, RelativeSelfAttention, relative_logits
+from adpf.attention import (ChannelAttention, HybridAttention, RelativeSelfAttention, hybrid_attention_heads,
+                            relative_logits, relative_queries_keys)
 
 torch.manual_seed(0)
 D = torch.float64
@@ -134,3 +135,35 @@ def test_bad_arguments_raise():
         HybridAttention(4, 4, 4, 2, 2, 2, mode="cross")
     with pytest.raises(ValueError, match="3x3"):
         RelativeSelfAttention(4, 4, 4, 3, 3)(torch.randn(1, 4, 2, 2))
+
+
+@pytest.mark.parametrize("h,w", [(3, 4), (5, 2)])
+def test_relative_queries_keys_fold_the_relative_logits(h, w):
+    """q̃ k̃ᵀ = Q Kᵀ + m_h + m_w, for one head and for per-head embeddings broadcast over a batch."""
+    q, k = torch.randn(2, 3, h * w, 5, dtype=D), torch.randn(2, 3, h * w, 5, dtype=D)
+    rel_h, rel_w = torch.randn(3, 2 * h - 1, 5, dtype=D), torch.randn(3, 2 * w - 1, 5, dtype=D)
+    q_aug, k_aug = relative_queries_keys(q, k, rel_h, rel_w, h, w)
+    assert q_aug.shape == k_aug.shape == (2, 3, h * w, 5 + h + w)
+    for head in range(3):
+        ref = q[:, head] @ k[:, head].transpose(1, 2) + loop_relative_logits(q[:, head], rel_h[head], rel_w[head], h, w)
+        torch.testing.assert_close(q_aug[:, head] @ k_aug[:, head].transpose(1, 2), ref)
+
+
+@pytest.mark.parametrize("mode", ["hybrid", "self_sum"])
+def test_fused_heads_match_the_plain_heads_forward_and_backward(mode):
+    """hybrid_attention_heads: all heads in one SDPA call computes what each plain head computes on its slice."""
+    heads = torch.nn.ModuleList(HybridAttention(6, 4, 5, 3, 4, reduction=2, mode=mode, impl="plain")
+                                for _ in range(3)).to(D)
+    x = torch.randn(2, 18, 3, 4, dtype=D, requires_grad=True)
+    weight = torch.randn(2, 3, 3, 4, dtype=D)
+    results = {}
+    for impl in ("plain", "sdpa"):
+        for head in heads:
+            head.self_attention.impl = impl
+        maps = hybrid_attention_heads(heads, x)
+        results[impl] = (maps, torch.autograd.grad((maps * weight).sum(), [x, *heads.parameters()]))
+    for k in range(3):  # the plain path is each head on its own slice
+        torch.testing.assert_close(results["plain"][0][:, k], heads[k](x[:, 6 * k:6 * (k + 1)]))
+    torch.testing.assert_close(results["sdpa"][0], results["plain"][0])
+    for fused, plain in zip(results["sdpa"][1], results["plain"][1]):
+        torch.testing.assert_close(fused, plain)
