@@ -20,3 +20,32 @@ def test_ch3_channel_and_hybrid_attention():
     assert values["max_local"] > values["max_broad"]
     assert values["average_local"] < values["average_broad"]
     assert 0 < values["local_area"] < 0.2
+
+
+def test_ch4_rmhha_slices_ranking_and_scale_gradients():
+    values = glued("04_rmhha")
+    assert 0 <= values["slice_loop_error"] < 1e-10
+    # a head sees only its own slice
+    assert values["touched_head_change"] > 1e-3
+    assert values["other_heads_change"] == 0.0
+    # a = (0.6, 1.4, -1.8, 1.1, 1.4): ties keep head order; |a| puts the negative head first
+    assert values["order_value"] == (2, 5, 4, 1, 3)
+    assert values["order_abs"] == (3, 2, 5, 4, 1)
+    # a_k learns from the age loss only
+    assert values["scale_grad_age"] > 0
+    assert values["scale_grad_diversity"] == 0.0
+
+
+def test_ch5_diversity_loss_and_the_fig10_experiment():
+    values = glued("05_diversity_loss")
+    assert 0 <= values["div_loop_error"] < 1e-10
+    assert 0 <= values["div_grad_error"] < 1e-10
+    # raw maps escape the loss by shrinking or flipping; normalised maps do not
+    assert abs(values["raw_scaled_ratio"] - 0.01) < 1e-9
+    assert values["raw_flipped"] < 0
+    assert values["normalized_scaled_change"] < 1e-12
+    # descending L_div pulls two overlapping heads apart, also on faces it never saw
+    assert values["overlap_before_train"] > 0.5
+    assert values["overlap_after_train"] < 0.25 * values["overlap_before_train"]
+    assert values["overlap_after_test"] < values["overlap_before_test"]
+    assert values["div_after_train"] < values["div_before_train"]
