@@ -1,0 +1,131 @@
+"""Train-or-load: every training stage is stored under a key made from everything that determines it.
+
+A stage's key hashes (as canonical JSON, SHA-256):
+
+- the stage ("attention", "fusion" or "single") and the config fields the stage depends on,
+- the data identity (the prepared folder's info.json and a content hash of its files),
+- the split (a hash of its train/val/test indices),
+- the recipe fields that change the result (``Recipe.result_fields``),
+- the code version (adpf's version and a hash of the source files that shape a training),
+- for stage 2, the key of the stage-1 model it starts from.
+
+ADPF's stage 1 *is* an AttentionNet trained alone: its key uses ``attention_config(config)``,
+which drops the fields that only FusionNet reads (the patch and fusion sizes, ranking), so
+ADPF, AttentionNet alone, ADPF w/o ranking and every patch-rule variant share one stage-1
+model, while w/SA and w/o diversity (which change AttentionNet) get their own.
+
+Layout under ``cache_root()`` (``$ADPF_CACHE_DIR``, else ``.adpf-cache`` in a source
+checkout, else ``~/.cache/adpf``; the same folder ``adpf.data.prepared`` caches data in)::
+
+    runs/<stage>-<key>/checkpoint.pt   the stage's latest epoch (model, optimizer, RNG, history)
+    runs/<stage>-<key>/stage.json      written once the stage is finished
+    runs/<stage>-<key>/result.json     the TrainResult, in the folder of a run's last stage
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+import adpf
+from adpf.config import ADPFConfig
+from adpf.data.prepared import Prepared, cache_root
+
+#: Fields only FusionNet and the patch rule read; AttentionNet does not depend on them.
+FUSION_ONLY_FIELDS = ("fusion_channels", "patch_size", "patch_channels", "ranking", "rank_by",
+                      "patch_threshold", "patch_min_frac", "patch_max_frac")
+
+#: Source files that do not change what a training produces (their edits keep the cache).
+_NOT_SHAPING = {"cli.py", "experiments.py", "benchmark.py", "plotting.py", "cache.py",
+                "checkpoint.py", "align.py", "readers.py", "protocols.py", "__init__.py"}
+
+
+def attention_config(config: ADPFConfig) -> ADPFConfig:
+    """The ``attention_only`` config of the AttentionNet inside ``config`` (ADPF's stage 1).
+
+    Fusion-only fields are reset to the ``ADPFConfig`` defaults, so every config whose
+    AttentionNet is the same maps to the same config (and the same stage-1 key).
+    """
+    defaults = ADPFConfig.__dataclass_fields__
+    return config.replace(variant="attention_only",
+                          **{f: defaults[f].default for f in FUSION_ONLY_FIELDS})
+
+
+def digest(obj) -> str:
+    """A short SHA-256 of ``obj`` as canonical JSON (sorted keys; tuples as lists)."""
+    blob = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> str:
+    """adpf's version and a hash of the source files that shape a training."""
+    root = Path(adpf.__file__).parent
+    h = hashlib.sha256(adpf.__version__.encode())
+    for path in sorted(root.rglob("*.py")):
+        if path.name not in _NOT_SHAPING:
+            h.update(path.relative_to(root).as_posix().encode())
+            h.update(path.read_bytes())
+    return f"{adpf.__version__}+{h.hexdigest()[:12]}"
+
+
+def data_identity(data: Prepared) -> dict:
+    """What identifies a prepared dataset: its info.json and a hash of its files' contents."""
+    files = [data.root / f for f in ("images.npy", "meta.csv", "masks.npy")]
+    return {"info": data.info,
+            "content": _content_hash(*((str(f), *_stamp(f)) for f in files if f.is_file()))}
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
+
+
+@functools.lru_cache(maxsize=64)
+def _content_hash(*files: tuple[str, int, int]) -> str:
+    """BLAKE2 of the files' bytes (memoised on path, size and mtime: a folder is hashed once)."""
+    h = hashlib.blake2b(digest_size=16)
+    for path, _, _ in files:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def split_identity(split: dict[str, np.ndarray]) -> dict:
+    """Sizes and a hash of a split's index arrays."""
+    return {"sizes": {k: int(len(v)) for k, v in split.items()},
+            "hash": digest({k: np.asarray(v).tolist() for k, v in split.items()})}
+
+
+def stage_dir(stage: str, key: str) -> Path:
+    """The folder of one stage's checkpoint and records."""
+    return cache_root() / "runs" / f"{stage}-{key}"
+
+
+def write_json(path: Path, obj) -> None:
+    """Write JSON atomically (temporary file in the same folder, then ``os.replace``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=1, default=str)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_json(path: Path) -> dict | None:
+    """The JSON in ``path``, or None when the file does not exist or is not valid JSON."""
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None

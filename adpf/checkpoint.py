@@ -1,0 +1,178 @@
+"""Checkpoints: written atomically, read back with ``torch.load(weights_only=True)``.
+
+A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, never a pickled
+object, so it loads with ``weights_only=True``:
+
+``config``      the ``ADPFConfig`` as a dict (``ADPFConfig.to_dict``)
+``model``       the state_dict of the trained network
+``stage``       the training stage it belongs to ("attention", "fusion" or "single")
+``epoch``       the number of finished epochs of that stage
+``optimizer``, ``scheduler``   their state_dicts (for resuming)
+``rng``         the random states (``rng_state``), so a resumed run repeats an uninterrupted one
+``meta``        anything else JSON-like (history so far, data identity, recipe)
+
+``save_checkpoint`` writes to a temporary file in the same folder, flushes and fsyncs it, then
+renames it over the target with ``os.replace``: a crash leaves the old file or the new one,
+never half of one.
+"""
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from adpf.config import ADPFConfig
+from adpf.networks import build_model
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, unreadable, or does not fit the model it is loaded into."""
+
+
+def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
+    """Write ``state`` to ``path`` atomically (temporary file + fsync + ``os.replace``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable (a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """Read a checkpoint written by ``save_checkpoint`` (``weights_only=True``).
+
+    Raises ``CheckpointError`` naming the file when it is missing, corrupted, or not a
+    checkpoint of this project.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path}: no such file")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises several types for a damaged file
+        raise CheckpointError(f"checkpoint {path}: cannot be read ({type(e).__name__}: {e})") from e
+    if not isinstance(state, dict) or "model" not in state or "config" not in state:
+        raise CheckpointError(f"checkpoint {path}: not an adpf checkpoint (expected a dict "
+                              "with 'model' and 'config')")
+    return state
+
+
+def config_from_checkpoint(state: dict, path: str | os.PathLike = "<checkpoint>") -> ADPFConfig:
+    """The ``ADPFConfig`` stored in a checkpoint."""
+    try:
+        return ADPFConfig.from_dict(state["config"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {path}: bad config ({e})") from e
+
+
+def check_config(state: dict, config: ADPFConfig, path: str | os.PathLike = "<checkpoint>") -> None:
+    """Raise ``CheckpointError`` listing every field where the checkpoint's config differs."""
+    saved = state["config"]
+    wanted = config.to_dict()
+    diff = [f"{k}: checkpoint has {saved.get(k)!r}, expected {_plain(v)!r}"
+            for k, v in wanted.items() if _plain(saved.get(k)) != _plain(v)]
+    if diff:
+        raise CheckpointError(f"checkpoint {path}: config differs: " + "; ".join(diff))
+
+
+def _plain(v):
+    return list(v) if isinstance(v, tuple) else v
+
+
+def load_model_state(model: torch.nn.Module, state_dict: dict,
+                     path: str | os.PathLike = "<checkpoint>") -> None:
+    """``model.load_state_dict`` with an error that names the file and every mismatch."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    shapes = [f"{k}: checkpoint {tuple(state_dict[k].shape)}, model {tuple(own[k].shape)}"
+              for k in own if k in state_dict and state_dict[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {_short(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys {_short(unexpected)}")
+        if shapes:
+            parts.append("shape mismatch " + "; ".join(shapes[:5]))
+        raise CheckpointError(f"checkpoint {path} does not fit the model: " + ", ".join(parts))
+    model.load_state_dict(state_dict)
+
+
+def _short(keys: list[str], n: int = 5) -> str:
+    return str(keys[:n]) + (f" and {len(keys) - n} more" if len(keys) > n else "")
+
+
+def rng_state(loader_generator: torch.Generator | None = None) -> dict:
+    """The random states of torch (CPU and CUDA), numpy, python and a DataLoader's generator.
+
+    Stored as tensors and plain numbers so that ``weights_only=True`` can read them back.
+    """
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, py_state, py_gauss = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "python": {"version": version, "state": torch.tensor(py_state, dtype=torch.int64),
+                   "gauss": py_gauss},
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    if loader_generator is not None:
+        state["loader"] = loader_generator.get_state()
+    return state
+
+
+def set_rng_state(state: dict, loader_generator: torch.Generator | None = None) -> None:
+    """Restore what ``rng_state`` saved."""
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"],
+                         n["has_gauss"], n["gauss"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if loader_generator is not None and "loader" in state:
+        loader_generator.set_state(state["loader"])
+
+
+def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> torch.nn.Module:
+    """The network a checkpoint holds, built from its stored config, in eval mode on ``map_location``.
+
+    An ADPF comes back with its AttentionNet frozen, as after training.
+    """
+    state = load_checkpoint(path, map_location)
+    model = build_model(config_from_checkpoint(state, path))
+    load_model_state(model, state["model"], path)
+    if hasattr(model, "freeze_attention"):
+        model.freeze_attention()
+    return model.to(map_location).eval()

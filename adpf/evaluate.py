@@ -1,0 +1,220 @@
+"""Evaluation: predictions, MAE, the cumulative score CS(v), per-age-group errors, and attention
+diagnostics (per-head maps, ranked boxes, head overlap, the share of attention on the true regions).
+
+The paper reports MAE (Eq. 11 over a test set) and CS(v), the share of test images whose
+absolute error is at most v years, drawn as a curve over v. Predicted ages and their
+uncertainty always come from the predicted age distribution (``losses.predict_age``, Eq. 9–10).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from adpf.losses import normalize_maps, predict_age
+from adpf.patches import maps_to_boxes
+from adpf.rmhha import AttentionOutput
+
+
+@dataclass
+class Predictions:
+    """One prediction per image, in loader order (all ``(N,)`` numpy arrays).
+
+    age: the true age; predicted: E of Eq. 10; std: the standard deviation of the predicted
+    age distribution (the model's own uncertainty); index: the dataset item's ``index``.
+    """
+
+    age: np.ndarray
+    predicted: np.ndarray
+    std: np.ndarray
+    index: np.ndarray
+
+    @property
+    def errors(self) -> np.ndarray:
+        """predicted − true ``(N,)``."""
+        return self.predicted - self.age
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame({"index": self.index, "age": self.age, "predicted": self.predicted,
+                             "std": self.std, "error": self.errors})
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of a model's first parameter (CPU for a model without parameters)."""
+    return next(model.parameters(), torch.empty(0)).device
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader: DataLoader, amp: bool = False) -> Predictions:
+    """Run ``model`` (in eval mode) over ``loader`` and read each age distribution (Eq. 9–10).
+
+    ``model`` must carry its ``config`` (every network of ``adpf.networks`` does); with
+    ``amp`` on a CUDA model the forward runs under bf16 autocast.
+    """
+    was_training = model.training
+    model.eval()
+    device = model_device(model)
+    ages, predicted, stds, index = [], [], [], []
+    try:
+        for batch in loader:
+            images = batch["image"].to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
+                logits = model(images).logits
+            mean, std = predict_age(logits.float(), model.config)
+            ages.append(batch["age"].float())
+            predicted.append(mean.cpu())
+            stds.append(std.cpu())
+            index.append(batch["index"])
+    finally:
+        model.train(was_training)
+    if not ages:
+        raise ValueError("predict: the loader yielded no batch")
+    return Predictions(*(torch.cat(x).numpy() for x in (ages, predicted, stds, index)))
+
+
+def mae(errors: np.ndarray) -> float:
+    """Mean absolute error (Eq. 11 over a whole set)."""
+    errors = np.asarray(errors, dtype=np.float64)
+    if errors.size == 0:
+        raise ValueError("mae of an empty set")
+    return float(np.abs(errors).mean())
+
+
+def cs_curve(errors: np.ndarray, v_max: int = 10) -> np.ndarray:
+    """CS(v) for v = 0..v_max years ``(v_max + 1,)``: the share of images with |error| ≤ v."""
+    errors = np.abs(np.asarray(errors, dtype=np.float64))
+    if errors.size == 0:
+        raise ValueError("cs_curve of an empty set")
+    v = np.arange(v_max + 1)
+    return (errors[None, :] <= v[:, None]).mean(axis=1)
+
+
+def age_group_errors(ages: np.ndarray, errors: np.ndarray, width: int = 10) -> pd.DataFrame:
+    """MAE per age group of ``width`` years (decades by default), with the count of each group.
+
+    Returns a DataFrame with columns ``group`` (e.g. "20-29"), ``count`` and ``mae``, youngest
+    group first; groups with no image are left out.
+    """
+    ages = np.asarray(ages, dtype=np.float64)
+    errors = np.abs(np.asarray(errors, dtype=np.float64))
+    start = (np.floor(ages / width) * width).astype(int)
+    frame = pd.DataFrame({"start": start, "err": errors})
+    rows = frame.groupby("start")["err"].agg(["count", "mean"]).reset_index()
+    rows["group"] = [f"{s}-{s + width - 1}" for s in rows["start"]]
+    return rows.rename(columns={"mean": "mae"})[["group", "count", "mae"]]
+
+
+def summarize(predictions: Predictions, v_max: int = 10) -> dict:
+    """The metrics of a result record (JSON-serialisable): MAE, CS(0..v_max), MAE per decade."""
+    groups = age_group_errors(predictions.age, predictions.errors)
+    return {
+        "mae": mae(predictions.errors),
+        "cs": cs_curve(predictions.errors, v_max).tolist(),
+        "age_groups": groups.to_dict(orient="list"),
+        "mean_std": float(predictions.std.mean()),
+        "count": int(len(predictions.age)),
+    }
+
+
+# --- attention diagnostics -------------------------------------------------------------------
+
+def attention_net_of(model: nn.Module) -> nn.Module:
+    """The AttentionNet inside ``model`` (ADPF's ``attention_net``, or the model itself)."""
+    net = getattr(model, "attention_net", model)
+    if getattr(net.config, "variant", None) not in ("adpf", "attention_only"):
+        raise ValueError(f"model of variant {net.config.variant!r} has no attention maps")
+    return net
+
+
+@torch.no_grad()
+def attention_maps(model: nn.Module, images: Tensor) -> AttentionOutput:
+    """The per-head maps of a batch ``images`` ``(B, 3, H, W)`` (eval mode, on the model's device)."""
+    net = attention_net_of(model)
+    was_training = net.training
+    net.eval()
+    try:
+        return net(images.to(model_device(net))).attention
+    finally:
+        net.train(was_training)
+
+
+def ranked_boxes(attention: AttentionOutput, config) -> Tensor:
+    """The patch boxes ``(B, n, 4)`` (x0, y0, x1, y1), P_1 (most important) first.
+
+    The rule is ``patches.maps_to_boxes`` on the weighted maps in ranked order, as ADPF crops them.
+    """
+    return maps_to_boxes(attention.weighted[:, attention.order], config.image_size,
+                         config.patch_threshold, config.patch_min_frac, config.patch_max_frac)
+
+
+def head_similarity(maps: Tensor) -> Tensor:
+    """Mean cosine similarity between every pair of heads' normalised maps ``(n, n)``.
+
+    maps ``(B, n, h, w)``; each map is first shifted to a minimum of zero (``normalize_maps``),
+    so 1 means two heads look at the same places in the same proportions and 0 that they look
+    at disjoint places. The diagonal is 1.
+    """
+    flat = F.normalize(normalize_maps(maps.float()).flatten(2), dim=-1)  # (B, n, h·w)
+    return (flat @ flat.transpose(1, 2)).mean(dim=0)
+
+
+def head_overlap(maps: Tensor) -> float:
+    """The mean off-diagonal entry of ``head_similarity``: how much the heads overlap (0..1)."""
+    return _off_diagonal_mean(head_similarity(maps))
+
+
+def _off_diagonal_mean(sim: Tensor) -> float:
+    n = sim.shape[0]
+    return float((sim.sum() - sim.diagonal().sum()) / (n * (n - 1))) if n > 1 else 0.0
+
+
+def mask_share(maps: Tensor, masks: Tensor) -> Tensor:
+    """The share of each head's attention mass that falls inside each mask ``(B, n, R)``.
+
+    maps ``(B, n, h, w)`` are made distributions (``normalize_maps``) and resized bilinearly to
+    the masks' ``(B, R, H, W)`` size. A map spread evenly over the image scores the mask's area
+    share; pass ``masks.any(1, keepdim=True)`` for the share on the union of all regions.
+    """
+    size = masks.shape[-2:]
+    up = F.interpolate(normalize_maps(maps.float()), size=size, mode="bilinear", align_corners=False)
+    up = up.clamp_min(0)
+    up = up / up.sum(dim=(-2, -1), keepdim=True).clamp_min(torch.finfo(up.dtype).tiny)
+    return torch.einsum("bnhw,brhw->bnr", up, masks.to(up))
+
+
+@torch.no_grad()
+def attention_report(model: nn.Module, loader: DataLoader, max_batches: int | None = None) -> dict:
+    """Attention diagnostics over a loader (JSON-serialisable).
+
+    ``head_overlap``: mean pairwise cosine of the heads' normalised maps; ``head_similarity``:
+    the full matrix; when items carry ``masks`` (the synthetic set): ``region_share`` per head
+    in ranked order (mean share of its mass on the union of the true age regions) and
+    ``region_area`` (the union's share of the image, what a uniform map would score).
+    """
+    sims, shares, areas, seen = [], [], [], 0
+    for i, batch in enumerate(loader):
+        if max_batches is not None and i >= max_batches:
+            break
+        att = attention_maps(model, batch["image"])
+        sims.append(head_similarity(att.maps) * len(att.maps))
+        seen += len(att.maps)
+        if "masks" in batch:
+            union = batch["masks"].to(att.maps.device).any(dim=1, keepdim=True)
+            shares.append(mask_share(att.maps[:, att.order], union)[..., 0].sum(dim=0))
+            areas.append(union.float().mean(dim=(1, 2, 3)).sum())
+    if not seen:
+        raise ValueError("attention_report: the loader yielded no batch")
+    sim = torch.stack(sims).sum(dim=0) / seen
+    report = {
+        "head_overlap": _off_diagonal_mean(sim),
+        "head_similarity": sim.cpu().tolist(),
+    }
+    if shares:
+        report["region_share"] = (torch.stack(shares).sum(dim=0) / seen).cpu().tolist()
+        report["region_area"] = float(torch.stack(areas).sum() / seen)
+    return report
