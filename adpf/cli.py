@@ -1,0 +1,408 @@
+"""The ``adpf`` command: train, evaluate, predict, info, experiments, benchmark.
+
+    adpf train --data synthetic --recipe book --out runs/adpf
+    adpf evaluate runs/adpf --data synthetic
+    adpf predict photo.jpg --checkpoint runs/adpf --save-patches patches.png
+    adpf info
+    adpf experiments ablation --data data/utkface-64 --recipe cpu
+
+Every sub-command has ``--help``. A bad argument, a missing file or a dataset that does not fit
+the model ends the command with one line on stderr and exit status 2. ``adpf train`` runs
+under ``torchrun`` as it is (DistributedDataParallel, one process per GPU).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from adpf.cache import write_json
+from adpf.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
+from adpf.config import PRESETS, ADPFConfig, get_preset
+from adpf.data.prepared import Prepared, PreparedFormatError, default_dataset, load_prepared
+from adpf.data.protocols import kfold_subjects, subject_split
+from adpf.train import RECIPES, get_recipe
+
+MODEL_FILE = "model.pt"
+
+
+class UsageError(Exception):
+    """A problem with what the user asked for (reported in one line, exit status 2)."""
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line on stderr (exit status 2)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (try --help)\n")
+
+
+# --- shared options ---------------------------------------------------------------------------
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--preset", choices=sorted(PRESETS), default="cpu", help="config preset (default: cpu)")
+    g.add_argument("--variant", choices=["adpf", "attention_only", "plain_cnn", "fixed_patches"], default="adpf",
+                   help="ADPF, AttentionNet alone, or a baseline (default: adpf)")
+    g.add_argument("--heads", type=int, help="number of attention heads (keeps c_head; Table IX)")
+    g.add_argument("--self-sum", action="store_true", help="ablation ADPF w/SA: self-attention summed over channels")
+    g.add_argument("--no-ranking", action="store_true", help="ablation: patches in head order, not ranked by a_k")
+    g.add_argument("--no-diversity", action="store_true", help="ablation: no diversity loss (λ = 0)")
+    g.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="change any ADPFConfig field (JSON value, e.g. --set sigma=3 --set stem_channels=[8,16]); "
+                        "repeatable")
+
+
+def config_changes(args) -> dict:
+    """The config fields the model options change (the preset gives the rest)."""
+    changes = {"variant": args.variant}
+    if args.heads is not None:
+        changes["heads"] = args.heads
+    if args.self_sum:
+        changes["attention"] = "self_sum"
+    if args.no_ranking:
+        changes["ranking"] = False
+    if args.no_diversity:
+        changes["diversity_weight"] = 0.0
+    fields = ADPFConfig.__dataclass_fields__
+    for item in args.set:
+        name, sep, text = item.partition("=")
+        if not sep or name not in fields:
+            raise UsageError(f"--set {item!r}: expected FIELD=VALUE with FIELD one of {sorted(fields)}")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        changes[name] = tuple(value) if isinstance(value, list) else value
+    return changes
+
+
+def config_from_args(args) -> ADPFConfig:
+    try:
+        return get_preset(args.preset, **config_changes(args))
+    except (TypeError, ValueError) as e:
+        raise UsageError(f"invalid config: {e}") from e
+
+
+def add_data_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data and split")
+    g.add_argument("--data", default="synthetic",
+                   help="a prepared dataset folder, or 'synthetic' for the embedded synthetic faces (default)")
+    g.add_argument("--synthetic-n", type=int, default=10_000, help="images of the synthetic set (default: 10000)")
+    g.add_argument("--test", type=float, default=0.2, help="share of the images (by subject) to test on (default: 0.2)")
+    g.add_argument("--val", type=float, default=0.1, help="share to validate on (default: 0.1)")
+    g.add_argument("--split-seed", type=int, default=0, help="seed of the subject-exclusive split (default: 0)")
+    g.add_argument("--fold", metavar="I/K", help="use fold I of K-fold subject cross-validation instead")
+
+
+def data_from_args(args, image_size: int) -> Prepared:
+    if args.data == "synthetic":
+        return load_prepared(default_dataset(image_size=image_size, n=args.synthetic_n))
+    return load_prepared(args.data)
+
+
+def split_from_args(args, data: Prepared):
+    if args.fold:
+        try:
+            i, k = (int(v) for v in args.fold.split("/"))
+        except ValueError:
+            raise UsageError(f"--fold {args.fold!r}: expected I/K, e.g. 1/5") from None
+        if not 1 <= i <= k:
+            raise UsageError(f"--fold {args.fold!r}: need 1 <= I <= K")
+        return kfold_subjects(data.meta, k, seed=args.split_seed)[i - 1]
+    return subject_split(data.meta, train=1 - args.test - args.val, val=args.val, test=args.test,
+                         seed=args.split_seed)
+
+
+def add_recipe_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("recipe")
+    g.add_argument("--recipe", choices=sorted(RECIPES), default="cpu", help="training recipe (default: cpu)")
+    g.add_argument("--epochs", metavar="N|A,F", help="epochs of every stage, or of stage 1 and stage 2")
+    g.add_argument("--batch-size", type=int, help="images per step")
+    g.add_argument("--lr", type=float, help="initial learning rate")
+    g.add_argument("--workers", type=int, help="DataLoader worker processes")
+    g.add_argument("--seed", type=int, help="training seed")
+    g.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    g.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
+    g.add_argument("--compile", action="store_true", help="torch.compile the trained network")
+    g.add_argument("--deterministic", action="store_true", help="deterministic algorithms")
+    g.add_argument("--no-cache", action="store_true", help="train afresh even if the cache holds this training")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def recipe_from_args(args):
+    changes = {}
+    if args.epochs:
+        try:
+            epochs = [int(v) for v in args.epochs.split(",")]
+        except ValueError:
+            raise UsageError(f"--epochs {args.epochs!r}: expected N or A,F") from None
+        if len(epochs) not in (1, 2):
+            raise UsageError(f"--epochs {args.epochs!r}: expected N or A,F")
+        changes["attention_epochs"], changes["fusion_epochs"] = epochs[0], epochs[-1]
+    for name, field in [("batch_size", "batch_size"), ("lr", "lr"), ("workers", "num_workers"),
+                        ("seed", "seed"), ("device", "device")]:
+        if getattr(args, name) is not None:
+            changes[field] = getattr(args, name)
+    if args.no_amp:
+        changes["amp"] = False
+    if args.compile:
+        changes["compile"] = True
+    if args.deterministic:
+        changes["deterministic"] = True
+    try:
+        return get_recipe(args.recipe, **changes)
+    except ValueError as e:
+        raise UsageError(f"invalid recipe: {e}") from e
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+# --- sub-commands -----------------------------------------------------------------------------
+
+def cmd_train(args) -> int:
+    from adpf.train import train
+
+    config, recipe = config_from_args(args), recipe_from_args(args)
+    data = data_from_args(args, config.image_size)
+    split = split_from_args(args, data)
+    result = train(config, data, split, recipe, use_cache=not args.no_cache, progress=not args.no_progress)
+    if not is_main_process():
+        return 0
+    if args.out:
+        out = Path(args.out)
+        state = load_checkpoint(result.checkpoint)
+        save_checkpoint({"config": state["config"], "model": state["model"], "stage": state["stage"],
+                         "epoch": state["epoch"]}, out / MODEL_FILE)
+        write_json(out / "result.json", result.to_dict())
+    test = result.metrics["test"]
+    print(f"{config.variant} on {data.root} ({len(split.train)} train / {len(split.val)} val / "
+          f"{len(split.test)} test){' [cached]' if result.cached else ''}")
+    print(f"test MAE {test['mae']:.3f}   CS(5) {test['cs'][5]:.3f}")
+    for stage, ips in result.throughput.items():
+        print(f"stage {stage}: {result.timings[stage]:.1f} s, {ips:.1f} images/s")
+    print(f"checkpoint: {Path(args.out) / MODEL_FILE if args.out else result.checkpoint}")
+    return 0
+
+
+def checkpoint_path(path: str) -> Path:
+    """A checkpoint file, or the ``model.pt`` inside a folder written by ``adpf train --out``."""
+    p = Path(path)
+    return p / MODEL_FILE if p.is_dir() else p
+
+
+def cmd_evaluate(args) -> int:
+    from torch.utils.data import DataLoader
+
+    from adpf.data.prepared import PreparedFaces
+    from adpf.evaluate import age_group_errors, predict, summarize
+
+    model = load_model(checkpoint_path(args.checkpoint), args.device or default_device())
+    data = data_from_args(args, model.config.image_size)
+    if data.image_size != model.config.image_size:
+        raise UsageError(f"{data.root}: images are {data.image_size} px, the model takes {model.config.image_size} px")
+    rows = np.arange(len(data)) if args.on == "all" else getattr(split_from_args(args, data), args.on)
+    if not len(rows):
+        raise UsageError(f"the {args.on} set of this split is empty")
+    loader = DataLoader(PreparedFaces(data, rows), batch_size=args.batch_size)
+    predictions = predict(model, loader)
+    metrics = summarize(predictions)
+    print(f"{args.on} set of {data.root}: {metrics['count']} images")
+    print(f"MAE {metrics['mae']:.3f}   mean predicted std {metrics['mean_std']:.2f}")
+    print("CS(v) " + "  ".join(f"{v}:{cs:.3f}" for v, cs in enumerate(metrics["cs"])))
+    print(age_group_errors(predictions.age, predictions.errors).to_string(index=False))
+    if args.json:
+        write_json(Path(args.json), metrics)
+    return 0
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def cmd_predict(args) -> int:
+    from adpf.data.align import AlignmentError, align_face, load_image, square_resize
+    from adpf.evaluate import ranked_boxes
+    from adpf.losses import predict_age
+
+    model = load_model(checkpoint_path(args.checkpoint), args.device or default_device())
+    config = model.config
+    if args.save_patches and config.variant == "plain_cnn":
+        raise UsageError("--save-patches needs a model with patches or attention (not plain_cnn)")
+    size, device = config.image_size, next(model.parameters()).device
+    faces, failed = [], 0
+    for photo in args.photos:
+        try:
+            face = square_resize(load_image(photo), size) if args.no_align else align_face(photo, size).image
+        except AlignmentError as e:
+            print(f"{photo}: skipped: {e.reason}", file=sys.stderr)
+            failed += 1
+            continue
+        x = torch.from_numpy(face).permute(2, 0, 1).float().div(255)[None].to(device)
+        with torch.no_grad():
+            out = model(x)
+        age, std = (float(v) for v in predict_age(out.logits, config))
+        print(f"{photo}: {age:.1f} ± {std:.1f} years")
+        boxes = out.boxes if out.boxes is not None else (
+            ranked_boxes(out.attention, config) if out.attention is not None else None)
+        faces.append((photo, face, age, std, boxes))
+    if args.save_patches and faces:
+        save_patch_figure(faces, Path(args.save_patches))
+        print(f"patches drawn in {args.save_patches}")
+    return 1 if failed else 0
+
+
+def save_patch_figure(faces, path: Path) -> None:
+    """One panel per face: the face with its ranked boxes P_1..P_n."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from adpf.plotting import draw_boxes, grid, show_face
+
+    fig, axes = grid(len(faces), ncols=min(4, len(faces)), size=2.6)
+    for ax, (photo, face, age, std, boxes) in zip(axes.flat, faces):
+        show_face(ax, face, f"{Path(photo).name}\n{age:.1f} ± {std:.1f} y")
+        draw_boxes(ax, boxes[0], labels=[f"P{k + 1}" for k in range(boxes.shape[1])])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, bbox_inches="tight")
+    plt.close(fig)
+
+
+def cmd_info(args) -> int:
+    from adpf.networks import parameter_table
+
+    for name in [args.preset] if args.preset else sorted(PRESETS):
+        config = get_preset(name)
+        print(f"preset {name}: {config.image_size}×{config.image_size} input, X = {config.x_size}×{config.x_size}"
+              f"×{config.x_channels}, {config.heads} heads, ages {config.age_min}..{config.age_max}")
+        print(f"  {'variant':<16}{'AttentionNet':>14}{'FusionNet':>12}{'total':>12}")
+        for variant, attention, fusion, total in parameter_table(config):
+            print(f"  {variant:<16}{attention:>14,}{fusion:>12,}{total:>12,}")
+    print("recipes: " + ", ".join(f"{k} ({r.attention_epochs}+{r.fusion_epochs} epochs, lr {r.lr}, {r.schedule})"
+                                  for k, r in RECIPES.items()))
+    return 0
+
+
+def cmd_experiments(args) -> int:
+    import pandas as pd
+
+    from adpf.experiments import ABLATIONS, ablation_table, heads_table
+
+    config, recipe = config_from_args(args), recipe_from_args(args)
+    data = data_from_args(args, config.image_size)
+    split = split_from_args(args, data)
+    progress = not args.no_progress
+    if args.table == "ablation":
+        rows = args.rows.split(",") if args.rows else list(ABLATIONS)
+        unknown = [r for r in rows if r not in ABLATIONS]
+        if unknown:
+            raise UsageError(f"--rows: unknown {unknown}; choose from {list(ABLATIONS)}")
+        table = ablation_table(config, data, split, recipe, rows, attention=args.attention, progress=progress)
+    else:
+        try:
+            heads = [int(h) for h in args.heads_list.split(",")]
+        except ValueError:
+            raise UsageError(f"--heads-list {args.heads_list!r}: expected integers like 1,3,5") from None
+        changes = {k: v for k, v in config_changes(args).items() if k not in ("heads", "variant")}
+        table = heads_table(data, split, recipe, heads, preset=args.preset, progress=progress, **changes)
+    with pd.option_context("display.width", 200, "display.max_columns", 30):
+        text = table.to_string(index=False, float_format=lambda v: f"{v:.3f}")
+    print(text)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        (table.to_csv if args.out.endswith(".csv") else lambda p: Path(p).write_text(text + "\n"))(args.out)
+    return 0
+
+
+def cmd_benchmark_missing(args) -> int:
+    raise UsageError("benchmarks are not part of this installation (adpf/benchmark.py is missing)")
+
+
+# --- the parser -------------------------------------------------------------------------------
+
+def build_parser() -> Parser:
+    parser = Parser(prog="adpf", description="Attention-based Dynamic Patch Fusion for face-based age estimation.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("train", help="train a model (ADPF, an ablation or a baseline)",
+                       description="Train ADPF, an ablation or a baseline on a prepared dataset; "
+                                   "finished trainings are loaded from the cache.")
+    add_model_options(p)
+    add_data_options(p)
+    add_recipe_options(p)
+    p.add_argument("--out", help="folder to write model.pt and result.json into")
+    p.set_defaults(run=cmd_train)
+
+    p = sub.add_parser("evaluate", help="evaluate a checkpoint on a prepared dataset",
+                       description="MAE, CS(v) and per-decade errors of a checkpoint on a prepared dataset.")
+    p.add_argument("checkpoint", help="a checkpoint file, or a folder written by adpf train --out")
+    add_data_options(p)
+    p.add_argument("--on", choices=["test", "val", "train", "all"], default="test",
+                   help="which rows of the split to evaluate on (default: test)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", help="default: cuda when available, else cpu")
+    p.add_argument("--json", help="also write the metrics to this JSON file")
+    p.set_defaults(run=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="estimate the age of faces in photos",
+                       description="Align each photo with dlib (68 landmarks, eyes), then print the "
+                                   "predicted age ± the standard deviation of the predicted distribution.")
+    p.add_argument("photos", nargs="+", metavar="PHOTO")
+    p.add_argument("--checkpoint", required=True, help="a checkpoint file, or a folder written by adpf train --out")
+    p.add_argument("--no-align", action="store_true", help="the photos are already aligned crops: only resize")
+    p.add_argument("--save-patches", metavar="OUT.png", help="draw each face with its ranked patches P1..Pn")
+    p.add_argument("--device", help="default: cuda when available, else cpu")
+    p.set_defaults(run=cmd_predict)
+
+    p = sub.add_parser("info", help="parameter counts of every preset and variant")
+    p.add_argument("--preset", choices=sorted(PRESETS))
+    p.set_defaults(run=cmd_info)
+
+    p = sub.add_parser("experiments", help="the ablation table (Table VII) or the heads sweep (Table IX)",
+                       description="Train (or load from the cache) every row of a table and print it.")
+    p.add_argument("table", choices=["ablation", "heads"])
+    add_model_options(p)
+    add_data_options(p)
+    add_recipe_options(p)
+    p.add_argument("--rows", help="ablation rows, comma-separated (default: all)")
+    p.add_argument("--heads-list", default="1,2,3,4,5,6,7,8", help="heads of the heads sweep (default: 1..8)")
+    p.add_argument("--attention", action="store_true",
+                   help="add head overlap and the share of attention on the true regions (synthetic set)")
+    p.add_argument("--out", help="also write the table (.csv, else text)")
+    p.set_defaults(run=cmd_experiments)
+
+    p = sub.add_parser("benchmark", help="speed and memory benchmarks")
+    if importlib.util.find_spec("adpf.benchmark") is not None:
+        benchmark = importlib.import_module("adpf.benchmark")
+        benchmark.add_arguments(p)
+        p.set_defaults(run=benchmark.run)
+    else:
+        p.set_defaults(run=cmd_benchmark_missing)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``adpf`` command; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args) or 0
+    except (UsageError, CheckpointError, PreparedFormatError, FileNotFoundError, KeyError, ValueError) as e:
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"adpf {args.command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
