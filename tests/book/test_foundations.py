@@ -65,3 +65,17 @@ def test_ch6_age_loss_and_eq9():
     assert values["mae_0"] < 1e-6 and abs(values["kl_0"]) < 1e-6
     assert values["mae_1"] < 0.1 and values["kl_1"] > 0.5
     assert abs(values["mae_2"] - 5.0) < 1e-6 and values["kl_2"] > values["kl_1"]
+
+
+def test_ch1_metrics_protocols_and_alignment():
+    values = glued("01_task")
+    assert values["cs_loop_error"] == 0.0
+    # the constant estimator is a weak baseline on the drawn faces (ages 10-80)
+    assert 10 < values["constant_mae"] < 30 and 0 < values["constant_cs5"] < 0.5
+    # subject-exclusive protocols: nobody on both sides; one fold per person
+    assert values["shared_subjects"] == 0
+    assert values["n_lopo"] == values["n_subjects"] > 1
+    # dlib finds the astronaut and the similarity transform lands the eyes on their targets
+    assert values["n_detected"] == 1
+    assert values["eye_landing_error"] < 1e-6
+    assert abs(values["rotation_deg"]) < 20 and 0.3 < values["scale"] < 3
