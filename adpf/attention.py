@@ -86,10 +86,9 @@ def relative_queries_keys(q: Tensor, k: Tensor, rel_h: Tensor, rel_w: Tensor,
     if n != h * w:
         raise ValueError(f"q has {n} positions but h*w = {h}*{w} = {h * w}")
     q_grid = q.reshape(*lead, h, w, c)
-    # row i_y of q_grid against the embeddings of offsets j_y − i_y: (..., h, w, c) @ (..., h, c, h)
-    mh = q_grid @ rel_h[..., _relative_index(h, q.device), :].transpose(-1, -2)
-    # column i_x against the embeddings of offsets j_x − i_x: (..., w, h, c) @ (..., w, c, w)
-    mw = (q_grid.transpose(-3, -2) @ rel_w[..., _relative_index(w, q.device), :].transpose(-1, -2)).transpose(-3, -2)
+    # mh[..., i_y, i_x, j_y] = q_i · r^H_{j_y − i_y};  mw[..., i_y, i_x, j_x] = q_i · r^W_{j_x − i_x}
+    mh = torch.einsum("...yxc,...yvc->...yxv", q_grid, rel_h[..., _relative_index(h, q.device), :])
+    mw = torch.einsum("...yxc,...xuc->...yxu", q_grid, rel_w[..., _relative_index(w, q.device), :])
     q_aug = torch.cat([q, mh.reshape(*lead, n, h), mw.reshape(*lead, n, w)], dim=-1)
     rows = torch.eye(h, dtype=k.dtype, device=k.device).repeat_interleave(w, dim=0)  # (N, h): onehot(j_y)
     cols = torch.eye(w, dtype=k.dtype, device=k.device).repeat(h, 1)  # (N, w): onehot(j_x)
@@ -197,7 +196,7 @@ def hybrid_attention_heads(heads: Sequence[HybridAttention], x: Tensor) -> Tenso
     With ``impl="plain"`` each head runs on its slice in turn (the reference). With
     ``impl="sdpa"`` all heads run at once, computing the same function:
 
-    - the 1×1 convolutions Q, K, V and CA of every head are one grouped convolution;
+    - the 1×1 convolutions Q, K, V and CA of every head are one batched matrix product;
     - Eq. 5 is linear in V, so HA = Σ_c (A V)_c w_CA,c = A (V w_CA): the attention A is
       applied to a single value channel per head instead of c_V;
     - the relative logits are folded into the dot product (``relative_queries_keys``) and
@@ -217,9 +216,9 @@ def hybrid_attention_heads(heads: Sequence[HybridAttention], x: Tensor) -> Tenso
     hybrid = heads[0].channel_attention is not None
     convs = [[a.query, a.key, a.value] + ([head.channel_attention.project] if hybrid else [])
              for head, a in zip(heads, attentions)]
-    weight = torch.cat([conv.weight for group in convs for conv in group])
-    bias = torch.cat([conv.bias for group in convs for conv in group])
-    proj = F.conv2d(x, weight, bias, groups=len(heads)).reshape(b, len(heads), -1, h * w)  # (B, n, ·, N)
+    weight = torch.stack([torch.cat([conv.weight[:, :, 0, 0] for conv in group]) for group in convs])
+    bias = torch.stack([torch.cat([conv.bias for conv in group]) for group in convs])
+    proj = weight @ x.reshape(b, len(heads), -1, h * w) + bias[..., None]  # (B, n, 2 c_K + c_V (+ c_V), N)
     q, k, v, *ca = proj.split([c_k, c_k, c_v] + ([c_v] if hybrid else []), dim=2)
     if hybrid:
         w_ca = _channel_attention_heads([head.channel_attention for head in heads], ca[0].amax(dim=-1))
