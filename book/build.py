@@ -97,7 +97,8 @@ def stage_tree(chapter_paths: list[Path]) -> None:
     sources = set(chapter_paths)
     for path in sorted(BOOK.rglob("*")):
         rel = path.relative_to(BOOK)
-        if path.is_dir() or path in sources or SKIP & set(rel.parts):
+        # a chapter's paired .ipynb (jupytext) is the reader's copy, never the staged one
+        if path.is_dir() or path in sources or SKIP & set(rel.parts) or path.suffix == ".ipynb":
             continue
         target = STAGE / "book" / rel
         target.parent.mkdir(parents=True, exist_ok=True)
