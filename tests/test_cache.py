@@ -1,0 +1,125 @@
+"""Cache keys: what a stage depends on changes its key, what it does not leaves it; ADPF's stage 1 is shared."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import adpf
+from adpf.cache import (FUSION_ONLY_FIELDS, attention_config, code_version, data_identity, digest, read_json,
+                        split_identity, stage_dir, write_json)
+from adpf.config import ADPFConfig, get_preset
+from adpf.data.prepared import load_prepared, write_prepared
+from adpf.train import Recipe, plan_stages
+
+TINY = dict(image_size=16, x_size=4, stem_channels=(4, 4, 4), x_channels=6, heads=3, key_channels=4,
+            value_channels=4, ca_reduction=2, fusion_channels=(4, 6, 8), patch_size=8, patch_channels=3, age_max=9)
+IDENTITY = {"data": {"info": {"name": "x"}, "content": "abc"}, "split": {"hash": "s1"}}
+RECIPE = Recipe(attention_epochs=3, fusion_epochs=2, device="cpu")
+
+
+def tiny(**changes):
+    return get_preset("cpu", **{**TINY, **changes})
+
+
+def keys(config, identity=IDENTITY, recipe=RECIPE):
+    return {s.name: s.key for s in plan_stages(config, identity, recipe)}
+
+
+def test_attention_config_drops_only_fusion_fields():
+    base = attention_config(tiny())
+    assert base.variant == "attention_only"
+    for change in [dict(ranking=False), dict(rank_by="abs"), dict(patch_size=6), dict(patch_threshold=0.5),
+                   dict(fusion_channels=(8, 8, 8)), dict(patch_min_frac=0.3), dict(variant="attention_only")]:
+        assert attention_config(tiny(**change)) == base, change
+    for change in [dict(attention="self_sum"), dict(diversity_weight=0.0), dict(sigma=3.0), dict(key_channels=8)]:
+        assert attention_config(tiny(**change)) != base, change
+    # every field the AttentionNet reads is kept; the dropped ones are exactly the fusion-only fields
+    kept = {f for f in ADPFConfig.__dataclass_fields__ if f not in FUSION_ONLY_FIELDS + ("variant",)}
+    assert all(getattr(attention_config(tiny()), f) == getattr(tiny(), f) for f in kept)
+
+
+def test_adpf_attention_alone_and_w_o_ranking_share_stage_one():
+    adpf_keys = keys(tiny())
+    assert list(adpf_keys) == ["attention", "fusion"]
+    assert keys(tiny(variant="attention_only")) == {"attention": adpf_keys["attention"]}
+    no_rank = keys(tiny(ranking=False))
+    assert no_rank["attention"] == adpf_keys["attention"] and no_rank["fusion"] != adpf_keys["fusion"]
+    for change in [dict(diversity_weight=0.0), dict(attention="self_sum")]:
+        other = keys(tiny(**change))
+        assert other["attention"] != adpf_keys["attention"] and other["fusion"] != adpf_keys["fusion"]
+    assert list(keys(tiny(variant="plain_cnn"))) == ["single"]
+    assert keys(tiny(variant="plain_cnn")) != keys(tiny(variant="fixed_patches"))
+
+
+def test_recipe_fields_change_the_keys_they_shape():
+    base = keys(tiny())
+    longer_fusion = keys(tiny(), recipe=RECIPE.replace(fusion_epochs=5))
+    assert longer_fusion["attention"] == base["attention"] and longer_fusion["fusion"] != base["fusion"]
+    longer_attention = keys(tiny(), recipe=RECIPE.replace(attention_epochs=5))
+    assert longer_attention["attention"] != base["attention"] and longer_attention["fusion"] != base["fusion"]
+    for change in [dict(lr=0.2), dict(seed=1), dict(num_workers=2), dict(pad=1), dict(batch_size=7)]:
+        assert keys(tiny(), recipe=RECIPE.replace(**change))["attention"] != base["attention"], change
+    for change in [dict(channels_last=False), dict(compile=True), dict(deterministic=True), dict(amp=False)]:
+        assert keys(tiny(), recipe=RECIPE.replace(**change)) == base, change  # amp: no effect on CPU
+
+
+def test_data_and_split_change_every_key():
+    base = keys(tiny())
+    other_data = {**IDENTITY, "data": {"info": {"name": "x"}, "content": "abd"}}
+    other_split = {**IDENTITY, "split": {"hash": "s2"}}
+    for identity in (other_data, other_split):
+        assert set(keys(tiny(), identity).values()).isdisjoint(base.values())
+
+
+def write(root, images, ages):
+    meta = pd.DataFrame({"age": ages, "subject": np.arange(len(ages))})
+    return load_prepared(write_prepared(root, images, meta, name="t"))
+
+
+def test_data_identity_is_the_content_not_the_place(tmp_path):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (4, 8, 8, 3), dtype=np.uint8)
+    a = data_identity(write(tmp_path / "a", images, [1.0, 2.0, 3.0, 4.0]))
+    b = data_identity(write(tmp_path / "b", images.copy(), [1.0, 2.0, 3.0, 4.0]))
+    assert a == b
+    changed = images.copy()
+    changed[2, 3, 4, 0] ^= 1
+    assert data_identity(write(tmp_path / "c", changed, [1.0, 2.0, 3.0, 4.0]))["content"] != a["content"]
+    assert data_identity(write(tmp_path / "d", images, [1.0, 2.0, 3.0, 5.0]))["content"] != a["content"]
+
+
+def test_split_identity_and_digest():
+    split = {"train": np.array([0, 1, 2]), "val": np.array([], dtype=np.int64), "test": np.array([3])}
+    ident = split_identity(split)
+    assert ident["sizes"] == {"train": 3, "val": 0, "test": 1}
+    assert split_identity({**split, "test": np.array([4])})["hash"] != ident["hash"]
+    assert digest({"a": 1, "b": (1, 2)}) == digest({"b": [1, 2], "a": 1})
+    assert digest({"a": 1}) != digest({"a": 2})
+
+
+def test_code_version_names_the_package_version():
+    assert code_version().startswith(adpf.__version__ + "+") and code_version() == code_version()
+
+
+def test_cache_folder_follows_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("ADPF_CACHE_DIR", str(tmp_path))
+    assert stage_dir("fusion", "k1") == tmp_path / "runs" / "fusion-k1"
+    stage = plan_stages(tiny(), IDENTITY, RECIPE)[0]
+    assert stage.folder == tmp_path / "runs" / f"attention-{stage.key}"
+
+
+def test_json_records_are_written_atomically(tmp_path):
+    path = tmp_path / "x" / "r.json"
+    write_json(path, {"a": [1, 2], "b": 0.5})
+    assert json.loads(path.read_text()) == {"a": [1, 2], "b": 0.5}
+    assert read_json(path) == {"a": [1, 2], "b": 0.5}
+    assert [p.name for p in path.parent.iterdir()] == ["r.json"]
+    assert read_json(tmp_path / "missing.json") is None
+    (tmp_path / "bad.json").write_text("{not json")
+    assert read_json(tmp_path / "bad.json") is None
+
+
+@pytest.mark.parametrize("field", FUSION_ONLY_FIELDS)
+def test_fusion_only_fields_are_config_fields(field):
+    assert field in ADPFConfig.__dataclass_fields__

@@ -1,0 +1,171 @@
+"""MAE, CS(v), per-decade errors, predictions from the age distribution, and the attention diagnostics,
+each against a plain float64 loop."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from adpf.config import get_preset
+from adpf.evaluate import (age_group_errors, attention_maps, attention_report, cs_curve, head_overlap,
+                           head_similarity, mae, mask_share, predict, ranked_boxes, summarize)
+from adpf.networks import ModelOutput, build_model
+
+TINY = dict(image_size=16, x_size=4, stem_channels=(4, 4, 4), x_channels=6, heads=3, key_channels=4,
+            value_channels=4, ca_reduction=2, fusion_channels=(4, 6, 8), patch_size=8, patch_channels=3, age_max=9)
+
+
+def tiny(**changes):
+    return get_preset("cpu", **{**TINY, **changes})
+
+
+def test_mae_and_cs_curve_match_loops():
+    rng = np.random.default_rng(0)
+    errors = rng.normal(0, 4, size=57).round(1)
+    assert mae(errors) == pytest.approx(sum(abs(e) for e in errors) / len(errors), abs=1e-12)
+    cs = cs_curve(errors, v_max=12)
+    assert cs.shape == (13,)
+    for v in range(13):
+        assert cs[v] == pytest.approx(sum(abs(e) <= v for e in errors) / len(errors))
+    assert cs_curve(np.array([0.0, 1.0, -1.0, 2.5]), 3).tolist() == [0.25, 0.75, 0.75, 1.0]
+    with pytest.raises(ValueError, match="empty"):
+        mae(np.array([]))
+
+
+def test_age_group_errors_match_a_loop():
+    rng = np.random.default_rng(1)
+    ages = rng.uniform(0, 80, size=200)
+    errors = rng.normal(0, 5, size=200)
+    table = age_group_errors(ages, errors)
+    groups = {}
+    for a, e in zip(ages, errors):
+        groups.setdefault(int(a // 10) * 10, []).append(abs(e))
+    assert table["group"].tolist() == [f"{s}-{s + 9}" for s in sorted(groups)]
+    for (_, row), s in zip(table.iterrows(), sorted(groups)):
+        assert row["count"] == len(groups[s])
+        assert row["mae"] == pytest.approx(sum(groups[s]) / len(groups[s]))
+
+
+class FixedLogits(nn.Module):
+    """A stand-in network whose output for item i is ``logits[i]`` (read from the image's first pixel)."""
+
+    def __init__(self, logits, config):
+        super().__init__()
+        self.logits, self.config = logits, config
+        self.dummy = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x):
+        return ModelOutput(logits=self.logits[x[:, 0, 0, 0].round().long()])
+
+
+def test_predict_reads_the_distribution_like_a_float64_loop():
+    config = tiny()
+    q = config.num_classes
+    logits = torch.randn(9, q, dtype=torch.float64) * 2
+    items = [{"image": torch.full((3, 16, 16), float(i)), "age": torch.tensor(float(i % 7)),
+              "index": torch.tensor(100 + i)} for i in range(9)]
+    result = predict(FixedLogits(logits.float(), config), DataLoader(items, batch_size=4))
+    for i in range(9):
+        exp = [math.exp(v) for v in logits[i].tolist()]
+        probs = [e / sum(exp) for e in exp]
+        mean = sum(p * (config.age_min + k) for k, p in enumerate(probs))
+        var = sum(p * (config.age_min + k - mean) ** 2 for k, p in enumerate(probs))
+        assert result.predicted[i] == pytest.approx(mean, abs=1e-4)
+        assert result.std[i] == pytest.approx(math.sqrt(var), abs=1e-4)
+        assert result.age[i] == i % 7 and result.index[i] == 100 + i
+    assert np.allclose(result.errors, result.predicted - result.age)
+    metrics = summarize(result)
+    assert metrics["mae"] == pytest.approx(np.abs(result.errors).mean())
+    assert metrics["count"] == 9 and len(metrics["cs"]) == 11
+
+
+def test_a_one_hot_distribution_predicts_its_class_with_no_uncertainty():
+    config = tiny()
+    logits = torch.full((1, config.num_classes), -1e4)
+    logits[0, 6] = 0
+    items = [{"image": torch.zeros(3, 16, 16), "age": torch.tensor(6.0), "index": torch.tensor(0)}]
+    result = predict(FixedLogits(logits, config), DataLoader(items))
+    assert result.predicted[0] == pytest.approx(6.0) and result.std[0] == pytest.approx(0.0, abs=1e-3)
+
+
+def test_head_similarity_is_the_cosine_of_shifted_maps():
+    maps = torch.randn(3, 4, 5, 6, dtype=torch.float64)
+    sim = head_similarity(maps)
+    ref = np.zeros((4, 4))
+    for b in range(3):
+        shifted = [maps[b, k].flatten().numpy() - maps[b, k].min().item() for k in range(4)]
+        for i in range(4):
+            for j in range(4):
+                ref[i, j] += shifted[i] @ shifted[j] / np.linalg.norm(shifted[i]) / np.linalg.norm(shifted[j]) / 3
+    assert np.allclose(sim.numpy(), ref, atol=1e-5)
+    off = [ref[i, j] for i in range(4) for j in range(4) if i != j]
+    assert head_overlap(maps) == pytest.approx(sum(off) / len(off), abs=1e-5)
+
+
+def test_head_overlap_is_one_for_equal_maps_and_zero_for_disjoint_ones():
+    same = torch.rand(2, 1, 4, 4).expand(2, 3, 4, 4)
+    assert head_overlap(same) == pytest.approx(1.0, abs=1e-5)
+    disjoint = torch.zeros(1, 3, 3, 3)
+    for k in range(3):
+        disjoint[0, k, k] = 1.0  # head k looks at row k only
+    assert head_overlap(disjoint) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_mask_share_matches_a_loop_at_the_mask_size():
+    torch.manual_seed(0)
+    maps = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    masks = torch.rand(2, 2, 8, 8) > 0.6
+    share = mask_share(maps, masks)
+    for b in range(2):
+        for k in range(3):
+            m = maps[b, k] - maps[b, k].min()
+            m = m / m.sum()
+            for r in range(2):
+                assert share[b, k, r].item() == pytest.approx(m[masks[b, r]].sum().item(), abs=1e-5)
+
+
+def test_mask_share_of_a_spread_map_is_the_area_and_of_a_focused_map_one():
+    masks = torch.zeros(1, 1, 16, 16, dtype=torch.bool)
+    masks[..., :8, :] = True
+    flat = torch.zeros(1, 1, 4, 4)
+    assert mask_share(flat, masks).item() == pytest.approx(0.5)
+    focused = torch.zeros(1, 1, 16, 16)
+    focused[..., 2:6, 3:9] = 1.0
+    assert mask_share(focused, masks).item() == pytest.approx(1.0)
+
+
+def faces_with_masks(n=6, size=16):
+    rng = np.random.default_rng(0)
+    items = []
+    for i in range(n):
+        masks = torch.zeros(2, size, size, dtype=torch.bool)
+        masks[0, :4], masks[1, :, :3] = True, True
+        items.append({"image": torch.from_numpy(rng.random((3, size, size), dtype=np.float32)),
+                      "age": torch.tensor(float(i)), "index": torch.tensor(i), "masks": masks})
+    return items
+
+
+def test_ranked_boxes_are_the_boxes_adpf_crops():
+    torch.manual_seed(0)
+    model = build_model(tiny()).eval()
+    x = torch.rand(3, 3, 16, 16)
+    with torch.no_grad():
+        out = model(x)
+    assert torch.equal(ranked_boxes(attention_maps(model, x), model.config), out.boxes)
+
+
+def test_attention_report_on_a_model():
+    torch.manual_seed(0)
+    model = build_model(tiny(variant="attention_only"))
+    items = faces_with_masks()
+    report = attention_report(model, DataLoader(items, batch_size=4))
+    att = attention_maps(model, torch.stack([it["image"] for it in items]))
+    assert report["head_overlap"] == pytest.approx(head_overlap(att.maps), abs=1e-4)
+    union = torch.stack([it["masks"] for it in items]).any(dim=1, keepdim=True)
+    expected = mask_share(att.maps[:, att.order], union)[..., 0].mean(dim=0)
+    assert np.allclose(report["region_share"], expected.numpy(), atol=1e-4)
+    assert report["region_area"] == pytest.approx(union.float().mean().item())
+    with pytest.raises(ValueError, match="no attention maps"):
+        attention_report(build_model(tiny(variant="plain_cnn")), DataLoader(items))

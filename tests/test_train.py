@@ -1,0 +1,165 @@
+"""The two-stage training on tiny data: stages per variant, the losses they use, train-or-load and
+shared stage 1, exact resume after a crash, the result record, and bad input."""
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from adpf.checkpoint import load_checkpoint, load_model
+from adpf.config import get_preset
+from adpf.data.prepared import PreparedFaces, load_prepared, write_prepared
+from adpf.evaluate import predict
+from adpf.train import RECIPES, Recipe, get_recipe, lr_factor, train
+
+TINY = dict(image_size=16, x_size=4, stem_channels=(4, 4, 4), x_channels=6, heads=3, key_channels=4,
+            value_channels=4, ca_reduction=2, fusion_channels=(4, 6, 8), patch_size=8, patch_channels=3, age_max=9)
+RECIPE = Recipe(attention_epochs=2, fusion_epochs=2, batch_size=8, lr=0.05, schedule="cosine", warmup_epochs=1,
+                pad=2, device="cpu")
+SPLIT = {"train": np.arange(0, 24), "val": np.arange(24, 32), "test": np.arange(32, 40)}
+
+
+def tiny(**changes):
+    return get_preset("cpu", **{**TINY, **changes})
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    n = 40
+    images = rng.integers(0, 256, (n, 16, 16, 3), dtype=np.uint8)
+    meta = pd.DataFrame({"age": rng.integers(0, 10, n).astype(float), "subject": np.arange(n) // 2})
+    masks = np.zeros((n, 2, 16, 16), dtype=bool)
+    masks[:, 0, :5], masks[:, 1, :, :4] = True, True
+    root = write_prepared(tmp_path_factory.mktemp("data") / "tiny", images, meta, name="tiny",
+                          masks=masks, region_names=("top", "left"))
+    return load_prepared(root)
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("ADPF_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def run(config, data, recipe=RECIPE, **kwargs):
+    """train() that also returns the (stage, epoch) of every epoch it actually trained."""
+    trained = []
+    result = train(config, data, SPLIT, recipe, progress=False,
+                   callback=lambda stage, row: trained.append((stage.name, row["epoch"])), **kwargs)
+    return result, trained
+
+
+def test_lr_schedules():
+    paper = RECIPES["paper"]
+    assert (paper.batch_size, paper.lr, paper.lr_step, paper.lr_gamma, paper.attention_epochs,
+            paper.fusion_epochs, paper.schedule) == (32, 0.1, 50, 0.1, 200, 200, "step")
+    for epoch in range(200):
+        assert lr_factor(paper, epoch * 10 + 3, 10, 200) == pytest.approx(0.1 ** (epoch // 50))
+    cosine = Recipe(schedule="cosine", warmup_epochs=2)
+    steps, epochs = 5, 8
+    for step in range(steps * epochs):
+        expected = 0.5 * (1 + math.cos(math.pi * step / (steps * epochs))) * min(1.0, (step + 1) / 10)
+        assert lr_factor(cosine, step, steps, epochs) == pytest.approx(expected)
+    with pytest.raises(KeyError, match="unknown recipe"):
+        get_recipe("nope")
+
+
+def test_adpf_trains_attention_net_then_fusion_net_with_attention_frozen(data, cache):
+    result, trained = run(tiny(), data)
+    assert trained == [("attention", 1), ("attention", 2), ("fusion", 1), ("fusion", 2)]
+    assert [r["epoch"] for r in result.history["attention"]] == [1, 2]
+    # stage 1 is Eq. 14 (diversity term present), stage 2 is L_AE alone
+    assert all("loss_diversity" in r for r in result.history["attention"])
+    assert not any("loss_diversity" in r for r in result.history["fusion"])
+    for r in result.history["attention"] + result.history["fusion"]:
+        assert r["loss"] > 0 and r["train_mae"] >= 0 and r["images_per_s"] > 0 and "val_mae" in r
+        assert r["loss"] == pytest.approx(r["train_mae"] + r["loss_kl"] + 0.01 * r.get("loss_diversity", 0.0), rel=1e-4)
+    # stage 2 leaves every AttentionNet tensor (weights and BatchNorm statistics) as stage 1 ended
+    final = load_checkpoint(result.checkpoint)["model"]
+    stage1 = load_checkpoint(result.checkpoint.replace(f"fusion-{result.stage_keys['fusion']}",
+                                                       f"attention-{result.stage_keys['attention']}"))
+    assert stage1["config"]["variant"] == "attention_only"
+    for k, v in stage1["model"].items():
+        assert torch.equal(final[f"attention_net.{k}"], v), k
+    # the test MAE is the model's MAE on the test rows
+    model = load_model(result.checkpoint)
+    predictions = predict(model, DataLoader(PreparedFaces(data, SPLIT["test"]), batch_size=5))
+    assert result.mae == pytest.approx(np.abs(predictions.errors).mean(), abs=1e-5)
+    assert result.metrics["test"]["count"] == 8 and result.metrics["val"]["count"] == 8
+    record = json.loads(json.dumps(result.to_dict()))
+    assert record["config"]["variant"] == "adpf" and record["split"]["sizes"] == {"train": 24, "val": 8, "test": 8}
+    assert set(record["throughput"]) == {"attention", "fusion"} and record["hardware"]["device"] == "cpu"
+
+
+def test_train_or_load_shares_what_it_can(data, cache):
+    first, trained = run(tiny(), data)
+    assert len(trained) == 4 and not first.cached
+    again, trained = run(tiny(), data)
+    assert trained == [] and again.cached and again.mae == first.mae
+    alone, trained = run(tiny(variant="attention_only"), data)
+    assert trained == [] and not alone.cached  # AttentionNet alone is ADPF's stage 1
+    assert alone.history["attention"] == first.history["attention"]
+    no_ranking, trained = run(tiny(ranking=False), data)
+    assert trained == [("fusion", 1), ("fusion", 2)]
+    no_diversity, trained = run(tiny(diversity_weight=0.0), data)
+    assert [s for s, _ in trained] == ["attention"] * 2 + ["fusion"] * 2
+    assert "loss_diversity" in no_diversity.history["attention"][0]
+    fresh, trained = run(tiny(), data, use_cache=False)
+    assert len(trained) == 4
+    for k, v in load_checkpoint(fresh.checkpoint)["model"].items():  # seeded: the same weights again
+        assert torch.equal(v, load_checkpoint(first.checkpoint)["model"][k]), k
+
+
+@pytest.mark.parametrize("variant", ["plain_cnn", "fixed_patches"])
+def test_baselines_train_one_stage_with_the_age_loss(data, cache, variant):
+    result, trained = run(tiny(variant=variant), data)
+    assert trained == [("single", 1), ("single", 2)]
+    assert set(result.history) == {"single"} and "loss_diversity" not in result.history["single"][0]
+    assert load_model(result.checkpoint).config.variant == variant
+
+
+class Crash(Exception):
+    pass
+
+
+@pytest.mark.parametrize("crash_at", [("attention", 1), ("fusion", 1)])
+def test_resume_after_a_crash_ends_with_the_same_weights(data, tmp_path, monkeypatch, crash_at):
+    monkeypatch.setenv("ADPF_CACHE_DIR", str(tmp_path / "straight"))
+    straight, _ = run(tiny(), data)
+
+    monkeypatch.setenv("ADPF_CACHE_DIR", str(tmp_path / "crashed"))
+
+    def crash(stage, row):
+        if (stage.name, row["epoch"]) == crash_at:
+            raise Crash()
+
+    with pytest.raises(Crash):
+        train(tiny(), data, SPLIT, RECIPE, progress=False, callback=crash)
+    resumed, trained = run(tiny(), data)
+    expected = [("attention", 2), ("fusion", 1), ("fusion", 2)] if crash_at[0] == "attention" else [("fusion", 2)]
+    assert trained == expected
+    a, b = load_checkpoint(straight.checkpoint), load_checkpoint(resumed.checkpoint)
+    assert a["model"].keys() == b["model"].keys()
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for stage in ("attention", "fusion"):
+        for ra, rb in zip(straight.history[stage], resumed.history[stage]):
+            assert ra["loss"] == rb["loss"] and ra["val_mae"] == rb["val_mae"]
+    assert resumed.mae == straight.mae
+
+
+def test_bad_input_gets_a_clear_error(data, cache):
+    with pytest.raises(ValueError, match=r"tiny: images are 16×16, config.image_size is 64"):
+        train(get_preset("cpu"), data, SPLIT, RECIPE, progress=False)
+    with pytest.raises(ValueError, match=r"split 'test': indices must be .* 0\.\.39"):
+        train(tiny(), data, {**SPLIT, "test": np.array([38, 40])}, RECIPE, progress=False)
+    with pytest.raises(ValueError, match="split 'test' is empty"):
+        train(tiny(), data, {**SPLIT, "test": []}, RECIPE, progress=False)
+    with pytest.raises(ValueError, match="split has no 'train'"):
+        train(tiny(), data, {"test": SPLIT["test"]}, RECIPE, progress=False)
+    with pytest.raises(ValueError, match="batch_size"):
+        Recipe(batch_size=0)
