@@ -1,0 +1,159 @@
+"""What the ``data_scripts/`` have in common: safe archive extraction, the shared command
+line, and turning a reader's frame into a prepared folder with a printed summary."""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import stat
+import sys
+import tarfile
+import tempfile
+import time
+import zipfile
+from pathlib import Path, PurePosixPath
+from typing import Callable
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from adpf.data.align import align_batch
+from adpf.data.prepared import PreparedWriter
+from adpf.data.readers import DatasetLayoutError
+
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
+
+
+class UnsafeArchiveError(ValueError):
+    """An archive member would land outside the extraction folder or is a link/device."""
+
+
+def _check_member(archive: Path, name: str, kind: str) -> None:
+    parts = PurePosixPath(name.replace("\\", "/")).parts
+    if name.startswith(("/", "\\")) or (parts and parts[0].endswith(":")) or ".." in parts:
+        raise UnsafeArchiveError(f"{archive}: member {name!r} points outside the extraction folder; refusing the archive")
+    if kind != "file" and kind != "dir":
+        raise UnsafeArchiveError(f"{archive}: member {name!r} is a {kind}; refusing the archive")
+
+
+def extract_archive(archive: str | Path, dest: str | Path) -> Path:
+    """Extract a zip or tar archive into ``dest`` after checking every member: no absolute
+    paths, no ``..``, no links or devices (the whole archive is refused otherwise). The
+    folder appears only once extraction has finished."""
+    archive, dest = Path(archive), Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    try:
+        if zipfile.is_zipfile(archive):
+            with zipfile.ZipFile(archive) as z:
+                for info in z.infolist():
+                    mode = info.external_attr >> 16
+                    kind = "dir" if info.is_dir() else "link" if stat.S_ISLNK(mode) else "file"
+                    _check_member(archive, info.filename, kind)
+                z.extractall(tmp)
+        elif tarfile.is_tarfile(archive):
+            with tarfile.open(archive) as t:
+                for m in t.getmembers():
+                    kind = "file" if m.isfile() else "dir" if m.isdir() else "link" if m.issym() or m.islnk() else "device or special file"
+                    _check_member(archive, m.name, kind)
+                t.extractall(tmp, filter="data")
+        else:
+            raise DatasetLayoutError(f"{archive}: not a zip or tar archive")
+        os.replace(tmp, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def source_folder(source: str | Path, work_dir: Path) -> Path:
+    """The folder to read: ``source`` itself, or the archive ``source`` extracted (once) into
+    ``work_dir/extracted``; a lone top-level folder is entered."""
+    source = Path(source)
+    if source.is_file() and source.name.lower().endswith(ARCHIVE_SUFFIXES):
+        dest = work_dir / "extracted"
+        source = dest if dest.is_dir() else extract_archive(source, dest)
+    if not source.is_dir():
+        raise DatasetLayoutError(f"{source}: expected a folder or an archive ({', '.join(ARCHIVE_SUFFIXES)})")
+    entries = list(source.iterdir())
+    while len(entries) == 1 and entries[0].is_dir():  # an archive's single top folder
+        source, entries = entries[0], list(entries[0].iterdir())
+    return source
+
+
+def common_parser(doc: str, name: str, align_default: bool = True) -> argparse.ArgumentParser:
+    """The options every dataset script shares; ``source`` is the folder or archive."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("source", type=Path, help="the dataset's folder or archive (.zip, .tar[.gz|.bz2|.xz])")
+    p.add_argument("--size", type=int, default=128, help="side of the square output faces (paper 128; cpu preset 64)")
+    p.add_argument("--out", type=Path, help=f"output folder (default data/{name}-SIZE)")
+    p.add_argument("--work-dir", type=Path,
+                   help="extraction and per-image cache, reused to resume (default beside --out: .NAME-work)")
+    if align_default:
+        p.add_argument("--no-align", dest="align", action="store_false", help="the faces come aligned: only crop square and resize")
+    else:
+        p.add_argument("--align", action="store_true", help="align the faces with dlib (they come aligned by default)")
+    p.add_argument("--limit", type=int, help="prepare only the first N images (in path order)")
+    p.add_argument("--workers", type=int, default=os.cpu_count(), help="parallel processes (default: all cores)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(name=name)
+    return p
+
+
+def run(args: argparse.Namespace, read: Callable[[Path], pd.DataFrame], dataset: str) -> int:
+    """Read, align or resize, write the prepared folder, print the summary. Returns the exit
+    status: 0, or 2 with a message on stderr when the layout is wrong."""
+    out = args.out or Path("data") / f"{args.name}-{args.size}"
+    work = args.work_dir or out.parent / f".{out.name}-work"
+    start = time.perf_counter()
+    try:
+        df = read(source_folder(args.source, work))
+    except (DatasetLayoutError, FileNotFoundError, UnsafeArchiveError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if out.exists() and not args.overwrite:
+        print(f"error: {out} exists (use --overwrite to replace it)", file=sys.stderr)
+        return 2
+    path, summary = prepare_frame(df, out, dataset, args.size, args.align, args.workers, work, args.limit,
+                                  args.overwrite, progress=not args.quiet, info={"source": str(args.source)})
+    print(summary)
+    print(f"time: {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def prepare_frame(df: pd.DataFrame, out: Path, dataset: str, size: int, align: bool, workers: int | None,
+                  work_dir: Path, limit: int | None = None, overwrite: bool = False, progress: bool = True,
+                  info: dict | None = None) -> tuple[Path, str]:
+    """A reader's frame → aligned (or resized) faces → prepared folder at ``out``.
+
+    Files the reader skipped and files that failed are written to ``out/skipped.csv``.
+    Returns the folder and a printable summary.
+    """
+    skipped = list(df.attrs.get("skipped", []))
+    found = len(df) + len(skipped)
+    df = df.iloc[:limit] if limit else df
+    batch = align_batch(df["path"].tolist(), work_dir / f"{'aligned' if align else 'resized'}-{size}", size,
+                        workers=workers, progress=progress, align=align)
+    keep = [i for i, o in enumerate(batch.outputs) if o is not None]
+    if not keep:
+        raise DatasetLayoutError(f"{dataset}: none of the {len(df)} images could be prepared:\n{batch}")
+    meta = df.iloc[keep].reset_index(drop=True)
+    with PreparedWriter(out, len(keep), size, dataset, overwrite=overwrite) as w:
+        for start in range(0, len(keep), 512):
+            chunk = [batch.outputs[i] for i in keep[start: start + 512]]
+            w.write(start, np.stack([cv2.imread(str(p))[..., ::-1] for p in chunk]))
+        w.finish(meta, {"aligned": align, "skipped": len(skipped) + len(batch.failures), **(info or {})})
+    failures = skipped + [(p, f"{kind}: {reason}") for p, kind, reason in batch.failures]
+    pd.DataFrame(failures, columns=["path", "reason"]).to_csv(out / "skipped.csv", index=False)
+    ages = meta["age"]
+    lines = [
+        f"{dataset}: {found} image files found, {len(skipped)} skipped by the reader"
+        + (f", first {len(df)} taken (--limit)" if limit else ""),
+        f"{'aligned' if align else 'resized'}: {batch}",
+        f"wrote {out}: {len(meta)} faces {size}x{size}, {meta['subject'].nunique()} subjects, "
+        f"ages {ages.min():g}..{ages.max():g} (mean {ages.mean():.1f})",
+    ]
+    if failures:
+        lines.append(f"skipped files and reasons: {out / 'skipped.csv'}")
+    return out, "\n".join(lines)
