@@ -52,6 +52,7 @@ def _rows(subjects: np.ndarray, chosen) -> np.ndarray:
 def _fill(subject_ids: np.ndarray, sizes: pd.Series, targets: list[float]) -> list[list]:
     """Deal subjects (in the given order) into groups until each group holds about its
     target number of images; the last group takes whatever is left."""
+    sizes = sizes.to_dict()
     groups: list[list] = [[] for _ in targets]
     counts = [0] * len(targets)
     g = 0
@@ -86,11 +87,11 @@ def kfold_subjects(labels, k: int = 5, seed: int = 0, name: str = "fold") -> lis
     if len(sizes) < k:
         raise ValueError(f"{k}-fold cross-validation needs at least {k} subjects, got {len(sizes)}")
     order = np.random.default_rng(seed).permutation(np.sort(sizes.index.to_numpy()))
-    groups, counts = [[] for _ in range(k)], np.zeros(k)
+    groups, counts, size = [[] for _ in range(k)], np.zeros(k), sizes.to_dict()
     for s in order:
         g = int(np.argmin(counts))
         groups[g].append(s)
-        counts[g] += sizes[s]
+        counts[g] += size[s]
     folds = []
     for i in range(k):
         test = _rows(subjects, groups[i])
@@ -104,12 +105,18 @@ def morph_setting1(labels, partitions: int = 20) -> list[Split]:
     return [subject_split(labels, 0.8, 0.0, 0.2, seed=s, name="morph-setting1") for s in range(partitions)]
 
 
+_LABEL_CODES = {"b": "black", "w": "white", "a": "asian", "h": "hispanic", "o": "other", "m": "male", "f": "female"}
+
+
 def _person_labels(meta: pd.DataFrame, column: str) -> pd.Series:
-    """Each subject's label (its most frequent one, should a subject's rows disagree)."""
+    """Each subject's label, lower case with MORPH's letter codes spelled out (its most
+    frequent label, should a subject's rows disagree)."""
     if column not in meta.columns:
         raise ValueError(f"MORPH II Setting II/III need a {column!r} column (read MORPH II with its album-2 CSV)")
-    values = meta[column].astype(str).str.lower()
-    return values.groupby(meta["subject"].to_numpy()).agg(lambda v: v.value_counts().index[0])
+    values = meta[column].astype(str).str.strip().str.lower().replace(_LABEL_CODES)
+    counts = pd.DataFrame({"subject": meta["subject"].to_numpy(), "label": values.to_numpy()}).value_counts()
+    first = counts.reset_index().drop_duplicates("subject")  # value_counts sorts by count, descending
+    return pd.Series(first["label"].to_numpy(), index=first["subject"].to_numpy())
 
 
 def morph_subsets(meta: pd.DataFrame, seed: int = 0, subset_size: int | None = None) -> list[np.ndarray]:
