@@ -1,0 +1,211 @@
+"""The data_scripts on small fabricated archives and folders (and the shared faces where present)."""
+import importlib.util
+import io
+import shutil
+import subprocess
+import sys
+import tarfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from adpf.data.align import align_face
+from adpf.data.prepared import load_prepared
+from adpf.data.scripts_common import UnsafeArchiveError, extract_archive
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+AAF, UTK = SHARED / "aaf-wild-sample", SHARED / "utkface-crop-part1"
+SCRIPTS = ("fgnet", "morph2", "cacd", "utkface", "folder", "aaf", "synthetic", "align")
+
+
+def script(name: str):
+    spec = importlib.util.spec_from_file_location(f"data_script_{name}", REPO / "data_scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def _jpeg(seed: int, size=(40, 30)) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (*size[::-1], 3), dtype=np.uint8)).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def _write(root: Path, names) -> None:
+    for i, name in enumerate(names):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(_jpeg(i))
+
+
+def _quick(tmp_path, *extra):
+    return ["--no-align", "--size", "16", "--workers", "1", "--quiet", "--out", str(tmp_path / "out"), *extra]
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_help_describes_the_expected_layout(name, capsys):
+    with pytest.raises(SystemExit) as e:
+        script(name)(["--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    assert "usage:" in text and "Example:" in text
+    if name not in ("synthetic", "align"):
+        assert "Expected layout" in text and "--no-align" in text and "--size" in text
+
+
+def test_a_script_runs_from_the_command_line():
+    done = subprocess.run([sys.executable, str(REPO / "data_scripts" / "fgnet.py"), "--help"],
+                          capture_output=True, text=True, cwd="/")
+    assert done.returncode == 0 and "NNNAaa" in done.stdout
+
+
+def test_fgnet_from_a_zip(tmp_path, capsys):
+    names = ["FGNET/images/001A02.JPG", "FGNET/images/001A10b.JPG", "FGNET/images/002A33.JPG", "FGNET/images/Thumbs.JPG"]
+    with zipfile.ZipFile(tmp_path / "FGNET.zip", "w") as z:
+        for i, n in enumerate(names):
+            z.writestr(n, _jpeg(i))
+        z.writestr("FGNET/points/001a02.pts", "version: 1\nn_points: 1\n{\n1 2\n}\n")
+    assert script("fgnet")([str(tmp_path / "FGNET.zip"), *_quick(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "FG-NET: 4 image files found, 1 skipped by the reader" in out and "3 faces 16x16, 2 subjects" in out
+    p = load_prepared(tmp_path / "out")
+    assert p.meta["age"].tolist() == [2.0, 10.0, 33.0] and p.meta["subject"].tolist() == [0, 0, 1]
+    assert p.meta["subject_name"].astype(str).str.zfill(3).tolist() == ["001", "001", "002"]
+    assert p.meta["pts"].fillna("").str.endswith("001a02.pts").tolist() == [True, False, False]
+    skipped = pd.read_csv(tmp_path / "out" / "skipped.csv")
+    assert skipped["path"].str.endswith("Thumbs.JPG").tolist() == [True]
+    # the pixels: the central square of the source, resized
+    src = np.asarray(Image.open(io.BytesIO(_jpeg(0))))
+    from adpf.data.align import square_resize
+    np.testing.assert_array_equal(p.images[0], square_resize(src, 16))
+
+
+def test_morph_folder_with_csv(tmp_path, capsys):
+    _write(tmp_path / "m", ["000001_0M17.JPG", "000001_1M19.JPG", "000002_0F30.JPG"])
+    pd.DataFrame({"id_num": [1, 1, 2], "age": [17, 19, 30], "gender": ["M", "M", "F"], "race": ["B", "B", "W"],
+                  "photo": ["000001_0M17.JPG", "000001_1M19.JPG", "000002_0F30.JPG"]}).to_csv(tmp_path / "a2.csv", index=False)
+    assert script("morph2")([str(tmp_path / "m"), "--csv", str(tmp_path / "a2.csv"), *_quick(tmp_path)]) == 0
+    p = load_prepared(tmp_path / "out")
+    assert p.meta["race"].tolist() == ["black", "black", "white"] and p.info["subjects"] == 2
+
+
+def test_cacd_from_a_tarball(tmp_path):
+    with tarfile.open(tmp_path / "CACD2000.tar.gz", "w:gz") as t:
+        for i, n in enumerate(["CACD2000/53_Robin_Williams_0001.jpg", "CACD2000/30_Emma_Watson_0002.jpg"]):
+            data = _jpeg(i)
+            info = tarfile.TarInfo(n)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+    assert script("cacd")([str(tmp_path / "CACD2000.tar.gz"), *_quick(tmp_path)]) == 0
+    p = load_prepared(tmp_path / "out")
+    assert sorted(p.meta["subject_name"]) == ["Emma_Watson", "Robin_Williams"] and p.info["source"].endswith(".tar.gz")
+
+
+def test_folder_script_and_resuming(tmp_path, capsys):
+    _write(tmp_path / "faces", ["a.jpg", "b/c.jpg"])
+    (tmp_path / "faces" / "broken.jpg").write_bytes(b"nope")
+    pd.DataFrame({"path": ["a.jpg", "b/c.jpg", "broken.jpg"], "age": [5, 6, 7]}).to_csv(tmp_path / "l.csv", index=False)
+    args = [str(tmp_path / "faces"), "--csv", str(tmp_path / "l.csv"), *_quick(tmp_path)]
+    assert script("folder")(args) == 0
+    assert "2 aligned (0 already done), 0 without a face, 1 unreadable" in capsys.readouterr().out
+    assert script("folder")(args) == 2 and "exists" in capsys.readouterr().err
+    assert script("folder")([*args, "--overwrite"]) == 0
+    assert "2 aligned (2 already done)" in capsys.readouterr().out
+    assert load_prepared(tmp_path / "out").info["count"] == 2
+
+
+def test_wrong_layout_names_what_was_expected(tmp_path, capsys):
+    _write(tmp_path / "x", ["holiday.jpg"])
+    assert script("utkface")([str(tmp_path / "x"), *_quick(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "no UTKFace images found; expected age_gender_race_datetime.jpg.chip.jpg" in err
+    assert script("fgnet")([str(tmp_path / "nothing.rar"), *_quick(tmp_path)]) == 2
+    assert "expected a folder or an archive" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def _malicious_zip(path: Path) -> Path:
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("images/001A02.JPG", _jpeg(0))
+        z.writestr("../../evil.JPG", b"gotcha")
+    return path
+
+
+def _tar_with(path: Path, member: tarfile.TarInfo) -> Path:
+    with tarfile.open(path, "w") as t:
+        data = _jpeg(0)
+        ok = tarfile.TarInfo("images/001A02.JPG")
+        ok.size = len(data)
+        t.addfile(ok, io.BytesIO(data))
+        t.addfile(member, io.BytesIO(b"x" * member.size) if member.isfile() else None)
+    return path
+
+
+def _member(name, kind=tarfile.REGTYPE, target=""):
+    m = tarfile.TarInfo(name)
+    m.type, m.linkname, m.size = kind, target, 1 if kind == tarfile.REGTYPE else 0
+    return m
+
+
+@pytest.mark.parametrize("make, why", [
+    (lambda d: _malicious_zip(d / "evil.zip"), "points outside"),
+    (lambda d: _tar_with(d / "up.tar", _member("../up.JPG")), "points outside"),
+    (lambda d: _tar_with(d / "abs.tar", _member("/tmp/abs.JPG")), "points outside"),
+    (lambda d: _tar_with(d / "link.tar", _member("images/link.JPG", tarfile.SYMTYPE, "/etc/passwd")), "is a link"),
+    (lambda d: _tar_with(d / "hard.tar", _member("images/hard.JPG", tarfile.LNKTYPE, "images/001A02.JPG")), "is a link"),
+])
+def test_malicious_archives_are_refused(tmp_path, make, why, capsys):
+    archive = make(tmp_path)
+    with pytest.raises(UnsafeArchiveError, match=why):
+        extract_archive(archive, tmp_path / "dest")
+    assert not (tmp_path / "dest").exists() and not list(tmp_path.glob(".dest.tmp-*"))
+    assert not (tmp_path.parent / "up.JPG").exists() and not (tmp_path.parent.parent / "evil.JPG").exists()
+    assert script("fgnet")([str(archive), *_quick(tmp_path)]) == 2
+    assert why in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_synthetic_script(tmp_path, capsys):
+    assert script("synthetic")(["--n", "12", "--size", "32", "--out", str(tmp_path / "syn")]) == 0
+    assert "12 faces 32x32, 2 subjects" in capsys.readouterr().out
+    p = load_prepared(tmp_path / "syn")
+    assert p.masks.shape == (12, 4, 32, 32) and p.info["seed"] == 0
+
+
+@pytest.mark.skipif(not (AAF / "images").is_dir(), reason=f"shared AAF sample not at {AAF}")
+def test_dlib_aligned_path_with_real_photos(tmp_path, capsys):
+    """Two AAF photos renamed as FG-NET files (copies in tmp only) plus one without a face."""
+    photos = sorted((AAF / "images").glob("*.jpg"))
+    (tmp_path / "fg").mkdir()
+    shutil.copy(photos[0], tmp_path / "fg" / "001A21.JPG")
+    shutil.copy(photos[1], tmp_path / "fg" / "002A30.JPG")
+    Image.new("RGB", (80, 80), (120, 120, 120)).save(tmp_path / "fg" / "003A05.JPG")
+    assert script("fgnet")([str(tmp_path / "fg"), "--size", "64", "--workers", "1", "--quiet",
+                            "--out", str(tmp_path / "out")]) == 0
+    assert "2 aligned (0 already done), 1 without a face, 0 unreadable" in capsys.readouterr().out
+    p = load_prepared(tmp_path / "out")
+    assert p.info["aligned"] is True and p.meta["age"].tolist() == [21.0, 30.0]
+    np.testing.assert_array_equal(p.images[0], align_face(photos[0], 64).image)
+    assert script("align")([str(tmp_path / "fg"), "--out", str(tmp_path / "crops"), "--size", "32", "--workers", "1"]) == 0
+    assert len(list((tmp_path / "crops").glob("*.png"))) == 2
+
+
+@pytest.mark.skipif(not (AAF / "images").is_dir(), reason=f"shared AAF sample not at {AAF}")
+def test_aaf_script_measures_alignment(tmp_path, capsys):
+    assert script("aaf")([str(AAF), "--limit", "12", "--size", "32", "--workers", "1", "--quiet", "--measure",
+                          "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "dlib on 12 photos with keypoints: detection rate" in out
+    assert load_prepared(tmp_path / "out").info["count"] >= 11
+
+
+@pytest.mark.skipif(not UTK.is_dir(), reason=f"shared UTKFace faces not at {UTK}")
+def test_utkface_shared_subset(tmp_path, capsys):
+    assert script("utkface")([str(UTK), *_quick(tmp_path, "--limit", "40")]) == 0
+    out = capsys.readouterr().out
+    assert "UTKFace: 9780 image files found, 2 skipped by the reader, first 40 taken (--limit)" in out
+    p = load_prepared(tmp_path / "out")
+    assert p.info["count"] == 40 and p.info["subjects"] == 40 and p.images.shape == (40, 16, 16, 3)
