@@ -5,7 +5,9 @@
     python book/build.py --profile paper    # pass profile="paper" to the chapters that declare it
     python book/build.py --no-execute       # rebuild the HTML from the chapters executed before
 
-Each chapter is a MyST Markdown notebook ``book/NN_name.md`` listed in ``_toc.yml``. The build
+Each chapter is a MyST Markdown notebook ``book/NN_name.md`` listed in ``_toc.yml``. To add one:
+write it with a cell tagged ``parameters``, list it in ``_toc.yml``, glue the numbers its prose
+quotes (``myst_nb.glue``), and check them in ``tests/book/``. The build
 converts it to ``_build/book-src/book/NN_name.ipynb`` (with ``_config.yml``, ``_toc.yml`` and every
 other file of ``book/`` copied beside it), executes it there with papermill on the kernel of the
 Python running this script, and finally runs ``jupyter-book build`` with warnings as errors on the
@@ -135,7 +137,13 @@ def execute(path: Path, overrides: dict) -> float:
     start = time.perf_counter()
     papermill.execute_notebook(nb, str(out), parameters=params, kernel_name="python3",
                                cwd=str(out.parent), progress_bar=False)
-    return time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    # widgets need a live kernel: the page shows static figures, so drop the saved widget
+    # state (otherwise the HTML loads the widget manager for nothing)
+    executed = nbformat.read(out, as_version=4)
+    if executed.metadata.pop("widgets", None) is not None:
+        nbformat.write(executed, out)
+    return seconds
 
 
 def stand_in(path: Path) -> None:
