@@ -300,28 +300,32 @@ def cmd_experiments(args) -> int:
     from adpf.experiments import ABLATIONS, ablation_table, heads_table
 
     config, recipe = config_from_args(args), recipe_from_args(args)
+    rows = args.rows.split(",") if args.rows else list(ABLATIONS)
+    unknown = [r for r in rows if r not in ABLATIONS]
+    if unknown:
+        raise UsageError(f"--rows: unknown {unknown}; choose from {list(ABLATIONS)}")
+    try:
+        heads = [int(h) for h in args.heads_list.split(",")]
+    except ValueError:
+        raise UsageError(f"--heads-list {args.heads_list!r}: expected integers like 1,3,5") from None
     data = data_from_args(args, config.image_size)
     split = split_from_args(args, data)
     progress = not args.no_progress
     if args.table == "ablation":
-        rows = args.rows.split(",") if args.rows else list(ABLATIONS)
-        unknown = [r for r in rows if r not in ABLATIONS]
-        if unknown:
-            raise UsageError(f"--rows: unknown {unknown}; choose from {list(ABLATIONS)}")
         table = ablation_table(config, data, split, recipe, rows, attention=args.attention, progress=progress)
     else:
-        try:
-            heads = [int(h) for h in args.heads_list.split(",")]
-        except ValueError:
-            raise UsageError(f"--heads-list {args.heads_list!r}: expected integers like 1,3,5") from None
         changes = {k: v for k, v in config_changes(args).items() if k not in ("heads", "variant")}
         table = heads_table(data, split, recipe, heads, preset=args.preset, progress=progress, **changes)
     with pd.option_context("display.width", 200, "display.max_columns", 30):
         text = table.to_string(index=False, float_format=lambda v: f"{v:.3f}")
     print(text)
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        (table.to_csv if args.out.endswith(".csv") else lambda p: Path(p).write_text(text + "\n"))(args.out)
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if out.suffix == ".csv":
+            table.to_csv(out, index=False)
+        else:
+            out.write_text(text + "\n")
     return 0
 
 

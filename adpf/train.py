@@ -344,7 +344,7 @@ def make_loader(data: Prepared, indices: np.ndarray, recipe: Recipe, process: Pr
 
 # --- training ---------------------------------------------------------------------------------
 
-EpochCallback = Callable[[Stage, dict], None]
+EpochCallback = Callable[[Stage, dict, nn.Module], None]
 
 
 def seed_everything(seed: int) -> None:
@@ -360,18 +360,19 @@ def stage_seed(recipe: Recipe, stage: Stage, process: Process) -> int:
 @contextlib.contextmanager
 def determinism(recipe: Recipe):
     """``torch.use_deterministic_algorithms`` and cuDNN settings for the duration of a training."""
-    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
-             torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
-    if recipe.deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(recipe.deterministic, warn_only=True)
+    saved = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
     torch.backends.cudnn.benchmark = not recipe.deterministic
     torch.backends.cudnn.deterministic = recipe.deterministic
+    if recipe.deterministic:  # (the switch imports torch's compiler stack: touch it only when asked)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+        torch.use_deterministic_algorithms(True, warn_only=True)
     try:
         yield
     finally:
-        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
-        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[2:]
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved
+        if recipe.deterministic:
+            torch.use_deterministic_algorithms(before[0], warn_only=before[1])
 
 
 def build_stage_model(stage: Stage, previous: nn.Module | None, process: Process) -> nn.Module:
@@ -482,7 +483,7 @@ def run_stage(stage: Stage, previous: nn.Module | None, data: Prepared, split: d
                              "scheduler": scheduler.state_dict(), "rng": rng_state(generator),
                              "meta": {"history": history, "key": stage.key}}, checkpoint_path)
         if callback is not None:
-            callback(stage, row)
+            callback(stage, row, model)
     bar.close()
     if stage.epochs == 0 and process.main:
         save_checkpoint({"config": stage.config.to_dict(), "model": model.state_dict(), "stage": stage.name,
@@ -519,7 +520,8 @@ def train(config: ADPFConfig, data: str | os.PathLike | Prepared, split, recipe:
         use_cache: load finished stages and resume interrupted ones from the cache folder
             (``adpf.cache``); False trains every stage afresh (and overwrites the cache).
         progress: show tqdm bars (loss and MAE) on process 0.
-        callback: called as ``callback(stage, row)`` after every epoch with the history row.
+        callback: called as ``callback(stage, row, model)`` after every epoch with the history row
+            and the network being trained.
     Returns:
         the `TrainResult` (``checkpoint`` is the last stage's checkpoint file).
     """

@@ -49,7 +49,7 @@ def run(config, data, recipe=RECIPE, **kwargs):
     """train() that also returns the (stage, epoch) of every epoch it actually trained."""
     trained = []
     result = train(config, data, SPLIT, recipe, progress=False,
-                   callback=lambda stage, row: trained.append((stage.name, row["epoch"])), **kwargs)
+                   callback=lambda stage, row, model: trained.append((stage.name, row["epoch"])), **kwargs)
     return result, trained
 
 
@@ -133,7 +133,7 @@ def test_resume_after_a_crash_ends_with_the_same_weights(data, tmp_path, monkeyp
 
     monkeypatch.setenv("ADPF_CACHE_DIR", str(tmp_path / "crashed"))
 
-    def crash(stage, row):
+    def crash(stage, row, model):
         if (stage.name, row["epoch"]) == crash_at:
             raise Crash()
 
