@@ -218,7 +218,8 @@ def hybrid_attention_heads(heads: Sequence[HybridAttention], x: Tensor) -> Tenso
              for head, a in zip(heads, attentions)]
     weight = torch.stack([torch.cat([conv.weight[:, :, 0, 0] for conv in group]) for group in convs])
     bias = torch.stack([torch.cat([conv.bias for conv in group]) for group in convs])
-    proj = weight @ x.reshape(b, len(heads), -1, h * w) + bias[..., None]  # (B, n, 2 c_K + c_V (+ c_V), N)
+    proj = weight @ x.reshape(b, len(heads), -1, h * w)  # (B, n, 2 c_K + c_V (+ c_V), N)
+    proj = proj + bias[..., None].to(proj.dtype)  # the product's dtype (bf16 under autocast)
     q, k, v, *ca = proj.split([c_k, c_k, c_v] + ([c_v] if hybrid else []), dim=2)
     if hybrid:
         w_ca = _channel_attention_heads([head.channel_attention for head in heads], ca[0].amax(dim=-1))
