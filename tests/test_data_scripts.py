@@ -111,10 +111,10 @@ def test_folder_script_and_resuming(tmp_path, capsys):
     pd.DataFrame({"path": ["a.jpg", "b/c.jpg", "broken.jpg"], "age": [5, 6, 7]}).to_csv(tmp_path / "l.csv", index=False)
     args = [str(tmp_path / "faces"), "--csv", str(tmp_path / "l.csv"), *_quick(tmp_path)]
     assert script("folder")(args) == 0
-    assert "2 aligned (0 already done), 0 without a face, 1 unreadable" in capsys.readouterr().out
+    assert "2 resized (0 already done), 0 without a face, 1 unreadable" in capsys.readouterr().out
     assert script("folder")(args) == 2 and "exists" in capsys.readouterr().err
     assert script("folder")([*args, "--overwrite"]) == 0
-    assert "2 aligned (2 already done)" in capsys.readouterr().out
+    assert "2 resized (2 already done)" in capsys.readouterr().out
     assert load_prepared(tmp_path / "out").info["count"] == 2
 
 
@@ -209,3 +209,11 @@ def test_utkface_shared_subset(tmp_path, capsys):
     assert "UTKFace: 9780 image files found, 2 skipped by the reader, first 40 taken (--limit)" in out
     p = load_prepared(tmp_path / "out")
     assert p.info["count"] == 40 and p.info["subjects"] == 40 and p.images.shape == (40, 16, 16, 3)
+
+
+def test_nothing_preparable_is_an_error_not_an_empty_folder(tmp_path, capsys):
+    (tmp_path / "u").mkdir()
+    (tmp_path / "u" / "25_0_1_20170116174525125.jpg.chip.jpg").write_bytes(b"not a jpeg")
+    assert script("utkface")([str(tmp_path / "u"), *_quick(tmp_path)]) == 2
+    assert "none of the 1 images could be prepared" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

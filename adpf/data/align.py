@@ -177,6 +177,7 @@ class AlignSummary:
     """What `align_batch` did. outputs[i] is the aligned PNG of paths[i], or None if it failed."""
 
     outputs: list[Path | None]
+    action: str = "aligned"
     ok: int = 0
     resumed: int = 0
     no_face: int = 0
@@ -184,7 +185,7 @@ class AlignSummary:
     failures: list[tuple[str, str, str]] = field(default_factory=list)  # (path, kind, reason)
 
     def __str__(self) -> str:
-        lines = [f"{len(self.outputs)} files: {self.ok} aligned ({self.resumed} already done), "
+        lines = [f"{len(self.outputs)} files: {self.ok} {self.action} ({self.resumed} already done), "
                  f"{self.no_face} without a face, {self.unreadable} unreadable"]
         lines += [f"  {kind}: {path}: {reason}" for path, kind, reason in self.failures[:20]]
         if len(self.failures) > 20:
@@ -235,7 +236,7 @@ def align_batch(paths: Sequence[str | Path], resume_dir: str | Path, out_size: i
     resume_dir = Path(resume_dir)
     resume_dir.mkdir(parents=True, exist_ok=True)
     outputs = [resume_dir / output_name(p) for p in paths]
-    summary = AlignSummary(outputs=list(outputs))
+    summary = AlignSummary(outputs=list(outputs), action="aligned" if align else "resized")
     todo = [i for i, out in enumerate(outputs) if not out.exists()]
     summary.resumed = len(paths) - len(todo)
     summary.ok = summary.resumed

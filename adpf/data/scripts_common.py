@@ -115,8 +115,12 @@ def run(args: argparse.Namespace, read: Callable[[Path], pd.DataFrame], dataset:
     if out.exists() and not args.overwrite:
         print(f"error: {out} exists (use --overwrite to replace it)", file=sys.stderr)
         return 2
-    path, summary = prepare_frame(df, out, dataset, args.size, args.align, args.workers, work, args.limit,
-                                  args.overwrite, progress=not args.quiet, info={"source": str(args.source)})
+    try:
+        _, summary = prepare_frame(df, out, dataset, args.size, args.align, args.workers, work, args.limit,
+                                   args.overwrite, progress=not args.quiet, info={"source": str(args.source)})
+    except DatasetLayoutError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(summary)
     print(f"time: {time.perf_counter() - start:.1f} s")
     return 0
@@ -150,7 +154,7 @@ def prepare_frame(df: pd.DataFrame, out: Path, dataset: str, size: int, align: b
     lines = [
         f"{dataset}: {found} image files found, {len(skipped)} skipped by the reader"
         + (f", first {len(df)} taken (--limit)" if limit else ""),
-        f"{'aligned' if align else 'resized'}: {batch}",
+        str(batch),
         f"wrote {out}: {len(meta)} faces {size}x{size}, {meta['subject'].nunique()} subjects, "
         f"ages {ages.min():g}..{ages.max():g} (mean {ages.mean():.1f})",
     ]

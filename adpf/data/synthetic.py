@@ -19,9 +19,9 @@ has to find them.
 
 Each person is first rendered once in a canonical frame (the base picture, one layer per
 wrinkle line, the decoy layers and the region masks); each of their images then mixes those
-layers with its own age and decoy strengths (one matrix product), and a single
-``cv2.warpAffine`` of picture, alpha and masks together puts it in its pose, so a region's
-mask moves exactly with its texture.
+layers with its own age and decoy strengths (one matrix product), and the same
+``cv2.warpAffine`` puts picture and masks in its pose, so a region's mask moves exactly
+with its texture.
 """
 from __future__ import annotations
 
