@@ -163,3 +163,105 @@ def show_source(obj):
     from IPython.display import Markdown
 
     return Markdown(f"```python\n{inspect.getsource(obj)}```")
+
+
+def map_grid(images: Sequence, maps, row_labels: Sequence[str] | None = None,
+             col_labels: Sequence[str] | None = None, row_colors: Sequence | None = None,
+             size: float = 1.5) -> Figure:
+    """A grid of maps over faces: cell (r, c) draws ``maps[r][c]`` over ``images[c]``.
+
+    images: one face per column (a batch ``(C, 3, H, W)`` or a sequence). maps: ``(R, C, h, w)``
+    (each cell min-max normalised, as ``overlay_map`` does). Row labels go on the left
+    (coloured by ``row_colors``), column labels on top.
+    """
+    maps = maps.detach().cpu() if isinstance(maps, torch.Tensor) else np.asarray(maps)
+    if maps.ndim != 4 or maps.shape[1] != len(images):
+        raise ValueError(f"maps must be (rows, {len(images)} columns, h, w), got shape {tuple(maps.shape)}")
+    rows, cols = maps.shape[:2]
+    fig, axes = plt.subplots(rows, cols, figsize=(size * cols + 0.4, size * rows + 0.3), squeeze=False)
+    for r in range(rows):
+        for c in range(cols):
+            overlay_map(axes[r, c], images[c], maps[r][c],
+                        title=col_labels[c] if col_labels is not None and r == 0 else None)
+        if row_labels is not None:
+            color = row_colors[r] if row_colors is not None else "black"
+            axes[r, 0].text(-0.06, 0.5, row_labels[r], transform=axes[r, 0].transAxes, rotation=90,
+                            ha="right", va="center", fontsize=10, color=color)
+    fig.tight_layout()
+    return fig
+
+
+def show_patches(images: Sequence, boxes, patches, labels: Sequence[str] | None = None,
+                 colors: Sequence | None = None, titles: Sequence[str] | None = None,
+                 size: float = 1.5) -> Figure:
+    """One row per face: the face with its boxes, then its patches (the paper's Fig. 11).
+
+    images: ``(B, 3, H, W)`` or a sequence; boxes: ``(B, n, 4)`` (x0, y0, x1, y1); patches:
+    ``(B, n, 3, p, p)``, in the same order as the boxes. Each patch is framed in its box's colour
+    (head colours unless ``colors``) and titled with its label (P1..Pn unless ``labels``).
+    """
+    b, n = patches.shape[:2]
+    if len(images) != b or tuple(boxes.shape[:2]) != (b, n):
+        raise ValueError(f"{len(images)} images, boxes {tuple(boxes.shape)} and patches "
+                         f"{tuple(patches.shape)} do not agree on (faces, patches)")
+    labels = list(labels) if labels is not None else [f"P{k + 1}" for k in range(n)]
+    colors = list(colors) if colors is not None else [head_color(k) for k in range(n)]
+    fig, axes = plt.subplots(b, n + 1, figsize=(size * (n + 1), size * b + 0.3), squeeze=False)
+    for i in range(b):
+        show_face(axes[i, 0], images[i], titles[i] if titles is not None else None)
+        draw_boxes(axes[i, 0], boxes[i], labels=labels, colors=colors)
+        for k in range(n):
+            ax = axes[i, k + 1]
+            ax.imshow(as_image(patches[i, k]), vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_edgecolor(colors[k])
+                spine.set_linewidth(3)
+            if i == 0:
+                ax.set_title(labels[k], color=colors[k])
+    fig.tight_layout()
+    return fig
+
+
+def plot_cs(ax: Axes, curves: dict, colors: Sequence | None = None) -> Axes:
+    """CS(v) curves (the paper's Fig. 5–8): ``curves`` maps a label to CS(0..V) ``(V + 1,)``."""
+    for k, (label, cs) in enumerate(curves.items()):
+        cs = np.asarray(cs, dtype=float)
+        ax.plot(np.arange(len(cs)), cs, marker="o", markersize=3, label=label,
+                color=colors[k] if colors is not None else head_color(k))
+    ax.set_xlabel("error level $v$ (years)")
+    ax.set_ylabel("CS($v$)")
+    ax.set_ylim(0, 1.02)
+    ax.legend(frameon=False, fontsize=8)
+    sns.despine(ax=ax)
+    return ax
+
+
+def draw_learning_paths(ax: Axes, sizes: Sequence[int], widths: Sequence[int],
+                        colors: Sequence | None = None) -> Axes:
+    """FusionNet's main stream as a row of stages, with patch P_k joining stage k (Eq. 8).
+
+    sizes, widths: the side and channel count of each stage's output. Under the stream, one
+    coloured line per patch runs from the stage it joins to the FC layer: its length is the
+    patch's learning path (P_1 the longest).
+    """
+    n = len(sizes)
+    colors = list(colors) if colors is not None else [head_color(k) for k in range(n)]
+    boxes = ["stem"] + [f"stage {k + 1}\n{s}×{s}×{c}" for k, (s, c) in enumerate(zip(sizes, widths))] + ["FC"]
+    for i, text in enumerate(boxes):
+        ax.add_patch(Rectangle((i * 1.4, 0), 1.1, 1, facecolor="0.93", edgecolor="0.3"))
+        ax.text(i * 1.4 + 0.55, 0.5, text, ha="center", va="center", fontsize=8)
+        if i:
+            ax.annotate("", xy=(i * 1.4, 0.5), xytext=(i * 1.4 - 0.3, 0.5),
+                        arrowprops=dict(arrowstyle="->", color="0.3"))
+    end = (n + 1) * 1.4 + 0.55
+    for k in range(n):
+        x, y = (k + 1) * 1.4 + 0.55, -0.45 - 0.3 * k
+        ax.plot([x, end], [y, y], color=colors[k], linewidth=3, solid_capstyle="butt")
+        ax.annotate("", xy=(x, 0), xytext=(x, y), arrowprops=dict(arrowstyle="->", color=colors[k], lw=2))
+        ax.text(x - 0.12, y, f"P{k + 1}", ha="right", va="center", fontsize=9, color=colors[k])
+    ax.set_xlim(-0.2, end + 0.7)
+    ax.set_ylim(-0.7 - 0.3 * n, 1.2)
+    ax.set_axis_off()
+    return ax

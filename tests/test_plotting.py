@@ -57,3 +57,52 @@ def test_show_faces_checks_titles_and_hides_spare_panels():
     assert [ax.get_title() for ax in visible] == list("abcde")
     with pytest.raises(ValueError, match="2 images but 1 titles"):
         plotting.show_faces(torch.rand(2, 3, 8, 8), titles=["x"])
+
+
+def test_map_grid_puts_map_r_c_over_face_c():
+    faces = torch.rand(3, 3, 8, 8)
+    maps = torch.zeros(2, 3, 2, 2)
+    maps[1, 2, 0, 0] = 1.0  # only row 1, column 2 has a hot cell (top left)
+    fig = plotting.map_grid(faces, maps, row_labels=["a", "b"], col_labels=["x", "y", "z"])
+    axes = np.array(fig.axes).reshape(2, 3)
+    shown = axes[1, 2].images[1].get_array()
+    assert np.allclose(shown[:4, :4], 1.0) and np.allclose(shown[4:, :], 0.0)
+    assert np.allclose(axes[0, 1].images[0].get_array(), faces[1].numpy().transpose(1, 2, 0))
+    assert [ax.get_title() for ax in axes[0]] == ["x", "y", "z"]
+    assert [t.get_text() for t in axes[1, 0].texts] == ["b"]
+    with pytest.raises(ValueError, match="3 columns"):
+        plotting.map_grid(faces, torch.zeros(2, 2, 2, 2))
+    matplotlib.pyplot.close(fig)
+
+
+def test_show_patches_draws_face_boxes_and_framed_patches():
+    faces = torch.rand(2, 3, 16, 16)
+    boxes = torch.tensor([[[0, 0, 8, 8], [4, 4, 12, 12]]] * 2)
+    patches = torch.rand(2, 2, 3, 6, 6)
+    fig = plotting.show_patches(faces, boxes, patches, colors=["red", "blue"])
+    axes = np.array(fig.axes).reshape(2, 3)
+    assert len(axes[1, 0].patches) == 2  # the two boxes on the face
+    assert np.allclose(axes[1, 2].images[0].get_array(), patches[1, 1].numpy().transpose(1, 2, 0))
+    assert [ax.get_title() for ax in axes[0, 1:]] == ["P1", "P2"]
+    assert matplotlib.colors.same_color(axes[0, 2].spines["left"].get_edgecolor(), "blue")
+    with pytest.raises(ValueError, match="do not agree"):
+        plotting.show_patches(faces[:1], boxes, patches)
+    matplotlib.pyplot.close(fig)
+
+
+def test_plot_cs_draws_one_curve_per_label():
+    fig, ax = matplotlib.pyplot.subplots()
+    plotting.plot_cs(ax, {"a": [0.1, 0.5, 1.0], "b": [0.0, 0.2]})
+    assert [line.get_label() for line in ax.lines] == ["a", "b"]
+    assert np.allclose(ax.lines[0].get_xydata(), [[0, 0.1], [1, 0.5], [2, 1.0]])
+    matplotlib.pyplot.close(fig)
+
+
+def test_draw_learning_paths_gives_patch_k_a_path_from_stage_k_to_fc():
+    fig, ax = matplotlib.pyplot.subplots()
+    plotting.draw_learning_paths(ax, sizes=[8, 4, 4], widths=[16, 32, 32])
+    assert len(ax.patches) == 5  # stem, three stages, FC
+    lengths = [line.get_xdata()[1] - line.get_xdata()[0] for line in ax.lines]
+    assert len(lengths) == 3 and lengths[0] > lengths[1] > lengths[2] > 0
+    assert [t.get_text() for t in ax.texts if t.get_text().startswith("P")] == ["P1", "P2", "P3"]
+    matplotlib.pyplot.close(fig)
