@@ -19,10 +19,10 @@ GPU before every clock reading):
   rows; "both stages" is the rate of an epoch of each stage (1 / (1/r1 + 1/r2));
 - inference images/s (a batch) and the latency of one photo, with and without dlib alignment
   (``data.align.align_face`` on scikit-image's astronaut photo, which ships with the package);
-- peak memory of a training step: on CUDA ``torch.cuda.max_memory_allocated`` above what was
-  allocated before; on CPU the growth of the resident set size (RSS, sampled every
-  millisecond with psutil) above its value before the step — the allocator may reuse memory
-  freed earlier, so CPU numbers are a lower bound;
+- peak memory of a training step above what was in use before it: on CUDA
+  ``torch.cuda.max_memory_allocated``; on CPU the bytes malloc has handed out (glibc's
+  ``mallinfo2``, sampled every millisecond; ``_host_memory_reader``). tracemalloc would miss
+  torch's allocations, and the resident set size hides them once freed memory is reused;
 - FLOPs per image, counted by ``torch.utils.flop_counter.FlopCounterMode`` (a multiply-add is
   2 FLOPs): the forward pass, and a whole training step (forward + backward) per image. These
   are the FLOPs executed, so the fused heads' zero-padded value columns count too.
@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
+import functools
 import json
 import math
 import platform
@@ -85,12 +87,14 @@ class Settings:
     warmup: int = 3
     repeats: int = 10
     calls: int = 1  # calls per timed round (several on a GPU, so launches overlap the work)
+    clock: str = "wall"  # "process": this process's CPU seconds (CPU runs on a shared machine)
 
     def describe(self) -> str:
         mode = f"torch.compile ({self.compile_backend})" if self.compile else "eager"
+        clock = "wall-clock" if self.clock == "wall" else "process CPU time"
         return (f"batch {self.batch_size}, {'bf16 autocast' if self.bf16 else 'fp32'}, "
-                f"{'channels-last' if self.channels_last else 'contiguous'}, {mode}; median of {self.repeats} "
-                f"rounds of {self.calls} call(s) after {self.warmup} warm-up call(s)")
+                f"{'channels-last' if self.channels_last else 'contiguous'}, {mode}; {clock}, median of "
+                f"{self.repeats} rounds of {self.calls} call(s) after {self.warmup} warm-up call(s)")
 
 
 @dataclass
@@ -114,46 +118,63 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def seconds_per_call(fn: Callable[[], object], settings: Settings, calls: int | None = None) -> float:
-    """Median wall-clock seconds per call of ``fn`` over ``settings.repeats`` rounds."""
+def median_seconds(fns: dict[str, Callable[[], object]], settings: Settings,
+                   calls: int | None = None) -> dict[str, float]:
+    """Median seconds per call of each function over ``settings.repeats`` rounds (``settings.clock``).
+
+    The functions' rounds are interleaved (round 1 of each, then round 2 of each, …), so a machine
+    whose load changes during the run slows them alike and their ratios stay fair.
+    """
     calls = calls or settings.calls
-    for _ in range(settings.warmup):
-        fn()
-    synchronize(settings.device)
-    rounds = []
-    for _ in range(settings.repeats):
-        start = time.perf_counter()
-        for _ in range(calls):
+    clock = time.perf_counter if settings.clock == "wall" else time.process_time
+    for fn in fns.values():
+        for _ in range(settings.warmup):
             fn()
-        synchronize(settings.device)
-        rounds.append((time.perf_counter() - start) / calls)
-    return statistics.median(rounds)
+    synchronize(settings.device)
+    rounds: dict[str, list[float]] = {key: [] for key in fns}
+    for _ in range(settings.repeats):
+        for key, fn in fns.items():
+            start = clock()
+            for _ in range(calls):
+                fn()
+            synchronize(settings.device)
+            rounds[key].append((clock() - start) / calls)
+    return {key: statistics.median(times) for key, times in rounds.items()}
 
 
-class _RSSPeak:
-    """Samples this process's resident set size every millisecond on a thread (psutil)."""
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
 
-    def __init__(self):
-        import psutil
-        self.process, self.peak, self._stop = psutil.Process(), 0, threading.Event()
-        self.start = self.process.memory_info().rss
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
 
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.process.memory_info().rss)
-            time.sleep(0.001)
+def _host_memory_reader() -> tuple[Callable[[], int], str]:
+    """Bytes of host memory in use now, and how they are read.
 
-    def stop(self) -> float:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self.process.memory_info().rss)
-        return self.peak - self.start
+    glibc's ``mallinfo2`` (bytes malloc has handed out and not taken back, every arena): torch's
+    CPU tensors come from malloc, and the count falls when they are freed, so it shows each step's
+    own peak. Without glibc, the resident set size (psutil), which freed memory kept for reuse
+    hides, so its growth is only a lower bound.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallinfo2.restype = _MallInfo2
+
+        def heap() -> int:
+            info = libc.mallinfo2()
+            return info.uordblks + info.hblkhd
+
+        return heap, "heap bytes in use (glibc mallinfo2)"
+    import psutil
+    process = psutil.Process()
+    return (lambda: process.memory_info().rss), "resident set size (psutil; a lower bound)"
 
 
 def peak_memory_mib(fn: Callable[[], object], device: torch.device) -> float:
-    """Peak memory one call of ``fn`` adds, in MiB (see the module docstring for how)."""
+    """Peak memory one call of ``fn`` adds to what was in use before, in MiB.
+
+    CUDA: ``torch.cuda.max_memory_allocated``. CPU: ``_host_memory_reader`` sampled every
+    millisecond on a thread while ``fn`` runs (torch releases the GIL in its kernels).
+    """
     synchronize(device)
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -162,12 +183,22 @@ def peak_memory_mib(fn: Callable[[], object], device: torch.device) -> float:
         fn()
         synchronize(device)
         return (torch.cuda.max_memory_allocated(device) - before) / 2 ** 20
-    sampler = _RSSPeak()
+    read, _ = _host_memory_reader()
+    before, peak, done = read(), [0], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], read())
+            time.sleep(0.001)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     try:
         fn()
     finally:
-        grown = sampler.stop()
-    return grown / 2 ** 20
+        done.set()
+        sampler.join()
+    return max(0, max(peak[0], read()) - before) / 2 ** 20
 
 
 def flops_of(fn: Callable[[], object]) -> int:
@@ -183,7 +214,7 @@ def matmul_tflops(device: torch.device, n: int = 8192, dtype: torch.dtype = torc
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     settings = Settings(device=device, batch_size=1, warmup=3, repeats=repeats)
-    return 2 * n ** 3 / seconds_per_call(lambda: a @ b, settings) / 1e12
+    return 2 * n ** 3 / median_seconds({"matmul": lambda: a @ b}, settings)["matmul"] / 1e12
 
 
 # --- the networks and their steps ---------------------------------------------------------------
@@ -200,8 +231,10 @@ def sample_batch(config: ADPFConfig, batch_size: int, device: torch.device) -> t
     return images.to(device), ages.to(device)
 
 
-def prepare(model: torch.nn.Module, settings: Settings) -> torch.nn.Module:
-    model = model.to(settings.device)
+def network(config: ADPFConfig, settings: Settings) -> torch.nn.Module:
+    """``build_model(config)`` from seed 0 (so adpf and plain attention share weights and patches), placed."""
+    torch.manual_seed(0)
+    model = build_model(config).to(settings.device)
     return model.to(memory_format=torch.channels_last) if settings.channels_last else model
 
 
@@ -216,7 +249,7 @@ def compiled(module: torch.nn.Module, settings: Settings) -> torch.nn.Module:
 def train_step(config: ADPFConfig, stage_name: str, images: torch.Tensor, ages: torch.Tensor,
                settings: Settings) -> Callable[[], None]:
     """One optimiser step of a training stage, as ``train.run_stage`` takes it (without its logging)."""
-    model = prepare(build_model(config), settings)
+    model = network(config, settings)
     stage = Stage(stage_name, config, 0, "benchmark")
     if stage_name == "fusion":
         model.freeze_attention()
@@ -241,7 +274,7 @@ def train_step(config: ADPFConfig, stage_name: str, images: torch.Tensor, ages: 
 
 def attention_step(config: ADPFConfig, batch_size: int, settings: Settings) -> Callable[[], None]:
     """Forward and backward of RMHHA alone, on a random X ``(B, x_channels, x_size, x_size)``."""
-    rmhha = compiled(prepare(build_model(config).attention_net.rmhha, settings), settings)
+    rmhha = compiled(network(config, settings).attention_net.rmhha, settings)
     x = torch.randn(batch_size, config.x_channels, config.x_size, config.x_size, device=settings.device)
     if settings.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -256,7 +289,7 @@ def attention_step(config: ADPFConfig, batch_size: int, settings: Settings) -> C
 
 
 def inference(config: ADPFConfig, settings: Settings) -> torch.nn.Module:
-    model = prepare(build_model(config), settings).eval()
+    model = network(config, settings).eval()
     if config.variant == "adpf":
         model.attention_net = compiled(model.attention_net, settings)
         model.fusion_net = compiled(model.fusion_net, settings)
@@ -282,33 +315,50 @@ def aligned_photo(image_size: int) -> tuple[Callable[[], torch.Tensor], str | No
     return align, None
 
 
-def measure_case(config: ADPFConfig, images: torch.Tensor, ages: torch.Tensor, settings: Settings,
-                 align: Callable[[], torch.Tensor] | None) -> Measurement:
-    m = Measurement()
+def stages_of(config: ADPFConfig) -> list[str]:
+    return ["attention", "fusion"] if config.variant == "adpf" else ["single"]
+
+
+def measure(configs: dict[str, ADPFConfig], images: torch.Tensor, ages: torch.Tensor, settings: Settings,
+            align: Callable[[], torch.Tensor] | None) -> dict[str, Measurement]:
+    """Every network's numbers, the timed rounds of the networks interleaved (``median_seconds``)."""
+    results = {case: Measurement() for case in configs}
     if settings.channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
-    stages = ["attention", "fusion"] if config.variant == "adpf" else ["single"]
-    for stage in stages:
-        step = train_step(config, stage, images, ages, settings)
-        seconds = seconds_per_call(step, settings)
-        m.train[stage] = len(images) / seconds
-        m.train_memory[stage] = peak_memory_mib(step, settings.device)
-        m.train_flops[stage] = flops_of(step) / len(images) if not settings.compile else None
-        del step
-    if config.variant == "adpf":
-        m.attention_ms = 1e3 * seconds_per_call(attention_step(config, len(images), settings), settings)
-    model = inference(config, settings)
+    steps = {(case, stage): train_step(config, stage, images, ages, settings)
+             for case, config in configs.items() for stage in stages_of(config)}
+    for (case, stage), seconds in median_seconds(steps, settings).items():
+        results[case].train[stage] = len(images) / seconds
+    for (case, stage), step in steps.items():
+        results[case].train_memory[stage] = peak_memory_mib(step, settings.device)
+        results[case].train_flops[stage] = None if settings.compile else flops_of(step) / len(images)
+    del steps
+    attention = {case: attention_step(config, len(images), settings)
+                 for case, config in configs.items() if config.variant == "adpf"}
+    for case, seconds in median_seconds(attention, settings).items():
+        results[case].attention_ms = 1e3 * seconds
+    del attention
+    models = {case: inference(config, settings) for case, config in configs.items()}
+    one = images[:1]
     with torch.no_grad(), autocast(settings):
-        m.inference = len(images) / seconds_per_call(lambda: model(images), settings)
-        one = images[:1]
-        m.latency_ms = 1e3 * seconds_per_call(lambda: model(one), settings, calls=1)
+        batch = median_seconds({case: functools.partial(model, images) for case, model in models.items()}, settings)
+        single = median_seconds({case: functools.partial(model, one) for case, model in models.items()},
+                                settings, calls=1)
+        for case, model in models.items():
+            results[case].inference = len(images) / batch[case]
+            results[case].latency_ms = 1e3 * single[case]
+            if not settings.compile:
+                results[case].forward_flops = flops_of(functools.partial(model, images)) / len(images)
         if align is not None:
-            def aligned_forward():
-                return model(align().to(settings.device))
-            m.latency_aligned_ms = 1e3 * seconds_per_call(aligned_forward, settings, calls=1)
-        if not settings.compile:
-            m.forward_flops = flops_of(lambda: model(images)) / len(images)
-    return m
+            aligned = median_seconds({case: functools.partial(_aligned_forward, model, align, settings.device)
+                                      for case, model in models.items()}, settings, calls=1)
+            for case, seconds in aligned.items():
+                results[case].latency_aligned_ms = 1e3 * seconds
+    return results
+
+
+def _aligned_forward(model: torch.nn.Module, align: Callable[[], torch.Tensor], device: torch.device):
+    return model(align().to(device))
 
 
 # --- the table --------------------------------------------------------------------------------
@@ -395,6 +445,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=2, help="warm-up calls before timing (default: 2)")
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds; the median is shown (default: 5)")
     parser.add_argument("--calls", type=int, help="calls per timed round (default: 5 on a GPU, 1 on a CPU)")
+    parser.add_argument("--clock", choices=["wall", "process"], default="wall",
+                        help="wall-clock time (default), or this process's CPU time: on a CPU shared with "
+                             "other work it leaves out the time spent waiting for a core (CPU only)")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (as training on a GPU does)")
     parser.add_argument("--channels-last", action="store_true", help="channels-last memory format")
     parser.add_argument("--compile", action="store_true", help="torch.compile the networks (FLOPs not counted)")
@@ -417,6 +470,8 @@ def run(args: argparse.Namespace) -> int:
                           else "cpu" if args.device == "auto" else args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+        if args.clock != "wall":
+            raise ValueError("--clock process measures CPU work only; use the wall clock on a GPU")
     parts = [f"# adpf benchmark, {time.strftime('%Y-%m-%d')}", "", f"Machine: {machine()}; torch {torch.__version__}; "
              f"device {device}."]
     record = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(), "torch": torch.__version__,
@@ -430,20 +485,18 @@ def run(args: argparse.Namespace) -> int:
     for preset in args.presets:
         settings = Settings(device=device, batch_size=args.batch_size or default_batch_size(preset, device),
                             bf16=args.bf16, channels_last=args.channels_last, compile=args.compile,
-                            warmup=args.warmup, repeats=args.repeats,
+                            warmup=args.warmup, repeats=args.repeats, clock=args.clock,
                             calls=args.calls or (5 if device.type == "cuda" else 1))
         base = case_config(preset, "adpf", args.tiny)
         align, no_align = (None, "skipped (--no-align)") if args.no_align else aligned_photo(base.image_size)
         images, ages = sample_batch(base, settings.batch_size, device)
-        results = {}
-        for case in CASES:
-            torch.manual_seed(0)
-            results[case] = measure_case(case_config(preset, case, args.tiny), images, ages, settings, align)
+        results = measure({case: case_config(preset, case, args.tiny) for case in CASES}, images, ages,
+                          settings, align)
         table = format_table(preset + (" (tiny)" if args.tiny else ""), results)
         notes = [f"{settings.describe()}.",
-                 "Peak memory: " + ("torch.cuda.max_memory_allocated above the allocation before the step."
-                                    if device.type == "cuda" else
-                                    "growth of the process's RSS during the step (psutil, sampled every ms)."),
+                 "Peak memory above what was in use before the step: " +
+                 ("torch.cuda.max_memory_allocated." if device.type == "cuda" else
+                  f"{_host_memory_reader()[1]}, sampled every ms."),
                  "FLOPs: FlopCounterMode, executed operations (2 per multiply-add)."]
         if no_align:
             notes.append(f"Latency with alignment not measured: {no_align}.")

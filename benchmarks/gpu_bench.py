@@ -1,6 +1,7 @@
 """The parts of ``gpu_run.sh``: each writes a JSON file into the output folder, ``summary`` reads them.
 
     python benchmarks/gpu_bench.py --part measure --out OUT   # card's bf16 matmul + paper preset, eager
+    python benchmarks/gpu_bench.py --part profile --out OUT   # the kernels adpf's training steps spend time in
     python benchmarks/gpu_bench.py --part compile --out OUT   # adpf's training steps under torch.compile
     python benchmarks/gpu_bench.py --part train --out OUT     # real training: both stages, synthetic faces
     python benchmarks/gpu_bench.py --part summary --out OUT   # the table (stdout and OUT/gpu_table.md)
@@ -41,15 +42,43 @@ def part_measure(args) -> None:
     """The card's bf16 matmul rate and the paper preset beside its baselines (adpf.benchmark), eager."""
     s = settings(args)
     ns = argparse.Namespace(presets=[PRESET], device=str(s.device), batch_size=s.batch_size, warmup=s.warmup,
-                            repeats=s.repeats, calls=s.calls, bf16=s.bf16, channels_last=s.channels_last,
+                            repeats=s.repeats, calls=s.calls, clock="wall", bf16=s.bf16, channels_last=s.channels_last,
                             compile=False, no_align=not args.tiny, matmul=True, tiny=args.tiny,
                             out=str(args.out / "eager.md"), json=str(args.out / "eager.json"))
     benchmark.run(ns)
 
 
+def part_profile(args) -> None:
+    """The kernels that take adpf's training steps' time (torch.profiler), to say what limits them."""
+    from torch.profiler import ProfilerActivity, profile
+
+    s = settings(args)
+    config = benchmark.case_config(PRESET, "adpf", args.tiny)
+    images, ages = benchmark.sample_batch(config, s.batch_size, s.device)
+    images = images.contiguous(memory_format=torch.channels_last) if s.channels_last else images
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if s.device.type == "cuda" else [])
+    sort = "self_cuda_time_total" if s.device.type == "cuda" else "self_cpu_time_total"
+    text = []
+    for stage in ("attention", "fusion"):
+        step = benchmark.train_step(config, stage, images, ages, s)
+        for _ in range(3):
+            step()
+        benchmark.synchronize(s.device)
+        with profile(activities=activities) as prof:
+            for _ in range(3):
+                step()
+            benchmark.synchronize(s.device)
+        text.append(f"## {stage}: 3 steps of batch {s.batch_size}\n\n"
+                    + prof.key_averages().table(sort_by=sort, row_limit=25, max_name_column_width=60))
+        del step
+    print("\n\n".join(text), flush=True)
+    (args.out / "profile.txt").write_text("\n\n".join(text) + "\n")
+
+
 def part_compile(args) -> None:
     """adpf's two training steps under torch.compile (the eager numbers are in eager.json)."""
     s = settings(args, compile_=True)
+    torch.backends.cudnn.benchmark = s.device.type == "cuda"
     config = benchmark.case_config(PRESET, "adpf", args.tiny)
     images, ages = benchmark.sample_batch(config, s.batch_size, s.device)
     images = images.contiguous(memory_format=torch.channels_last) if s.channels_last else images
@@ -60,7 +89,7 @@ def part_compile(args) -> None:
             step = benchmark.train_step(config, stage, images, ages, s)
             step()  # compiles
             compile_s = time.perf_counter() - start
-            result[stage] = {"images_per_s": len(images) / benchmark.seconds_per_call(step, s),
+            result[stage] = {"images_per_s": len(images) / benchmark.median_seconds({stage: step}, s)[stage],
                              "compile_s": compile_s}
         except Exception as e:  # a compile failure is a result too; eager numbers stand
             result[stage] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
@@ -123,7 +152,7 @@ def part_summary(args) -> None:
         ceiling = peak * 1e12 / flops if peak and flops else None
         share = achieved / peak if achieved and peak else None
         lines.append(f"| {label} | {_f(ips, '.0f')} | {_f(flops and flops / 1e9, '.2f')} | {_f(achieved, '.1f')} | "
-                     f"{_f(share and 100 * share, '.1f')}% | {_f(ceiling, '.0f')} |")
+                     f"{_f(share and 100 * share, '.1f')} % | {_f(ceiling, '.0f')} |")
 
     for case, m in results.items():
         for stage, ips in m["train"].items():
@@ -171,7 +200,7 @@ def _f(value: float | None, spec: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=["measure", "compile", "train", "summary"], required=True)
+    parser.add_argument("--part", choices=["measure", "profile", "compile", "train", "summary"], required=True)
     parser.add_argument("--out", type=Path, required=True, help="folder for the JSON files and the table")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/adpf-gpu-run"), help="scratch folder for data")
     parser.add_argument("--tiny", action="store_true", help="CPU, a few pixels: checks the script")
@@ -185,7 +214,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.tiny and not torch.cuda.is_available():
         sys.exit("no CUDA device: run with --tiny to check the script on the CPU")
-    {"measure": part_measure, "compile": part_compile, "train": part_train, "summary": part_summary}[args.part](args)
+    {"measure": part_measure, "profile": part_profile, "compile": part_compile, "train": part_train,
+     "summary": part_summary}[args.part](args)
 
 
 if __name__ == "__main__":

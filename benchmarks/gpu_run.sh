@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One GPU session, well inside 8 minutes: install adpf, measure the card's bf16 matmul rate and the
-# paper preset beside its baselines (bf16 + channels-last, eager), adpf's training steps under
-# torch.compile, a few hundred real training steps of both stages, then one table.
+# paper preset beside its baselines (bf16 + channels-last, eager), profile adpf's training steps,
+# train a few hundred real steps of both stages, time adpf's steps under torch.compile, then one table.
 #
 #   bash benchmarks/gpu_run.sh           # on a GPU; the table goes to stdout and $OUT/gpu_table.md
 #   bash benchmarks/gpu_run.sh --tiny    # the same parts on the CPU at a few pixels (checks the script)
@@ -24,8 +24,9 @@ part() {  # part NAME LIMIT_SECONDS
   timeout "$2" "$PY" benchmarks/gpu_bench.py --part "$1" --out "$OUT" "${@:3}" || echo "=== $1 stopped (status $?)"
   echo "=== $1: $((SECONDS - t0)) s"
 }
-part measure 150 "$@"
-part compile 150 "$@"
-part train 120 "$@"
-part summary 30 "$@"
+part measure 130 "$@"
+part profile 35 "$@"
+part train 110 "$@"
+part compile 120 "$@"
+part summary 20 "$@"
 echo "total: $((SECONDS - start)) s"
