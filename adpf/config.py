@@ -74,8 +74,9 @@ class ADPFConfig:
 
     Implementation
     --------------
-    attention_impl: "sdpa" (relative logits folded into a bias for
-        scaled_dot_product_attention) or "plain" (explicit matmul + softmax, the reference).
+    attention_impl: "sdpa" (every head at once, the relative logits folded into the query·key
+        dot product of one scaled_dot_product_attention call; ``attention.hybrid_attention_heads``)
+        or "plain" (each head in turn, explicit matmul + softmax: the reference).
     """
 
     # sizes
