@@ -469,6 +469,8 @@ def run(args: argparse.Namespace) -> int:
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else "cpu" if args.device == "auto" else args.device)
     if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {args.device}: this torch sees no CUDA device")
         torch.backends.cudnn.benchmark = True
         if args.clock != "wall":
             raise ValueError("--clock process measures CPU work only; use the wall clock on a GPU")
