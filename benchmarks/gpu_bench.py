@@ -46,6 +46,17 @@ def part_measure(args) -> None:
                             compile=False, no_align=not args.tiny, matmul=True, tiny=args.tiny,
                             out=str(args.out / "eager.md"), json=str(args.out / "eager.json"))
     benchmark.run(ns)
+    # the paper's own batch of 32: how much of the card a step of that size uses
+    small = benchmark.Settings(**{**s.__dict__, "batch_size": 32})
+    config = benchmark.case_config(PRESET, "adpf", args.tiny)
+    images, ages = benchmark.sample_batch(config, small.batch_size, small.device)
+    images = images.contiguous(memory_format=torch.channels_last) if small.channels_last else images
+    steps = {stage: benchmark.train_step(config, stage, images, ages, small) for stage in ("attention", "fusion")}
+    rates = {stage: small.batch_size / t for stage, t in benchmark.median_seconds(steps, small).items()}
+    print(f"adpf at batch 32 (eager): {rates}", flush=True)
+    record = json.loads((args.out / "eager.json").read_text())
+    record["adpf_batch_32"] = rates
+    (args.out / "eager.json").write_text(json.dumps(record, indent=2) + "\n")
 
 
 def part_profile(args) -> None:
@@ -158,6 +169,8 @@ def part_summary(args) -> None:
         for stage, ips in m["train"].items():
             row(f"{case}, {stage} (eager)", ips, m["train_flops"].get(stage))
     adpf_flops = results.get("adpf", {}).get("train_flops", {})
+    for stage, ips in eager.get("adpf_batch_32", {}).items():
+        row(f"adpf, {stage} (eager, batch 32 as in the paper)", ips, adpf_flops.get(stage))
     for stage in ("attention", "fusion"):
         if "images_per_s" in comp.get(stage, {}):
             row(f"adpf, {stage} ({comp['settings'].split('; ')[0].split(', ')[-1]}, "
