@@ -325,8 +325,29 @@ def cmd_experiments(args) -> int:
         if out.suffix == ".csv":
             table.to_csv(out, index=False)
         else:
-            out.write_text(text + "\n")
+            out.write_text(provenance(args, data, split, recipe) + text + "\n")
     return 0
+
+
+def provenance(args, data: Prepared, split, recipe) -> str:
+    """Comment lines saying when, on what and how a table was made."""
+    import datetime
+    import platform
+
+    from adpf.train import hardware
+
+    hw = hardware()
+    lines = [
+        f"adpf {args.command} {args.table}, {datetime.datetime.now().isoformat(timespec='minutes')}",
+        f"command: {' '.join(args.argv)}",
+        f"data: {data.root} ({data.info.get('name')}, {len(data)} images, {data.image_size}×{data.image_size} px); "
+        f"split {getattr(split, 'name', '')}: {len(split.train)} train / {len(split.val)} val / "
+        f"{len(split.test)} test (subject-exclusive)",
+        f"recipe {args.recipe}: " + ", ".join(f"{k}={v}" for k, v in recipe.to_dict().items()),
+        f"hardware: {hw.get('gpu') or platform.processor() or platform.machine()}, {hw['cpu_count']} CPUs, "
+        f"{hw['torch_threads']} torch threads, torch {torch.__version__}",
+    ]
+    return "".join(f"# {line}\n" for line in lines)
 
 
 def cmd_benchmark_missing(args) -> int:
@@ -399,7 +420,9 @@ def build_parser() -> Parser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``adpf`` command; returns the exit status."""
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
+    args.argv = ["adpf", *argv]
     try:
         return args.run(args) or 0
     except (UsageError, CheckpointError, PreparedFormatError, FileNotFoundError, KeyError, ValueError) as e:

@@ -74,6 +74,10 @@ class Recipe:
     warmup_epochs: a linear ramp from lr/steps to lr over this many epochs (0: none).
     momentum, weight_decay: of SGD; the paper gives neither (open choice 9): 0.9 and 5e-4,
         the usual values for SGD on CNNs of this size. Weight decay applies to every parameter.
+    clip_grad_norm: clip the global gradient norm to this value before each step (None: no
+        clipping, as in the paper). L_MAE (Eq. 11) is in years, so its gradients reach norms
+        of tens; without clipping AttentionNet diverges above lr ≈ 0.02 (its softmax saturates
+        to a one-hot age and the gradients vanish).
     pad: zero padding of the pad-crop-flip augmentation in pixels (open choice 9); None is
         the dataset's default, image_size / 16 (8 px at 128).
     num_workers: DataLoader worker processes (workers draw their own augmentation seeds, so
@@ -97,6 +101,7 @@ class Recipe:
     warmup_epochs: int = 0
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    clip_grad_norm: float | None = None
     pad: int | None = None
     num_workers: int = 0
     seed: int = 0
@@ -454,6 +459,8 @@ def run_stage(stage: Stage, previous: nn.Module | None, data: Prepared, split: d
             losses = stage_loss(stage, output, age)
             optimizer.zero_grad(set_to_none=True)
             losses.total.backward()
+            if recipe.clip_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(optimizer.param_groups[0]["params"], recipe.clip_grad_norm)
             optimizer.step()
             scheduler.step()
             n = len(images)

@@ -119,5 +119,12 @@ def test_experiments_prints_the_table(env, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "plain CNN" in out and "fixed patches" in out
     assert pd.read_csv(table)["model"].tolist() == ["plain CNN", "fixed patches"]
+    text = env["root"] / "table.txt"
+    assert main(["experiments", "ablation", *TINY, "--data", str(env["data"]), "--rows", "plain CNN",
+                 "--epochs", "1", "--batch-size", "8", "--recipe", "book", "--no-progress", "--out", str(text)]) == 0
+    header = [line for line in text.read_text().splitlines() if line.startswith("# ")]
+    assert header[1].startswith("# command: adpf experiments ablation --set image_size=16")
+    assert "60 images, 16×16 px" in header[2] and "attention_epochs=1" in header[3]
+    assert "plain CNN" in text.read_text().splitlines()[-1] and "True" in text.read_text().splitlines()[-1]
     assert main(["experiments", "ablation", "--rows", "ADPF,nope"]) == 2
     assert "unknown ['nope']" in capsys.readouterr().err

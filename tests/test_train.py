@@ -13,6 +13,7 @@ from adpf.checkpoint import load_checkpoint, load_model
 from adpf.config import get_preset
 from adpf.data.prepared import PreparedFaces, load_prepared, write_prepared
 from adpf.evaluate import predict
+from adpf.networks import build_model
 from adpf.train import RECIPES, Recipe, get_recipe, lr_factor, train
 
 TINY = dict(image_size=16, x_size=4, stem_channels=(4, 4, 4), x_channels=6, heads=3, key_channels=4,
@@ -163,3 +164,20 @@ def test_bad_input_gets_a_clear_error(data, cache):
         train(tiny(), data, {"test": SPLIT["test"]}, RECIPE, progress=False)
     with pytest.raises(ValueError, match="batch_size"):
         Recipe(batch_size=0)
+
+
+def test_gradient_clipping_bounds_every_step(data, cache):
+    """With momentum 0.9 and no weight decay a step moves the weights by at most 10·lr·clip."""
+    recipe = RECIPE.replace(weight_decay=0.0, schedule="step", warmup_epochs=0, attention_epochs=1)
+    names = [n for n, _ in build_model(tiny(variant="attention_only")).named_parameters()]
+
+    def moved(**changes):
+        start = train(tiny(variant="attention_only"), data, SPLIT, recipe.replace(attention_epochs=0), progress=False)
+        end = train(tiny(variant="attention_only"), data, SPLIT, recipe.replace(**changes), progress=False)
+        a, b = load_checkpoint(start.checkpoint)["model"], load_checkpoint(end.checkpoint)["model"]
+        return math.sqrt(sum(float((a[n] - b[n]).square().sum()) for n in names))
+
+    steps = len(SPLIT["train"]) // RECIPE.batch_size
+    clip = 1e-4
+    assert moved(clip_grad_norm=clip) <= steps * 10 * RECIPE.lr * clip * (1 + 1e-4)
+    assert moved() > 100 * steps * 10 * RECIPE.lr * clip
