@@ -151,6 +151,8 @@ def recipe_from_args(args):
                         ("seed", "seed"), ("device", "device")]:
         if getattr(args, name) is not None:
             changes[field] = getattr(args, name)
+    if changes.get("device", "").startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {args.device}: CUDA is not available here")
     if args.no_amp:
         changes["amp"] = False
     if args.compile:
@@ -206,7 +208,7 @@ def cmd_evaluate(args) -> int:
     from adpf.data.prepared import PreparedFaces
     from adpf.evaluate import age_group_errors, predict, summarize
 
-    model = load_model(checkpoint_path(args.checkpoint), args.device or default_device())
+    model = load_model(checkpoint_path(args.checkpoint), device_from_args(args))
     data = data_from_args(args, model.config.image_size)
     if data.image_size != model.config.image_size:
         raise UsageError(f"{data.root}: images are {data.image_size} px, the model takes {model.config.image_size} px")
@@ -225,8 +227,13 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
+def device_from_args(args) -> str:
+    """``--device``, checked; by default CUDA when available, else the CPU."""
+    if args.device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {args.device}: CUDA is not available here")
+    return args.device
 
 
 def cmd_predict(args) -> int:
@@ -234,7 +241,7 @@ def cmd_predict(args) -> int:
     from adpf.evaluate import ranked_boxes
     from adpf.losses import predict_age
 
-    model = load_model(checkpoint_path(args.checkpoint), args.device or default_device())
+    model = load_model(checkpoint_path(args.checkpoint), device_from_args(args))
     config = model.config
     if args.save_patches and config.variant == "plain_cnn":
         raise UsageError("--save-patches needs a model with patches or attention (not plain_cnn)")

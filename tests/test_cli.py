@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
 from adpf.cli import main
@@ -91,6 +92,9 @@ def test_errors_in_process_name_the_problem(env, capsys):
     assert "--epochs '1,2,3': expected N or A,F" in capsys.readouterr().err
     assert main(["predict", "x.jpg", "--checkpoint", str(env["root"] / "none.pt")]) == 2
     assert "none.pt: no such file" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(["train", "--device", "cuda"]) == 2
+        assert "--device cuda: CUDA is not available here" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_:
         main(["train", "--preset", "huge"])
     err = capsys.readouterr().err
