@@ -181,3 +181,21 @@ def test_gradient_clipping_bounds_every_step(data, cache):
     clip = 1e-4
     assert moved(clip_grad_norm=clip) <= steps * 10 * RECIPE.lr * clip * (1 + 1e-4)
     assert moved() > 100 * steps * 10 * RECIPE.lr * clip
+
+
+def test_the_recipe_picks_the_optimizer(data, cache):
+    from adpf.train import make_optimizer
+
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    sgd = make_optimizer(Recipe(lr=0.1, momentum=0.8, weight_decay=1e-4), params)
+    assert type(sgd) is torch.optim.SGD and sgd.defaults["momentum"] == 0.8 and sgd.defaults["weight_decay"] == 1e-4
+    adamw = make_optimizer(Recipe(optimizer="adamw", lr=1e-3, weight_decay=1e-4), params)
+    assert type(adamw) is torch.optim.AdamW and adamw.defaults["lr"] == 1e-3 and adamw.defaults["weight_decay"] == 1e-4
+    assert RECIPES["paper"].optimizer == "sgd"
+    with pytest.raises(ValueError, match="optimizer must be"):
+        Recipe(optimizer="adam")
+    # a different optimiser is a different training: its own cache entry, its own weights
+    sgd_run, _ = run(tiny(variant="plain_cnn"), data)
+    adamw_run, trained = run(tiny(variant="plain_cnn"), data, RECIPE.replace(optimizer="adamw", lr=1e-3))
+    assert trained and adamw_run.stage_keys != sgd_run.stage_keys
+    assert adamw_run.recipe["optimizer"] == "adamw"
