@@ -1,4 +1,5 @@
 """The synthetic aging faces: determinism, age only inside the masks, decoys blind to age."""
+import math
 import os
 from pathlib import Path
 
@@ -7,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from adpf.data.synthetic import (REGION_AGES, REGION_NAMES, SyntheticFaceSpec, line_weights,
-                                 make_synthetic_faces, region_strength)
+from adpf.data.synthetic import (REGION_AGES, REGION_NAMES, SyntheticFaceSpec, _Canvas, _ellipse, _grid,
+                                 iter_synthetic_faces, line_weights, make_synthetic_faces, region_strength)
 
 _LINES = {"crows_feet": 5, "under_eye": 3, "forehead": 5, "nasolabial": 3}
 _CONTRAST = {"crows_feet": 0.40, "under_eye": 0.35, "forehead": 0.35, "nasolabial": 0.40}
@@ -142,3 +143,80 @@ def test_picture_of_faces_and_masks(tmp_path):
     out.parent.mkdir(exist_ok=True)
     Image.fromarray(grid).save(out)
     assert Image.open(out).size == (4 * 128, 4 * 256)
+
+
+@pytest.mark.parametrize("n, per_subject", [(173, 10), (37, 4), (61, 3)])
+def test_iter_yields_the_faces_make_draws(n, per_subject):
+    """Chunks of people (the last one short, its last person too) add up to the same faces."""
+    spec = SyntheticFaceSpec(images_per_subject=per_subject)
+    whole = make_synthetic_faces(n, 24, seed=8, spec=spec)
+    chunks = list(iter_synthetic_faces(n, 24, seed=8, spec=spec))
+    assert len(chunks) > 1
+    np.testing.assert_array_equal(np.concatenate([c.images for c in chunks]), whole.images)
+    np.testing.assert_array_equal(np.concatenate([c.masks for c in chunks]), whole.masks)
+    np.testing.assert_array_equal(np.concatenate([c.subjects for c in chunks]), whole.subjects)
+    assert whole.masks.any(axis=(2, 3)).all()
+
+
+def test_pixel_noise_has_the_drawn_standard_deviation():
+    """The same faces without noise and with it differ by zero-mean noise of std ``noise_std``."""
+    clean = make_synthetic_faces(20, 48, seed=3, spec=SyntheticFaceSpec(noise_std=(0, 0)))
+    noisy = make_synthetic_faces(20, 48, seed=3)
+    noise = (noisy.images.astype(float) - clean.images.astype(float)).reshape(20, -1) / 255
+    np.testing.assert_allclose(noise.std(1), noisy.params["noise_std"], rtol=0.05)
+    assert np.abs(noise.mean(1)).max() < 0.002
+    assert np.abs(noise).max() <= (noisy.params["noise_std"] * math.sqrt(3)).max() + 1 / 255
+
+
+def _ellipse_reference(size, cx, cy, rx, ry, mirrored):
+    """Coverage of the ellipse at every pixel centre, a plain float64 loop (``mirrored``: in |x|)."""
+    out = np.zeros((size, size))
+    for i in range(size):
+        for j in range(size):
+            x, y = (j + 0.5) / size * 2 - 1, (i + 0.5) / size * 2 - 1
+            rho = math.hypot(((abs(x) if mirrored else x) - cx) / rx, (y - cy) / ry)
+            out[i, j] = min(1.0, max(0.0, (1 - rho) * min(rx, ry) / (2 / size) + 0.5))
+    return out
+
+
+@pytest.mark.parametrize("size", [16, 33, 64])
+def test_shapes_drawn_in_their_boxes_match_the_whole_frame(size):
+    """A shape computed only in its box (a symmetric one on the right half, then mirrored)
+    equals the formula at every pixel: the box holds all of it, the mirror is exact."""
+    rng, g = np.random.default_rng(size), _grid(size)
+    canvas = _Canvas(g, 1)
+    for _ in range(4):
+        (cx, cy), (rx, ry) = rng.uniform(-0.4, 0.4, 2), rng.uniform(0.03, 0.4, 2)
+        box = g.box(*g.ellipse_extent(cx, cy, rx, ry))
+        plain = np.zeros((size, size), np.float32)
+        plain[box.rows, box.cols] = _ellipse(box, cx, cy, rx, ry, g.px)
+        np.testing.assert_allclose(plain, _ellipse_reference(size, cx, cy, rx, ry, False), atol=1e-4)
+        box = g.box(*g.ellipse_extent(abs(cx), cy, rx, ry), right=True)
+        mirrored = canvas.place(box, _ellipse(box, abs(cx), cy, rx, ry, g.px))[0]
+        np.testing.assert_allclose(mirrored, _ellipse_reference(size, abs(cx), cy, rx, ry, True), atol=1e-4)
+
+
+@pytest.mark.parametrize("size", [16, 17])
+def test_mirrored_painting_paints_every_pixel_once(size):
+    """Painting half coverage over a box across the centre gives half the colour on both sides,
+    the centre column of an odd size included (painted twice it would be 3/4)."""
+    g = _grid(size)
+    canvas = _Canvas(g, 2)
+    box = g.box(-0.5, 0.5, -0.5, 0.5, right=True)
+    canvas.paint(box, (0.8, 0.4, 0.2), np.full((2, box.y.shape[0], box.x.shape[1]), 0.5, np.float32))
+    inside = np.zeros((size, size), bool)
+    inside[box.rows, size - box.cols.stop:box.cols.stop] = True
+    assert inside[:, size // 2].any() and inside.sum() == box.y.shape[0] * (2 * box.x.shape[1] - size % 2)
+    for channel, value in enumerate((0.8, 0.4, 0.2, 1.0)):
+        np.testing.assert_allclose(canvas.rgba[:, channel][:, inside], 0.5 * value, rtol=1e-6)
+        assert (canvas.rgba[:, channel][:, ~inside] == 0).all()
+
+
+def test_drawing_leaves_opencv_threads_as_they_were():
+    before = cv2.getNumThreads()
+    try:
+        cv2.setNumThreads(3)
+        make_synthetic_faces(3, 16)
+        assert cv2.getNumThreads() == 3
+    finally:
+        cv2.setNumThreads(before)
