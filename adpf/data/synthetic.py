@@ -500,7 +500,8 @@ def _spots(p: dict, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """The freckle pattern (a decoy), ``(n, h, w)`` in [0, 1]."""
     u = x * np.cos(p["spot_a"]) + y * np.sin(p["spot_a"])
     v = -x * np.sin(p["spot_a"]) + y * np.cos(p["spot_a"])
-    wave = np.sin(p["spot_f"] * u + p["spot_p"][:, 0, None, None]) * np.sin(p["spot_f"] * v + p["spot_p"][:, 1, None, None])
+    phase = p["spot_p"][:, :, None, None]
+    wave = np.sin(p["spot_f"] * u + phase[:, 0]) * np.sin(p["spot_f"] * v + phase[:, 1])
     return np.clip((wave - 0.55) / 0.45, 0, 1)
 
 
@@ -576,7 +577,8 @@ def _wrinkle_layers(p: dict, g: _Grid, geo: dict) -> tuple[list[tuple[tuple, sli
         start += len(lines)
         for (_, rows, cols), m in g.sides(b, mask) if mirrored else [(b.at, mask)]:
             masks[:, r, rows, cols] = m
-        layers += [(at, columns, np.ascontiguousarray(v)) for at, v in (g.sides(b, stack) if mirrored else [(b.at, stack)])]
+        sides = g.sides(b, stack) if mirrored else [(b.at, stack)]
+        layers += [(at, columns, np.ascontiguousarray(v)) for at, v in sides]
     return layers, masks
 
 
@@ -617,7 +619,8 @@ def _render(people: _People, frames: dict[str, np.ndarray], per_subject: int, no
     for i in range(len(images)):
         person, k = divmod(i, per_subject)
         if k == 0:
-            shade = people.shade(person, frames["weights"][i:i + per_subject], sc.shade[:len(images[i:i + per_subject])])
+            mine = slice(i, min(i + per_subject, len(images)))
+            shade = people.shade(person, frames["weights"][mine], sc.shade[:mine.stop - mine.start])
         # the person's picture with this image's wrinkles and decoys, posed; the masks posed alike
         rgba, M = people.rgba[person], frames["pose"][i]
         cv2.merge([*np.multiply(rgba[:3], shade[k], out=sc.shaded), rgba[3]], sc.canonical)
