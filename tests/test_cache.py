@@ -58,7 +58,8 @@ def test_recipe_fields_change_the_keys_they_shape():
     assert longer_fusion["attention"] == base["attention"] and longer_fusion["fusion"] != base["fusion"]
     longer_attention = keys(tiny(), recipe=RECIPE.replace(attention_epochs=5))
     assert longer_attention["attention"] != base["attention"] and longer_attention["fusion"] != base["fusion"]
-    for change in [dict(lr=0.2), dict(seed=1), dict(num_workers=2), dict(pad=1), dict(batch_size=7)]:
+    for change in [dict(lr=0.2), dict(seed=1), dict(num_workers=2), dict(pad=1), dict(batch_size=7),
+                   dict(optimizer="adamw"), dict(clip_grad_norm=1.0)]:
         assert keys(tiny(), recipe=RECIPE.replace(**change))["attention"] != base["attention"], change
     for change in [dict(channels_last=False), dict(compile=True), dict(deterministic=True), dict(amp=False)]:
         assert keys(tiny(), recipe=RECIPE.replace(**change)) == base, change  # amp: no effect on CPU
