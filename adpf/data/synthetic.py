@@ -596,7 +596,7 @@ class _Scratch:
         self.shade, self.shaded = np.empty((images, size, size), np.float32), np.empty((3, size, size), np.float32)
         self.canonical, self.posed = _misaligned((size, size, 4)), np.empty((size, size, 4), np.float32)
         self.posed_planes = list(_misaligned((4, size, size)))
-        self.along, self.lit, self.light, self.behind, self.along_behind, self.value = (plane() for _ in range(6))
+        self.light, self.along, self.lit, self.behind, self.along_behind, self.value = (plane() for _ in range(6))
         self.out = np.empty((3, size, size), np.uint8)
 
 
@@ -614,22 +614,23 @@ def _render(people: _People, frames: dict[str, np.ndarray], per_subject: int, no
     background, light, noise. ``frames``: `_image_frames` of these images."""
     sc, fg, alpha = scratch, scratch.posed_planes[:3], scratch.posed_planes[3]
     masks_hwc = np.multiply(people.masks.transpose(0, 2, 3, 1), np.uint8(255), order="C")  # (n, S, S, R)
-    planes = [(frames[name + "_y"], frames[name + "_x"], getattr(sc, name)) for name in ("along", "lit", "light")]
-    out, masks_u8 = list(sc.out), masks.view(np.uint8)
+    planes = [(frames[name + "_y"], frames[name + "_x"], getattr(sc, name)) for name in ("light", "along", "lit")]
+    out = list(sc.out)
     for i in range(len(images)):
         person, k = divmod(i, per_subject)
         if k == 0:
             mine = slice(i, min(i + per_subject, len(images)))
             shade = people.shade(person, frames["weights"][mine], sc.shade[:mine.stop - mine.start])
-        # the person's picture with this image's wrinkles and decoys, posed; the masks posed alike
-        rgba, M = people.rgba[person], frames["pose"][i]
-        cv2.merge([*np.multiply(rgba[:3], shade[k], out=sc.shaded), rgba[3]], sc.canonical)
-        cv2.split(_warp(sc.canonical, M, sc.posed), sc.posed_planes)
-        region = _warp(masks_hwc[person], M)
-        cv2.split(cv2.threshold(region, 127, 1, cv2.THRESH_BINARY, dst=region)[1], list(masks_u8[i]))
-        # lit picture over the lit, rippled background, plus uniform noise of std noise_std
+            masks_box = _box_of(people.masks[person])
         for of_y, of_x, plane in planes:
             np.matmul(of_y[i], of_x[i], out=plane)
+        # the person's picture with this image's wrinkles, decoys and light, posed; the masks alike
+        rgba, M = people.rgba[person], frames["pose"][i]
+        sc.light *= shade[k]
+        cv2.merge([*np.multiply(rgba[:3], sc.light, out=sc.shaded), rgba[3]], sc.canonical)
+        cv2.split(_warp(sc.canonical, M, sc.posed), sc.posed_planes)
+        _warp_masks(masks_hwc[person], masks_box, M, masks[i])
+        # over the lit, rippled background, plus uniform noise of std noise_std
         np.subtract(1, alpha, out=sc.behind)
         sc.behind *= sc.lit  # the background's weight: uncovered, lit, rippled
         np.multiply(sc.along, sc.behind, out=sc.along_behind)
@@ -637,20 +638,48 @@ def _render(people: _People, frames: dict[str, np.ndarray], per_subject: int, no
         noise = noise[:sc.out.size].reshape(sc.out.shape)
         scale = frames["noise_scale"][i]
         for c in range(3):
-            np.multiply(fg[c], sc.light, out=sc.value)
-            cv2.scaleAdd(sc.behind, frames["colour"][i, 0, c], sc.value, dst=sc.value)
+            cv2.scaleAdd(sc.behind, frames["colour"][i, 0, c], fg[c], dst=sc.value)
             cv2.scaleAdd(sc.along_behind, frames["colour"][i, 1, c], sc.value, dst=sc.value)
             cv2.addWeighted(sc.value, 255, noise[c], scale, -127.5 * scale, dst=out[c], dtype=cv2.CV_8U)
         cv2.merge(out, images[i])
 
 
+def _box_of(masks: np.ndarray) -> tuple[int, int, int, int]:
+    """``(top, bottom, left, right)`` pixel bounds (bottom, right excluded) of all ``masks``
+    ``(R, S, S)``, or an empty box."""
+    rows, cols = np.flatnonzero(masks.any((0, 2))), np.flatnonzero(masks.any((0, 1)))
+    return (int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1) if len(rows) else (0, 0, 0, 0)
+
+
+def _warp_masks(masks_hwc: np.ndarray, box: tuple[int, int, int, int], M: np.ndarray, out: np.ndarray) -> None:
+    """Pose ``masks_hwc`` ``(S, S, R)`` uint8 0/255, all inside ``box``, by ``M`` (bilinear,
+    then > 127) into ``out`` ``(R, S, S)`` bool: only the rectangle around the posed box is
+    warped (the same pixels as a whole warp: a pixel outside it reads only zeros)."""
+    S, (top, bottom, left, right) = out.shape[-1], box
+    (a, b, tx), (c, d, ty) = M.tolist()
+    corners = [(u, v) for u in (left - 1, right) for v in (top - 1, bottom)]  # where a read can reach a mask
+    xs, ys = [a * u + b * v + tx for u, v in corners], [c * u + d * v + ty for u, v in corners]
+    x0, y0 = max(math.floor(min(xs)), 0), max(math.floor(min(ys)), 0)
+    x1, y1 = min(math.ceil(max(xs)) + 1, S), min(math.ceil(max(ys)) + 1, S)
+    out_u8 = out.view(np.uint8)
+    out_u8.fill(0)
+    if bottom == top or x1 <= x0 or y1 <= y0:
+        return
+    posed = cv2.warpAffine(masks_hwc, np.array([[a, b, tx - x0], [c, d, ty - y0]]), (x1 - x0, y1 - y0),
+                           flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    posed = cv2.threshold(posed, 127, 1, cv2.THRESH_BINARY, dst=posed)[1].reshape(y1 - y0, x1 - x0, -1)
+    for region, plane in zip(out_u8, cv2.split(posed)):
+        region[y0:y1, x0:x1] = plane
+
+
 def _image_frames(g: _Grid, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """What `_render` needs of each image, arrays ``(m, ...)``: the layer ``weights``
     (`line_weights`, then the cheek and clothes decoys), the ``pose`` matrix, the background
-    ``colour`` (at the gradient's start and its change), the ``noise_scale`` and three planes
-    of the image frame, each as factors ``_y`` ``(m, S, k)`` and ``_x`` ``(m, k, S)`` whose
-    product is the plane: ``along`` the background's colour gradient (0.5 at the centre),
-    ``lit`` the background's ripple (a decoy) times the lighting, ``light`` the lighting.
+    ``colour`` (at the gradient's start and its change), the ``noise_scale`` and three planes,
+    each as factors ``_y`` ``(m, S, k)`` and ``_x`` ``(m, k, S)`` whose product is the plane:
+    ``along`` the background's colour gradient (0.5 at the centre) and ``lit`` its ripple (a
+    decoy) times the lighting, both in the image frame, and ``light`` the lighting in the
+    person's canonical frame (the lighting gradient of the image, carried back by the pose).
 
     Each plane is a sum of products of a function of y and a function of x (for the ripple:
     sin(A + B) = sin A cos B + cos A sin B)."""
@@ -661,16 +690,23 @@ def _image_frames(g: _Grid, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray
     a, b = col("bg_freq") * cos * t, col("bg_freq") * sin * t + col("bg_phase")
     k = 0.25 * col("decoy_background")
     ripple = [1, k * np.cos(b), k * np.sin(b)], [1, np.sin(a), np.cos(a)]
-    light = [1, col("light") * np.sin(col("light_angle")) * t], [1 + col("light") * np.cos(col("light_angle")) * t, 1]
+    lx, ly = col("light") * np.cos(col("light_angle")), col("light") * np.sin(col("light_angle"))
+    light = [1, ly * t], [1 + lx * t, 1]
     lit = [u * v for u in ripple[0] for v in light[0]], [u * v for u in ripple[1] for v in light[1]]
+    pose = _pose_matrices(rows, g.size)
+    # the image's x, y of a canonical pixel at x', y': x = pose[0, 0] x' + pose[0, 1] y' + x0 (so y)
+    centre = (g.size - 1) / 2
+    x0, y0 = ((pose[:, :, :2].sum(2) * centre + pose[:, :, 2] + 0.5) * (2 / g.size) - 1).T.astype(np.float32)[..., None]
+    (a, b), (c, d) = pose[:, 0, :2].T.astype(np.float32)[..., None], pose[:, 1, :2].T.astype(np.float32)[..., None]
+    light_canonical = [1, (lx * b + ly * d) * t], [1 + lx * x0 + ly * y0 + (lx * a + ly * c) * t, 1]
     stack = lambda fs, axis: np.stack([np.broadcast_to(np.float32(f), (m, g.size)) for f in fs], axis)  # noqa: E731
     weights = np.concatenate([line_weights(region_strength(rows["age"]), rows["wrinkle_gain"]),
                               0.35 * rows["decoy_cheeks"][:, None], -0.25 * rows["decoy_clothes"][:, None]], 1)
     colour = np.stack([[rows[f"bg0_{c}"], rows[f"bg1_{c}"] - rows[f"bg0_{c}"]] for c in range(3)], -1)  # (2, m, 3)
-    frames = {"weights": weights.astype(np.float32), "pose": _pose_matrices(rows, g.size),
+    frames = {"weights": weights.astype(np.float32), "pose": pose,
               "colour": colour.transpose(1, 0, 2),
               "noise_scale": 255 * rows["noise_std"] * (2 * math.sqrt(3) / 256)}  # random byte → std noise_std
-    for name, (of_y, of_x) in (("along", along), ("lit", lit), ("light", light)):
+    for name, (of_y, of_x) in (("along", along), ("lit", lit), ("light", light_canonical)):
         frames[name + "_y"], frames[name + "_x"] = stack(of_y, -1), stack(of_x, -2)
     return frames
 
