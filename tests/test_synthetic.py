@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from adpf.data.synthetic import (REGION_AGES, REGION_NAMES, SyntheticFaceSpec, _Canvas, _ellipse, _grid,
-                                 iter_synthetic_faces, line_weights, make_synthetic_faces, region_strength)
+from adpf.data.synthetic import (REGION_AGES, REGION_NAMES, SyntheticFaceSpec, _box_of, _Canvas, _ellipse, _grid,
+                                 _image_frames, _warp_masks, iter_synthetic_faces, line_weights, make_synthetic_faces,
+                                 region_strength)
 
 _LINES = {"crows_feet": 5, "under_eye": 3, "forehead": 5, "nasolabial": 3}
 _CONTRAST = {"crows_feet": 0.40, "under_eye": 0.35, "forehead": 0.35, "nasolabial": 0.40}
@@ -220,3 +221,34 @@ def test_drawing_leaves_opencv_threads_as_they_were():
         assert cv2.getNumThreads() == 3
     finally:
         cv2.setNumThreads(before)
+
+
+def test_masks_warped_around_their_box_match_a_whole_warp():
+    rng = np.random.default_rng(4)
+    for _ in range(20):
+        masks = np.zeros((len(REGION_NAMES), 40, 40), bool)
+        top, left = rng.integers(0, 20, 2)
+        masks[:, top:top + 15, left:left + 12] = rng.random((len(REGION_NAMES), 15, 12)) > 0.4
+        M = cv2.getRotationMatrix2D((19.5, 19.5), rng.uniform(-30, 30), rng.uniform(0.8, 1.3))
+        M[:, 2] += rng.uniform(-15, 15, 2)
+        hwc = np.ascontiguousarray(masks.transpose(1, 2, 0)).astype(np.uint8) * np.uint8(255)
+        whole = cv2.warpAffine(hwc, M, (40, 40), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT) > 127
+        out = np.ones_like(masks)
+        _warp_masks(hwc, _box_of(masks), M, out)
+        np.testing.assert_array_equal(out, whole.transpose(2, 0, 1))
+
+
+def test_light_carried_to_the_persons_frame_is_the_images_light():
+    """The lighting plane drawn in the canonical frame, at a canonical pixel, equals the image's
+    lighting gradient 1 + light·(x cos a + y sin a) where the pose puts that pixel (float64 loop)."""
+    size, n = 24, 6
+    params = make_synthetic_faces(n, size, seed=5).params
+    frames = _image_frames(_grid(size), {k: v.to_numpy() for k, v in params.items()})
+    for i in range(n):
+        got = frames["light_y"][i] @ frames["light_x"][i]
+        M, light, angle = frames["pose"][i], params["light"][i], params["light_angle"][i]
+        for v in range(size):
+            for u in range(size):
+                px, py = M @ [u, v, 1.0]
+                x, y = (px + 0.5) / size * 2 - 1, (py + 0.5) / size * 2 - 1
+                assert got[v, u] == pytest.approx(1 + light * (x * math.cos(angle) + y * math.sin(angle)), abs=1e-5)

@@ -23,10 +23,11 @@ layers with its own age and decoy strengths (one matrix product), and the same
 ``cv2.warpAffine`` puts picture and masks in its pose, so a region's mask moves exactly
 with its texture.
 
-Drawing is fast (about 1,000 images of 128×128 per CPU-second, one process): a few people are
-drawn at once, each shape only inside its bounding box, left-right symmetric shapes on one
-half and mirrored, all in float32; the background and the lighting of an image are sums of
-products of a function of y and a function of x, so one small matrix product draws each.
+Drawing is fast (10,000 faces of 128×128 in about 7 s of one CPU core): a few people are drawn
+at once, each shape only inside its bounding box, left-right symmetric shapes on one half and
+mirrored, all in float32; the background and the lighting of an image are sums of products of
+a function of y and a function of x, so one small matrix product draws each
+(``benchmarks/synthetic_speed.py``).
 """
 from __future__ import annotations
 
@@ -583,8 +584,8 @@ def _wrinkle_layers(p: dict, g: _Grid, geo: dict) -> tuple[list[tuple[tuple, sli
 
 
 class _Scratch:
-    """Buffers for drawing one image, reused for every image (fresh large arrays cost more in
-    page faults than the drawing).
+    """Buffers for drawing a person's images, reused for every person (fresh large arrays cost
+    more in page faults than the drawing).
 
     ``cv2.merge`` and ``cv2.split`` write to a 64-byte aligned array with non-temporal stores,
     straight to memory, so whatever reads it next waits for memory (the warp after the merge
