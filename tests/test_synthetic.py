@@ -224,18 +224,23 @@ def test_drawing_leaves_opencv_threads_as_they_were():
 
 
 def test_masks_warped_around_their_box_match_a_whole_warp():
-    rng = np.random.default_rng(4)
-    for _ in range(20):
+    """Only the rectangle around the posed masks is warped; the result is the whole warp's, but
+    where the warp's fixed-point rounding of the other origin tips a value sitting on 127.5."""
+    rng, differing = np.random.default_rng(4), 0
+    for _ in range(40):
         masks = np.zeros((len(REGION_NAMES), 40, 40), bool)
         top, left = rng.integers(0, 20, 2)
         masks[:, top:top + 15, left:left + 12] = rng.random((len(REGION_NAMES), 15, 12)) > 0.4
         M = cv2.getRotationMatrix2D((19.5, 19.5), rng.uniform(-30, 30), rng.uniform(0.8, 1.3))
         M[:, 2] += rng.uniform(-15, 15, 2)
         hwc = np.ascontiguousarray(masks.transpose(1, 2, 0)).astype(np.uint8) * np.uint8(255)
-        whole = cv2.warpAffine(hwc, M, (40, 40), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT) > 127
+        whole = cv2.warpAffine(hwc, M, (40, 40), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+        whole = whole.transpose(2, 0, 1)
         out = np.ones_like(masks)
         _warp_masks(hwc, _box_of(masks), M, out)
-        np.testing.assert_array_equal(out, whole.transpose(2, 0, 1))
+        assert np.abs(whole[out != (whole > 127)].astype(float) - 127.5).max(initial=0) <= 1
+        differing += (out != (whole > 127)).sum()
+    assert differing <= 2
 
 
 def test_light_carried_to_the_persons_frame_is_the_images_light():

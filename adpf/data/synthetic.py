@@ -655,7 +655,9 @@ def _box_of(masks: np.ndarray) -> tuple[int, int, int, int]:
 def _warp_masks(masks_hwc: np.ndarray, box: tuple[int, int, int, int], M: np.ndarray, out: np.ndarray) -> None:
     """Pose ``masks_hwc`` ``(S, S, R)`` uint8 0/255, all inside ``box``, by ``M`` (bilinear,
     then > 127) into ``out`` ``(R, S, S)`` bool: only the rectangle around the posed box is
-    warped (the same pixels as a whole warp: a pixel outside it reads only zeros)."""
+    warped (a pixel outside it reads only zeros). The result is a whole warp's but for about
+    one pixel in a million, a value on 127.5 that the warp's fixed-point rounding of the
+    rectangle's origin tips the other way."""
     S, (top, bottom, left, right) = out.shape[-1], box
     (a, b, tx), (c, d, ty) = M.tolist()
     corners = [(u, v) for u in (left - 1, right) for v in (top - 1, bottom)]  # where a read can reach a mask
