@@ -697,11 +697,11 @@ def _image_frames(g: _Grid, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray
     light = [1, ly * t], [1 + lx * t, 1]
     lit = [u * v for u in ripple[0] for v in light[0]], [u * v for u in ripple[1] for v in light[1]]
     pose = _pose_matrices(rows, g.size)
-    # the image's x, y of a canonical pixel at x', y': x = pose[0, 0] x' + pose[0, 1] y' + x0 (so y)
-    centre = (g.size - 1) / 2
-    x0, y0 = ((pose[:, :, :2].sum(2) * centre + pose[:, :, 2] + 0.5) * (2 / g.size) - 1).T.astype(np.float32)[..., None]
-    (a, b), (c, d) = pose[:, 0, :2].T.astype(np.float32)[..., None], pose[:, 1, :2].T.astype(np.float32)[..., None]
-    light_canonical = [1, (lx * b + ly * d) * t], [1 + lx * x0 + ly * y0 + (lx * a + ly * c) * t, 1]
+    # the pose puts the canonical point (x', y') at x = r[0, 0] x' + r[0, 1] y' + s[0], y likewise
+    r = pose[:, :, :2, None].astype(np.float32)  # (m, 2, 2, 1)
+    s = ((pose[:, :, :2].sum(2) * (g.size - 1) / 2 + pose[:, :, 2] + 0.5) * (2 / g.size) - 1).astype(np.float32)
+    light_canonical = ([1, (lx * r[:, 0, 1] + ly * r[:, 1, 1]) * t],
+                       [1 + lx * s[:, :1] + ly * s[:, 1:] + (lx * r[:, 0, 0] + ly * r[:, 1, 0]) * t, 1])
     stack = lambda fs, axis: np.stack([np.broadcast_to(np.float32(f), (m, g.size)) for f in fs], axis)  # noqa: E731
     weights = np.concatenate([line_weights(region_strength(rows["age"]), rows["wrinkle_gain"]),
                               0.35 * rows["decoy_cheeks"][:, None], -0.25 * rows["decoy_clothes"][:, None]], 1)
