@@ -1,0 +1,72 @@
+"""The checks that chapters 7-12 make, read back from the executed notebooks.
+
+Only what is true and robust at the book's scale (a few epochs on a few thousand drawn faces)
+is asserted: trained far below the constant answer, attention above chance on the true age
+regions, exact agreement with the loop references, one stage 1 shared by every chapter. How
+ADPF ranks against its ablations and baselines is reported by chapter 10, not asserted here.
+"""
+from book_outputs import glued
+
+
+def test_ch7_attention_net_learns_and_looks_at_the_age_regions():
+    values = glued("07_training_attention")
+    assert values["n_train"] + values["n_val"] + values["n_test"] == values["n_faces"]
+    # trained far below the constant answer and the untrained network
+    assert values["attention_mae"] < 0.6 * values["constant_mae"]
+    assert values["attention_mae"] < 0.6 * values["untrained_mae"]
+    # more of the attention on the true age regions than a uniform map would put there
+    assert 0 < values["chance"] < 0.3
+    assert values["share_end"] > values["chance"]
+    assert values["share_end_max"] > 1.2 * values["chance"]
+    assert 0 <= values["overlap_end"] <= 1 and 0 <= values["overlap_start"] <= 1
+    assert values["kept_epochs"] == values["attention_epochs"]
+
+
+def test_ch8_maps_to_boxes_to_patches_and_the_joining_order():
+    values = glued("08_patches_fusion")
+    assert values["stage1_key"] == glued("07_training_attention")["stage1_key"]
+    # both implementations give exactly the boxes of the plain loops
+    assert values["n_check_boxes"] == values["n_check"] * values["n_stages"]
+    assert values["box_mismatch_torch"] == 0
+    assert values["box_mismatch_cv2"] == 0
+    assert 0 <= values["crop_loop_error"] < 1e-10
+    # patch P_k first changes the output of stage k
+    assert values["first_changed"] == tuple(range(1, values["n_stages"] + 1))
+    assert values["order"] and sorted(values["order"]) == list(range(1, values["n_stages"] + 1))
+    for key in ("cover_dynamic", "cover_fixed", "precision_dynamic", "precision_fixed", "region_area"):
+        assert 0 <= values[key] <= 1
+
+
+def test_ch9_full_model_trains_on_the_shared_stage1():
+    values = glued("09_training_adpf")
+    assert values["stage1_shared"] is True
+    assert values["stage1_key"] == glued("07_training_attention")["stage1_key"]
+    # every trained model is far below the constant answer
+    for key in ("adpf_mae", "plain_mae", "attention_mae"):
+        assert values[key] < 0.85 * values["constant_mae"], key
+    assert values["adpf_beats_plain"] == (values["adpf_minus_plain"] < 0)
+    assert 0 <= values["adpf_cs5"] <= 1 and values["photo_std"] > 0
+    assert 0 <= values["photo_age"] <= 100
+
+
+def test_ch10_tables_and_claims():
+    values = glued("10_ablations")
+    counts = [values[f"n_claims_{k}"] for k in ("held", "did_not_hold", "not_resolved")]
+    assert sum(counts) == values["n_claims"] > 0
+    assert values["mae_adpf"] == glued("09_training_adpf")["adpf_mae"]
+    assert values["mae_plain"] == glued("09_training_adpf")["plain_mae"]
+    assert values["mae_attention"] == glued("07_training_attention")["attention_mae"]
+    # the diversity loss lowers the heads' overlap (chapter 5's mechanism, in a trained model)
+    assert values["overlap_div"] < values["overlap_nodiv"]
+
+
+def test_ch11_protocols_keep_people_apart():
+    values = glued("11_benchmarks")
+    assert values["protocol_leaks"] == 0
+
+
+def test_ch12_explorer_boxes_shrink_with_the_threshold():
+    values = glued("12_explorer")
+    assert values["adpf_key"] == glued("09_training_adpf")["adpf_key"]
+    sides = values["sides"]
+    assert list(sides) == sorted(sides, reverse=True) and sides[0] > sides[-1]
