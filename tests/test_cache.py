@@ -124,3 +124,11 @@ def test_json_records_are_written_atomically(tmp_path):
 @pytest.mark.parametrize("field", FUSION_ONLY_FIELDS)
 def test_fusion_only_fields_are_config_fields(field):
     assert field in ADPFConfig.__dataclass_fields__
+
+
+def test_code_that_only_makes_data_is_not_part_of_the_code_version():
+    # the data's content hash is in every key, so the code that draws or prepares it need not be
+    from adpf import cache
+
+    assert {"synthetic.py", "scripts_common.py"} <= cache._NOT_SHAPING
+    assert not {"train.py", "networks.py", "losses.py", "prepared.py", "patches.py"} & cache._NOT_SHAPING
