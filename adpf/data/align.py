@@ -247,7 +247,9 @@ def align_batch(paths: Sequence[str | Path], resume_dir: str | Path, out_size: i
         results = map(_align_one, jobs)
         pool = None
     else:
-        pool = multiprocessing.get_context().Pool(workers, initializer=_init_worker)
+        # spawn, not fork: a forked child can deadlock on OpenCV's or torch's thread pools
+        # inherited mid-use from the parent (seen in the test suite under pytest-xdist)
+        pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_init_worker)
         results = pool.imap(_align_one, jobs, chunksize=4)
     try:
         for i, (status, kind, reason) in zip(todo, results):
