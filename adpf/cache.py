@@ -26,13 +26,12 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 import adpf
+from adpf.checkpoint import atomic_write
 from adpf.config import ADPFConfig
 from adpf.data.prepared import Prepared, cache_root
 
@@ -113,17 +112,7 @@ def stage_dir(stage: str, key: str) -> Path:
 
 def write_json(path: Path, obj) -> None:
     """Write JSON atomically (temporary file in the same folder, then ``os.replace``)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1, default=str)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: json.dump(obj, f, indent=1, default=str), mode="w")
 
 
 def read_json(path: Path) -> dict | None:

@@ -21,6 +21,7 @@ import os
 import random
 import tempfile
 from pathlib import Path
+from typing import IO, Callable
 
 import numpy as np
 import torch
@@ -33,14 +34,15 @@ class CheckpointError(RuntimeError):
     """A checkpoint that is missing, unreadable, or does not fit the model it is loaded into."""
 
 
-def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
-    """Write ``state`` to ``path`` atomically (temporary file + fsync + ``os.replace``)."""
+def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], mode: str = "wb") -> Path:
+    """Call ``write(file)`` on a temporary file in ``path``'s folder, fsync it, then
+    ``os.replace`` it over ``path``: a crash leaves the old file or the new one, never half."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
+        with os.fdopen(fd, mode) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -49,6 +51,11 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
+    """Write ``state`` to ``path`` atomically (temporary file + fsync + ``os.replace``)."""
+    return atomic_write(path, lambda f: torch.save(state, f))
 
 
 def _fsync_dir(folder: Path) -> None:
