@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import adpf
 from adpf.cache import write_json
 from adpf.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
 from adpf.config import PRESETS, ADPFConfig, get_preset
@@ -365,6 +366,7 @@ def cmd_benchmark_missing(args) -> int:
 
 def build_parser() -> Parser:
     parser = Parser(prog="adpf", description="Attention-based Dynamic Patch Fusion for face-based age estimation.")
+    parser.add_argument("--version", action="version", version=f"adpf {adpf.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("train", help="train a model (ADPF, an ablation or a baseline)",
