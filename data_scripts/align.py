@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from adpf.data.align import align_batch  # noqa: E402
 from adpf.data.readers import IMAGE_SUFFIXES  # noqa: E402
+from adpf.data.scripts_common import check_paths  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -28,6 +29,14 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if not args.source.is_dir():
         print(f"error: {args.source}: not a folder of images", file=sys.stderr)
+        return 2
+    try:  # OUT inside SOURCE would be read as sources on the next run
+        check_paths(args.source, args.out, out_inside_source=False)
+    except FileExistsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.out.exists() and not args.out.is_dir():
+        print(f"error: --out {args.out} exists and is not a folder", file=sys.stderr)
         return 2
     paths = sorted(q for q in args.source.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES and q.is_file())
     if not paths:

@@ -15,6 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from adpf.data.prepared import load_prepared, write_synthetic_prepared  # noqa: E402
+from adpf.data.scripts_common import check_output  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -23,11 +24,14 @@ def main(argv=None) -> int:
     p.add_argument("--size", type=int, default=128, help="side of the square faces")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, help="output folder (default data/synthetic-SIZE)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an output folder that adpf prepared earlier (any other folder is refused)")
     args = p.parse_args(argv)
     out = args.out or Path("data") / f"synthetic-{args.size}"
-    if out.exists() and not args.overwrite:
-        print(f"error: {out} exists (use --overwrite to replace it)", file=sys.stderr)
+    try:
+        check_output(out, args.overwrite)
+    except FileExistsError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     start = time.perf_counter()
     write_synthetic_prepared(out, args.n, args.size, args.seed, overwrite=args.overwrite)

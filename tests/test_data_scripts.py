@@ -217,3 +217,72 @@ def test_nothing_preparable_is_an_error_not_an_empty_folder(tmp_path, capsys):
     assert script("utkface")([str(tmp_path / "u"), *_quick(tmp_path)]) == 2
     assert "none of the 1 images could be prepared" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------- never lose the user's files
+
+def _run(name: str, *args, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "data_scripts" / f"{name}.py"), *map(str, args)],
+                          capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def _tree(root: Path) -> dict:
+    return {str(p.relative_to(root)): p.read_bytes() if p.is_file() else None for p in sorted(root.rglob("*"))}
+
+
+def _photos(tmp_path: Path) -> Path:
+    photos = tmp_path / "PHOTOS"
+    _write(photos, ["a.jpg", "trip/b.jpg"])
+    (photos / "notes.txt").write_text("my notes")
+    (photos / "labels.csv").write_text("path,age\na.jpg,30\ntrip/b.jpg,40\n")
+    return photos
+
+
+def test_overwrite_onto_the_source_keeps_every_file(tmp_path):
+    """The reported data loss: --out PHOTOS --overwrite deleted the photos, notes and subfolder."""
+    photos = _photos(tmp_path)
+    before = _tree(photos)
+    for out in (photos, tmp_path, photos / "trip" / ".."):  # the source, a folder above it, the source spelt otherwise
+        done = _run("folder", photos, "--csv", photos / "labels.csv", "--out", out, "--overwrite",
+                    "--no-align", "--size", "16", "--workers", "1", "--quiet")
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.count("\n") == 1 and "is or contains the source" in done.stderr, done.stderr
+        assert _tree(photos) == before
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["PHOTOS"], "no work folder left either"
+
+
+def _main(name: str, *args, capsys) -> tuple[int, str]:
+    """A script's main in this process (same code path as the command line, without the start-up)."""
+    status = script(name)([str(a) for a in args])
+    return status, capsys.readouterr().err
+
+
+def test_overwrite_refuses_folders_adpf_did_not_write(tmp_path, capsys):
+    photos = _photos(tmp_path)
+    mine = tmp_path / "mine"
+    _write(mine, ["keep.jpg"])
+    before = _tree(mine)
+    status, err = _main("folder", photos, "--csv", photos / "labels.csv", "--out", mine, "--overwrite", "--no-align",
+                        "--size", "16", "--workers", "1", "--quiet", capsys=capsys)
+    assert status == 2 and "is not a prepared dataset folder" in err and err.count("\n") == 1
+    assert _tree(mine) == before
+    status, err = _main("synthetic", "--n", "4", "--size", "16", "--out", mine, "--overwrite", capsys=capsys)
+    assert status == 2 and "is not a prepared dataset folder" in err and _tree(mine) == before
+    status, err = _main("align", photos, "--out", photos, "--workers", "1", capsys=capsys)
+    assert status == 2 and "is or contains the source" in err
+    status, err = _main("align", photos, "--out", photos / "crops", "--workers", "1", capsys=capsys)
+    assert status == 2 and "lies inside the source" in err and not (photos / "crops").exists()
+
+
+def test_overwrite_replaces_a_prepared_folder_even_inside_the_source(tmp_path, capsys):
+    photos = _photos(tmp_path)
+    args = [photos, "--csv", photos / "labels.csv", "--no-align", "--size", "16", "--workers", "1", "--quiet"]
+    out = photos / "prepared"
+    assert _main("folder", *args, "--out", out, capsys=capsys)[0] == 0
+    (photos / "labels.csv").write_text("path,age\na.jpg,31\n")
+    assert _main("folder", *args, "--out", out, "--overwrite", capsys=capsys)[0] == 0
+    assert load_prepared(out).meta["age"].tolist() == [31.0] and (photos / "notes.txt").read_text() == "my notes"
+    (out / "notes.txt").write_text("added by hand")
+    status, err = _main("folder", *args, "--out", out, "--overwrite", capsys=capsys)
+    assert status == 2 and "holds files adpf did not write (notes.txt)" in err
+    assert (out / "notes.txt").read_text() == "added by hand"

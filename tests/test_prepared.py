@@ -161,3 +161,24 @@ def test_damaged_folders_name_the_file(tmp_path, damage, message):
 def test_missing_folder_says_what_it_expects(tmp_path):
     with pytest.raises(PreparedFormatError, match="expected a folder with images.npy, meta.csv and info.json"):
         PreparedFaces(tmp_path / "nowhere")
+
+
+def test_overwrite_replaces_only_folders_it_wrote(tmp_path):
+    images, meta = _random_set()
+    user = tmp_path / "photos"
+    (user / "sub").mkdir(parents=True)
+    (user / "notes.txt").write_text("mine")
+    (user / "info.json").write_text('{"format": "something else"}')
+    for root, why in ((user, "is not a prepared dataset folder"), (user / "notes.txt", "not a folder")):
+        with pytest.raises(FileExistsError, match=why):
+            write_prepared(root, images, meta, name="toy", overwrite=True)
+    ours = write_prepared(tmp_path / "set", images, meta, name="toy")
+    (ours / "sub").mkdir()
+    with pytest.raises(FileExistsError, match=r"holds files adpf did not write \(sub\)"):
+        write_prepared(ours, images, meta, name="toy", overwrite=True)
+    (ours / "sub").rmdir()
+    (tmp_path / "link").symlink_to(ours)
+    with pytest.raises(FileExistsError, match="a link"):
+        write_prepared(tmp_path / "link", images, meta, name="toy", overwrite=True)
+    assert sorted(p.name for p in user.rglob("*")) == ["info.json", "notes.txt", "sub"]
+    assert not list(tmp_path.glob(".*.tmp-*"))

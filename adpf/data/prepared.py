@@ -9,7 +9,9 @@ A prepared dataset is a folder::
     masks.npy    (N, R, H, W) bool, optional (the synthetic set's age-region masks)
 
 Folders are written to a temporary sibling and renamed into place, so a folder that exists
-is complete. `default_dataset` draws the embedded synthetic set once into a cache folder.
+is complete. Replacing one (``overwrite=True``, the scripts' ``--overwrite``) is allowed only
+for a folder this project wrote (`check_replaceable`): anything else is refused, never deleted.
+`default_dataset` draws the embedded synthetic set once into a cache folder.
 """
 from __future__ import annotations
 
@@ -30,6 +32,8 @@ from adpf.data.synthetic import GENERATOR_VERSION, REGION_NAMES, SyntheticFaceSp
 FORMAT = "adpf-prepared"
 VERSION = 1
 REQUIRED_COLUMNS = ("index", "age", "subject", "path")
+#: Everything a prepared folder may hold (``skipped.csv``: what the data scripts could not prepare).
+WRITTEN_FILES = ("images.npy", "meta.csv", "info.json", "masks.npy", "skipped.csv")
 
 
 class PreparedFormatError(ValueError):
@@ -60,18 +64,43 @@ class Prepared:
 
 # --------------------------------------------------------------------------- writing
 
+def check_replaceable(root: str | Path) -> None:
+    """Raise `FileExistsError` (naming ``root`` and why) unless ``root`` is a prepared folder
+    this project wrote: a real folder (not a link) whose info.json says ``"format":
+    "adpf-prepared"`` and which holds nothing but `WRITTEN_FILES`. Only such a folder may be
+    replaced, so a user's photos, notes or subfolders are never deleted by an overwrite."""
+    root = Path(root)
+    refuse = f"{root} exists and is not a prepared dataset folder"
+    if root.is_symlink() or not root.is_dir():
+        raise FileExistsError(f"{refuse} ({'a link' if root.is_symlink() else 'not a folder'}); refusing to replace it")
+    try:
+        info = json.loads((root / "info.json").read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        info = None
+    if not isinstance(info, dict) or info.get("format") != FORMAT:
+        raise FileExistsError(f"{refuse} (no info.json with \"format\": \"{FORMAT}\"); refusing to replace it")
+    foreign = sorted(p.name for p in root.iterdir() if p.name not in WRITTEN_FILES or not p.is_file())
+    if foreign:
+        raise FileExistsError(f"{root} holds files adpf did not write ({', '.join(foreign[:3])}"
+                              f"{', ...' if len(foreign) > 3 else ''}); refusing to replace it")
+
+
 class PreparedWriter:
     """Writes a prepared folder in pieces (for sets too large to hold in memory).
 
     ``with PreparedWriter(root, count, size, name) as w: w.write(start, images); w.finish(meta)``
-    The folder appears at ``root`` only when `finish` succeeds.
+    The folder appears at ``root`` only when `finish` succeeds. overwrite=True replaces an
+    existing ``root`` only if `check_replaceable` allows it (checked before and at the end).
+    Extra files (from `WRITTEN_FILES`) may be written into ``tmp`` before `finish`.
     """
 
     def __init__(self, root: str | Path, count: int, image_size: int, name: str,
                  region_names: tuple[str, ...] | None = None, overwrite: bool = False):
         self.root, self.overwrite = Path(root), overwrite
-        if self.root.exists() and not overwrite:
-            raise FileExistsError(f"{self.root} already exists (pass overwrite=True to replace it)")
+        if self.root.exists() or self.root.is_symlink():
+            if not overwrite:
+                raise FileExistsError(f"{self.root} already exists (pass overwrite=True to replace it)")
+            check_replaceable(self.root)
         if count < 1:
             raise ValueError(f"{self.root}: a prepared dataset needs at least one image, got count={count}")
         self.root.parent.mkdir(parents=True, exist_ok=True)
@@ -114,9 +143,10 @@ class PreparedWriter:
             "region_names": list(self.region_names), **(info or {}),
         }
         (self.tmp / "info.json").write_text(json.dumps(full_info, indent=2, default=str))
-        if self.root.exists():
+        if self.root.exists() or self.root.is_symlink():
             if not self.overwrite:  # someone else wrote it meanwhile: keep theirs
                 raise FileExistsError(f"{self.root} appeared while writing it")
+            check_replaceable(self.root)
             shutil.rmtree(self.root)
         os.replace(self.tmp, self.root)
         return self.root

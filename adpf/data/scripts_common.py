@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from adpf.data.align import align_batch
-from adpf.data.prepared import PreparedWriter
+from adpf.data.prepared import PreparedWriter, check_replaceable
 from adpf.data.readers import DatasetLayoutError
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
@@ -81,6 +81,29 @@ def source_folder(source: str | Path, work_dir: Path) -> Path:
     return source
 
 
+def check_output(out: Path, overwrite: bool) -> None:
+    """An existing ``out`` may only be replaced with ``overwrite`` and only if it is a
+    prepared folder (`check_replaceable`); raises `FileExistsError` saying why not."""
+    if out.exists() or out.is_symlink():
+        if not overwrite:
+            check_replaceable(out)  # says so first when it is not even a prepared folder
+            raise FileExistsError(f"{out} exists (use --overwrite to replace it)")
+        check_replaceable(out)
+
+
+def check_paths(source: Path, out: Path, work: Path | None = None, out_inside_source: bool = True) -> None:
+    """Refuse (`FileExistsError`) an ``out`` that is the source or a folder above it (replacing
+    it would delete the source), a ``work`` folder inside ``out``, and, unless
+    ``out_inside_source``, an ``out`` inside the source folder."""
+    src, dst = source.resolve(), out.resolve()
+    if dst == src or dst in src.parents:
+        raise FileExistsError(f"--out {out} is or contains the source {source}; choose an output folder outside it")
+    if not out_inside_source and src in dst.parents:
+        raise FileExistsError(f"--out {out} lies inside the source {source}; its files would be read as sources")
+    if work is not None and (work.resolve() == dst or dst in work.resolve().parents):
+        raise FileExistsError(f"--work-dir {work} lies inside --out {out}; choose a folder outside it")
+
+
 def common_parser(doc: str, name: str, align_default: bool = True) -> argparse.ArgumentParser:
     """The options every dataset script shares; ``source`` is the folder or archive."""
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -95,7 +118,7 @@ def common_parser(doc: str, name: str, align_default: bool = True) -> argparse.A
         p.add_argument("--align", action="store_true", help="align the faces with dlib (they come aligned by default)")
     p.add_argument("--limit", type=int, help="prepare only the first N images (in path order)")
     p.add_argument("--workers", type=int, default=os.cpu_count(), help="parallel processes (default: all cores)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument("--overwrite", action="store_true", help="replace an output folder that adpf prepared earlier (any other folder is refused)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(name=name)
     return p
@@ -107,13 +130,12 @@ def run(args: argparse.Namespace, read: Callable[[Path], pd.DataFrame], dataset:
     out = args.out or Path("data") / f"{args.name}-{args.size}"
     work = args.work_dir or out.parent / f".{out.name}-work"
     start = time.perf_counter()
-    try:
+    try:  # nothing is read or written before the output is known to be safe to write
+        check_paths(args.source, out, work)
+        check_output(out, args.overwrite)
         df = read(source_folder(args.source, work))
-    except (DatasetLayoutError, FileNotFoundError, UnsafeArchiveError) as e:
+    except (DatasetLayoutError, FileNotFoundError, FileExistsError, UnsafeArchiveError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
-    if out.exists() and not args.overwrite:
-        print(f"error: {out} exists (use --overwrite to replace it)", file=sys.stderr)
         return 2
     try:
         _, summary = prepare_frame(df, out, dataset, args.size, args.align, args.workers, work, args.limit,
@@ -143,13 +165,13 @@ def prepare_frame(df: pd.DataFrame, out: Path, dataset: str, size: int, align: b
     if not keep:
         raise DatasetLayoutError(f"{dataset}: none of the {len(df)} images could be prepared:\n{batch}")
     meta = df.iloc[keep].reset_index(drop=True)
+    failures = skipped + [(p, f"{kind}: {reason}") for p, kind, reason in batch.failures]
     with PreparedWriter(out, len(keep), size, dataset, overwrite=overwrite) as w:
         for start in range(0, len(keep), 512):
             chunk = [batch.outputs[i] for i in keep[start: start + 512]]
             w.write(start, np.stack([cv2.imread(str(p))[..., ::-1] for p in chunk]))
-        w.finish(meta, {"aligned": align, "skipped": len(skipped) + len(batch.failures), **(info or {})})
-    failures = skipped + [(p, f"{kind}: {reason}") for p, kind, reason in batch.failures]
-    pd.DataFrame(failures, columns=["path", "reason"]).to_csv(out / "skipped.csv", index=False)
+        pd.DataFrame(failures, columns=["path", "reason"]).to_csv(w.tmp / "skipped.csv", index=False)
+        w.finish(meta, {"aligned": align, "skipped": len(failures), **(info or {})})
     ages = meta["age"]
     lines = [
         f"{dataset}: {found} image files found, {len(skipped)} skipped by the reader"
