@@ -4,7 +4,9 @@ MAE + KL (Eq. 11–13), and the AttentionNet objective (Eq. 14).
 Open choices made here (``adpf-method.md``, "Open choices"):
 
 4. Eq. 9 as written is a no-op after a softmax; ``age_distribution(mode="as_written")``
-   applies it anyway, ``mode="raw"`` applies it to the raw outputs (``config.eq9``).
+   applies it anyway, ``mode="raw"`` applies it to the raw outputs (``config.eq9``). The KL
+   of Eq. 12 reads log o' from ``log_age_distribution``: a log-softmax for the printed form
+   (exact, also for saturated outputs), a floored log for the raw form.
 5. The target of Eq. 12 is a Gaussian with σ = ``config.sigma`` years over the classes
    age_min..age_max, renormalised over those classes (so ages at or beyond the edges
    still give a distribution that sums to one).
@@ -125,14 +127,35 @@ def gaussian_label_distribution(age: Tensor, ages: Tensor, sigma: float) -> Tens
     return torch.softmax(-(ages[None, :] - age[:, None]).square() / (2 * sigma ** 2), dim=-1)
 
 
-def kl_loss(target: Tensor, probs: Tensor, eps: float = 1e-8) -> Tensor:
-    """Eq. 12: Σ_p P(p) log(P(p) / P'(p)), averaged over the batch.
+def log_age_distribution(logits: Tensor, mode: Literal["as_written", "raw"] = "as_written",
+                         floor: float = 1e-8) -> Tensor:
+    """log o' of Eq. 9 ``(B, q)`` from the network output ``(B, q)``: what the KL of Eq. 12 reads.
 
-    Terms with P(p) = 0 contribute 0, and P' is clamped at ``eps`` so log(0) never appears.
-    target, probs ``(B, q)``.
+    ``"as_written"``: log_softmax(logits). Eq. 9's renormalisation is a no-op after a softmax,
+    so this is exactly log o', computed without forming o' first: it stays finite and exact
+    when the softmax saturates, and the gradient of ``kl_loss`` with respect to the logits is
+    softmax − P for every output (a clamp of o' before the log would cut that gradient to zero
+    on every class whose probability fell below the clamp — for a confident wrong prediction,
+    on every class where the target has mass).
+    ``"raw"``: log max(o', ``floor``) with o' = ``age_distribution(logits, "raw")``. Here a
+    clamp is unavoidable: every class whose raw output is ≤ 0 has o' = 0 exactly, and the KL
+    against a target with mass there would be infinite. Such a class gets no gradient either
+    way (max(0, ·) passes none), and neither does a class with 0 < o' < ``floor``.
     """
-    per_class = torch.xlogy(target, target) - target * probs.clamp_min(eps).log()
-    return per_class.sum(dim=-1).mean()
+    if mode == "as_written":
+        return torch.log_softmax(logits, dim=-1)
+    return age_distribution(logits, mode).clamp_min(floor).log()
+
+
+def kl_loss(target: Tensor, log_probs: Tensor) -> Tensor:
+    """Eq. 12: Σ_p P(p) log(P(p) / P'(p)) = Σ_p P(p) (log P(p) − log P'(p)), averaged over the batch.
+
+    Takes log P' (``log_age_distribution``), not P', so that no probability is rounded to zero
+    before its log. Terms with P(p) = 0 contribute 0 (also where log P'(p) = −inf).
+    target ``(B, q)`` (rows sum to one), log_probs ``(B, q)``.
+    """
+    cross = torch.where(target > 0, target * log_probs, torch.zeros_like(log_probs))
+    return (torch.xlogy(target, target) - cross).sum(dim=-1).mean()
 
 
 def age_estimation_loss(logits: Tensor, age: Tensor, config: ADPFConfig) -> Losses:
@@ -141,7 +164,7 @@ def age_estimation_loss(logits: Tensor, age: Tensor, config: ADPFConfig) -> Loss
     ages = age_classes(config, probs)
     age = age.to(probs.dtype)
     mae = mae_loss(expected_age(probs, ages), age)
-    kl = kl_loss(gaussian_label_distribution(age, ages, config.sigma), probs)
+    kl = kl_loss(gaussian_label_distribution(age, ages, config.sigma), log_age_distribution(logits, config.eq9))
     return Losses(total=mae + kl, mae=mae, kl=kl)
 
 

@@ -7,8 +7,8 @@ import torch
 from adpf.config import get_preset
 from adpf.losses import (age_classes, age_distribution, age_estimation_loss, age_std,
                          attention_net_loss, diversity_loss, expected_age,
-                         gaussian_label_distribution, kl_loss, mae_loss, normalize_maps,
-                         predict_age)
+                         gaussian_label_distribution, kl_loss, log_age_distribution, mae_loss,
+                         normalize_maps, predict_age)
 
 D = torch.float64
 
@@ -93,15 +93,86 @@ def test_kl_loss():
     torch.manual_seed(0)
     p = torch.softmax(torch.randn(5, 8, dtype=D), -1)
     r = torch.softmax(torch.randn(5, 8, dtype=D), -1)
-    assert kl_loss(p, p).item() == pytest.approx(0.0, abs=1e-12)
+    assert kl_loss(p, p.log()).item() == pytest.approx(0.0, abs=1e-12)
     ref = sum((p[b] * (p[b] / r[b]).log()).sum().item() for b in range(5)) / 5
-    assert kl_loss(p, r).item() == pytest.approx(ref, rel=1e-10)
-    assert kl_loss(p, r).item() > 0
-    # zeros in either distribution: finite, and P=0 terms vanish
+    assert kl_loss(p, r.log()).item() == pytest.approx(ref, rel=1e-10)
+    assert kl_loss(p, r.log()).item() > 0
+    # P = 0 terms vanish, also where log P' = -inf (and pass no NaN gradient)
     target = torch.tensor([[0.0, 1.0, 0.0]], dtype=D)
-    probs = torch.tensor([[0.5, 0.5, 0.0]], dtype=D)
-    assert kl_loss(target, probs).item() == pytest.approx(math.log(2))
-    assert torch.isfinite(kl_loss(probs, target))
+    log_probs = torch.tensor([[0.5, 0.5, 0.0]], dtype=D).log().requires_grad_(True)
+    loss = kl_loss(target, log_probs)
+    assert loss.item() == pytest.approx(math.log(2))
+    loss.backward()
+    assert log_probs.grad.tolist() == [[0.0, -1.0, 0.0]]
+
+
+def kl_by_loops(logits, true_ages, ages, sigma):
+    """Eq. 12 with P' = softmax (Eq. 9 as written), one face and one class at a time in floats,
+    the log-softmax written out as o_p - max - log sum exp(o_t - max)."""
+    total = 0.0
+    for o, gt in zip(logits.tolist(), true_ages.tolist()):
+        top = max(o)
+        log_z = top + math.log(sum(math.exp(v - top) for v in o))
+        gauss = [math.exp(-((g - gt) ** 2) / (2 * sigma ** 2)) for g in ages.tolist()]
+        target = [v / sum(gauss) for v in gauss]
+        total += sum(t * (math.log(t) - (v - log_z)) for t, v in zip(target, o) if t > 0)
+    return total / len(true_ages)
+
+
+def test_kl_of_the_age_loss_matches_a_loop_reference_also_when_saturated():
+    torch.manual_seed(0)
+    config = get_preset("cpu")
+    ages = age_classes(config).double()
+    logits = 3 * torch.randn(4, config.num_classes, dtype=D)
+    logits[1, 80] += 40.0  # saturated: every other class below 1e-17
+    logits[2] *= 20.0
+    true_ages = torch.tensor([20.0, 20.0, 0.0, 100.0], dtype=D)
+    got = age_estimation_loss(logits, true_ages, config).kl.item()
+    assert got == pytest.approx(kl_by_loops(logits, true_ages, ages, config.sigma), rel=1e-12)
+    assert got > -math.log(1e-8)  # a clamp of P' at 1e-8 caps the KL of every face below this
+
+
+def saturated_at_80(config):
+    """Logits with a margin of 20 on class 80 ``(1, q)``: P' of every other class is about 2e-9."""
+    logits = torch.zeros(1, config.num_classes, dtype=D)
+    logits[0, 80 - config.age_min] = 20.0
+    return logits.requires_grad_(True)
+
+
+def test_kl_gradient_on_saturated_logits_is_softmax_minus_target():
+    config = get_preset("cpu")
+    logits, age = saturated_at_80(config), torch.tensor([20.0], dtype=D)
+    age_estimation_loss(logits, age, config).kl.backward()
+    target = gaussian_label_distribution(age, age_classes(config).double(), config.sigma)
+    expected = torch.softmax(logits.detach(), -1) - target
+    torch.testing.assert_close(logits.grad, expected, rtol=1e-12, atol=1e-15)
+    assert logits.grad[0, 20].item() < -0.19  # the pull toward the true age is there (it was 0.0)
+
+
+def test_a_confident_wrong_prediction_moves_to_the_true_age_under_sgd():
+    config = get_preset("cpu")
+    ages = age_classes(config).double()
+    logits, age = saturated_at_80(config), torch.tensor([20.0], dtype=D)
+    optimizer = torch.optim.SGD([logits], lr=0.1)
+    for _ in range(500):
+        optimizer.zero_grad()
+        age_estimation_loss(logits, age, config).total.backward()
+        optimizer.step()
+    assert expected_age(age_distribution(logits.detach()), ages).item() == pytest.approx(20.0, abs=0.05)
+
+
+def test_log_age_distribution():
+    logits = 30 * torch.randn(3, 7, dtype=D)
+    torch.testing.assert_close(log_age_distribution(logits, "as_written"), torch.log_softmax(logits, -1))
+    assert torch.isfinite(log_age_distribution(logits, "as_written")).all()
+    # raw Eq. 9: exact zeros are floored (a clamp cannot be avoided there), the rest is log o'
+    raw = torch.tensor([[1.0, -2.0, 3.0, 0.0]], dtype=D, requires_grad=True)
+    got = log_age_distribution(raw, "raw")
+    torch.testing.assert_close(got, torch.tensor([[0.25, 1e-8, 0.75, 1e-8]], dtype=D).log())
+    got[0, 1].backward()
+    assert raw.grad.abs().sum().item() == 0.0  # a floored class passes no gradient
+    with pytest.raises(ValueError, match="mode"):
+        log_age_distribution(raw, "clipped")
 
 
 def test_age_estimation_and_attention_net_losses():
