@@ -146,9 +146,9 @@ def attention_maps(model: nn.Module, images: Tensor) -> AttentionOutput:
 def ranked_boxes(attention: AttentionOutput, config) -> Tensor:
     """The patch boxes ``(B, n, 4)`` (x0, y0, x1, y1), P_1 (most important) first.
 
-    The rule ADPF crops with: ``patches.maps_to_boxes`` on the maps HA_k in ranked order.
+    The rule ADPF crops with: ``patches.maps_to_boxes`` on ``attention.ranked`` (HA_k · sign(a_k), ranked).
     """
-    return maps_to_boxes(attention.maps[:, attention.order], config.image_size,
+    return maps_to_boxes(attention.ranked, config.image_size,
                          config.patch_threshold, config.patch_min_frac, config.patch_max_frac)
 
 

@@ -152,8 +152,9 @@ class ADPF(nn.Module):
     """AttentionNet + FusionNet: maps ranked by a_k → boxes → patches → FusionNet.
 
     ``freeze_attention()`` starts stage 2: AttentionNet stops learning, stays in eval mode
-    and runs under ``no_grad``. Boxes come from the unweighted maps HA_k in ranked order
-    (min-max normalisation makes a positive a_k irrelevant to the box). Stage 1 trains
+    and runs under ``no_grad``. Boxes come from the maps as the FC sees them, HA_k · sign(a_k)
+    in ranked order (``AttentionOutput.ranked``: min-max normalisation makes a positive a_k
+    irrelevant to the box, and a negative one flips the map). Stage 1 trains
     ``model.attention_net`` on its own.
     """
 
@@ -182,8 +183,7 @@ class ADPF(nn.Module):
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.attention_frozen):
             att = self.attention_net(x)
         c = self.config
-        ranked = att.attention.maps.detach()[:, att.attention.order]
-        boxes = maps_to_boxes(ranked, c.image_size, c.patch_threshold, c.patch_min_frac,
+        boxes = maps_to_boxes(att.attention.ranked.detach(), c.image_size, c.patch_threshold, c.patch_min_frac,
                               c.patch_max_frac, method=self.box_method)
         patches = crop_patches(x, boxes, c.patch_size)
         fused = self.fusion_net(x, patches)

@@ -31,11 +31,25 @@ class AttentionOutput:
     weighted: ``(B, n, h, w)`` HA_k · a_k (Eq. 6), in head order; they feed AttentionNet's FC,
         so a_k is trained by the age loss only.
     order: ``(n,)`` int64 head indices, most important first (``maps[:, order]`` is M_1..M_n).
+    scales: ``(n,)`` the scales a_k, in head order.
     """
 
     maps: Tensor
     weighted: Tensor
     order: Tensor
+    scales: Tensor
+
+    @property
+    def ranked(self) -> Tensor:
+        """M_1..M_n ``(B, n, h, w)``: HA_k · sign(a_k) in ranked order, the maps boxes are cut from.
+
+        Boxes read a map min-max normalised, so they are those of the map the FC sees, HA_k · a_k:
+        a positive a_k leaves HA_k as it is (bit for bit: the same boxes as HA_k's), a negative
+        one flips it, so the box lands where the FC sees the largest value rather than on the
+        region it weighs most negatively; a_k = 0 (a head the FC ignores) gives a flat map and
+        the centred box.
+        """
+        return self.maps[:, self.order] * torch.sign(self.scales.detach()[self.order])[None, :, None, None]
 
 
 class RMHHA(nn.Module):
@@ -69,4 +83,4 @@ class RMHHA(nn.Module):
             raise ValueError(f"RMHHA expects X with {self.config.x_channels} channels, got {x.shape[1]}")
         maps = hybrid_attention_heads(self.heads, x)  # (B, n, h, w)
         weighted = maps * self.scales[None, :, None, None]
-        return AttentionOutput(maps=maps, weighted=weighted, order=self.ranking())
+        return AttentionOutput(maps=maps, weighted=weighted, order=self.ranking(), scales=self.scales)

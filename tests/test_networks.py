@@ -145,6 +145,33 @@ def test_adpf_crops_the_ranked_maps_and_freezes_attention():
     assert all(p.grad is not None for p in model.fusion_net.parameters())
 
 
+@pytest.mark.parametrize("rank_by", ["value", "abs"])
+def test_a_negative_scale_crops_the_region_the_fc_weighs_most(rank_by):
+    """Regression: boxes came from HA_k, so with a_k < 0 the crop landed on HA_k·a_k's most negative region."""
+    config = tiny(rank_by=rank_by, patch_threshold=0.75)
+    model = ADPF(config).eval()
+    maps = torch.zeros(1, 3, 4, 4)
+    maps[0, :, 0, 0] = 1.0  # every head: HA_k is highest top-left...
+    maps[0, :, 3, 3] = -1.0  # ...and lowest bottom-right
+    scales = torch.tensor([-2.0, 0.5, 1.0])
+
+    def designed(module, inputs, output):
+        output.maps, output.weighted = maps, maps * scales[None, :, None, None]
+
+    with torch.no_grad():
+        model.attention_net.rmhha.scales.copy_(scales)
+    model.attention_net.rmhha.register_forward_hook(designed)
+    out = model(torch.rand(1, 3, 16, 16))
+    expected_order = [2, 1, 0] if rank_by == "value" else [0, 2, 1]
+    assert out.attention.order.tolist() == expected_order
+    for k, head in enumerate(expected_order):
+        x0, y0, x1, y1 = out.boxes[0, k].tolist()
+        # where the FC sees the largest value of HA_k · a_k: top-left for a_k > 0, bottom-right for a_k < 0
+        p = 14 if scales[head] < 0 else 1
+        assert x0 <= p < x1 and y0 <= p < y1, (head, out.boxes[0, k])
+        assert not (x0 <= 15 - p < x1 and y0 <= 15 - p < y1)  # nor does it reach the opposite corner
+
+
 def test_fixed_patches_are_the_same_in_every_image():
     config = tiny()
     model = FixedPatchFusion(config)

@@ -50,6 +50,23 @@ def test_ranking_follows_scales(rank_by, scales, expected):
     assert out.order.tolist() == expected
 
 
+def test_ranked_maps_are_the_maps_signed_by_their_scales_in_ranked_order():
+    torch.manual_seed(0)
+    module = RMHHA(tiny(rank_by="abs")).to(D)
+    scales = [0.5, -2.0, 0.0]
+    with torch.no_grad():
+        module.scales.copy_(torch.tensor(scales))
+    out = module(torch.randn(2, 15, 4, 4, dtype=D))
+    order = [1, 0, 2]
+    assert out.order.tolist() == order
+    for b in range(2):
+        for k, head in enumerate(order):
+            sign = (scales[head] > 0) - (scales[head] < 0)
+            for i in range(4):
+                for j in range(4):
+                    assert out.ranked[b, k, i, j].item() == sign * out.maps[b, head, i, j].item()
+
+
 def test_ranking_off_gives_head_order():
     module = RMHHA(tiny(ranking=False))
     with torch.no_grad():
