@@ -9,7 +9,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from adpf.config import get_preset
-from adpf.evaluate import (age_group_errors, attention_maps, attention_report, cs_curve, head_overlap,
+from adpf.evaluate import (age_group_errors, attention_maps, attention_report, calibration, cs_curve, head_overlap,
                            head_similarity, mae, mask_share, predict, ranked_boxes, summarize)
 from adpf.networks import ModelOutput, build_model
 
@@ -34,18 +34,62 @@ def test_mae_and_cs_curve_match_loops():
         mae(np.array([]))
 
 
-def test_age_group_errors_match_a_loop():
+def band_of(age):
+    """The band name of one age, written out as a plain chain of comparisons."""
+    if age < 0:
+        return "other"
+    if age < 13:
+        return "0-12"
+    if age < 20:
+        return "13-19"
+    if age >= 60:
+        return "60+"
+    decade = int(age // 10) * 10
+    return f"{decade}-{decade + 9}"
+
+
+def test_age_bands_match_a_loop():
     rng = np.random.default_rng(1)
-    ages = rng.uniform(0, 80, size=200)
-    errors = rng.normal(0, 5, size=200)
+    ages = np.concatenate([rng.uniform(0, 95, size=300), [0.0, 12.99, 13.0, 19.5, 20.0, 59.99, 60.0, -2.0]])
+    errors = rng.normal(0, 5, size=len(ages)).round(1)
     table = age_group_errors(ages, errors)
     groups = {}
     for a, e in zip(ages, errors):
-        groups.setdefault(int(a // 10) * 10, []).append(abs(e))
-    assert table["group"].tolist() == [f"{s}-{s + 9}" for s in sorted(groups)]
-    for (_, row), s in zip(table.iterrows(), sorted(groups)):
-        assert row["count"] == len(groups[s])
-        assert row["mae"] == pytest.approx(sum(groups[s]) / len(groups[s]))
+        groups.setdefault(band_of(a), []).append(abs(e))
+    order = ["0-12", "13-19", "20-29", "30-39", "40-49", "50-59", "60+", "other"]
+    assert table["group"].tolist() == [g for g in order if g in groups]
+    assert list(table.columns) == ["group", "count", "mae", "cs1", "cs3", "cs5", "cs10"]
+    for _, row in table.iterrows():
+        band = groups[row["group"]]
+        assert row["count"] == len(band)
+        assert row["mae"] == pytest.approx(sum(band) / len(band), abs=1e-12)
+        for v in (1, 3, 5, 10):
+            assert row[f"cs{v}"] == pytest.approx(sum(e <= v for e in band) / len(band), abs=1e-12)
+    assert table["count"].sum() == len(ages)
+
+
+def test_age_bands_leave_out_empty_bands():
+    table = age_group_errors(np.array([61.0, 75.0, 5.0]), np.array([1.0, -3.0, 0.5]))
+    assert table["group"].tolist() == ["0-12", "60+"]
+    assert table["mae"].tolist() == [0.5, 2.0] and table["cs1"].tolist() == [1.0, 0.5]
+
+
+def test_calibration_matches_a_loop_and_the_gaussian_shares():
+    rng = np.random.default_rng(2)
+    std = rng.uniform(0.5, 6, size=400)
+    errors = rng.normal(0, 1, size=400) * std * 1.3  # a model whose ± is 30% too narrow
+    result = calibration(errors, std)
+    assert result["within_1std"] == pytest.approx(sum(abs(e) <= s for e, s in zip(errors, std)) / 400, abs=1e-12)
+    assert result["within_2std"] == pytest.approx(sum(abs(e) <= 2 * s for e, s in zip(errors, std)) / 400, abs=1e-12)
+    assert result["gaussian_1std"] == pytest.approx(0.682689492, abs=1e-9)
+    assert result["gaussian_2std"] == pytest.approx(0.954499736, abs=1e-9)
+    assert result["within_1std"] < result["gaussian_1std"]  # too narrow: fewer faces inside ±1σ
+    honest = rng.normal(0, 1, size=20000) * 3.0
+    fair = calibration(honest, np.full(20000, 3.0))
+    assert fair["within_1std"] == pytest.approx(0.6827, abs=0.01)
+    assert fair["within_2std"] == pytest.approx(0.9545, abs=0.005)
+    with pytest.raises(ValueError, match="same shape"):
+        calibration(np.zeros(3), np.zeros(2))
 
 
 class FixedLogits(nn.Module):
@@ -79,6 +123,8 @@ def test_predict_reads_the_distribution_like_a_float64_loop():
     metrics = summarize(result)
     assert metrics["mae"] == pytest.approx(np.abs(result.errors).mean())
     assert metrics["count"] == 9 and len(metrics["cs"]) == 11
+    assert metrics["age_groups"]["group"] == ["0-12"] and metrics["age_groups"]["count"] == [9]
+    assert metrics["calibration"] == calibration(result.errors, result.std)
 
 
 def test_a_one_hot_distribution_predicts_its_class_with_no_uncertainty():
