@@ -102,9 +102,14 @@ class PatchStream(nn.Module):
         self.blocks = nn.Sequential(conv_block(in_channels, channels), conv_block(channels, channels))
 
     def forward(self, patch: Tensor, size: int) -> Tensor:
-        """patch ``(B, C, p, p)`` → features ``(B, channels, size, size)``."""
-        return F.interpolate(self.blocks(patch), size=(size, size), mode="bilinear",
-                             align_corners=False, antialias=True)
+        """patch ``(B, C, p, p)`` → features ``(B, channels, size, size)``.
+
+        The resize runs in float32 and returns the blocks' dtype: antialiased interpolation has
+        no bfloat16 kernel on the CPU, so under bf16 autocast it would fail.
+        """
+        features = self.blocks(patch)
+        return F.interpolate(features.float(), size=(size, size), mode="bilinear",
+                             align_corners=False, antialias=True).to(features.dtype)
 
 
 class FusionNet(nn.Module):

@@ -1,4 +1,7 @@
 """Shapes, parameter counts, the patch-joining order of FusionNet (Eq. 8), ADPF's wiring, the variants."""
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -72,6 +75,37 @@ def test_every_variant_runs_forward_and_backward(name, batch):
         assert torch.isfinite(loss)
         trained = [p for p in model.parameters() if p.grad is not None]
         assert trained and all(torch.isfinite(p.grad).all() for p in trained)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_variant_trains_under_cpu_bf16_autocast(variant):
+    """Regression: antialiased interpolation has no bf16 CPU kernel, so the patch variants crashed under autocast."""
+    torch.manual_seed(0)
+    config = get_preset("cpu", variant=variant)
+    model = build_model(config).eval()  # eval: BatchNorm uses its running statistics in both runs
+    x = torch.rand(3, 3, config.image_size, config.image_size)
+    age = torch.tensor([20.0, 45.0, 70.0])
+    with torch.no_grad():
+        reference = model(x).logits
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+        loss = age_estimation_loss(out.logits.float(), age, config).total
+    assert out.logits.dtype == torch.bfloat16  # autocast did run the network in bf16
+    torch.testing.assert_close(out.logits.float(), reference, atol=0.1, rtol=0.05)
+    loss.backward()
+    trained = [p for p in model.parameters() if p.grad is not None]
+    assert torch.isfinite(loss) and trained and all(torch.isfinite(p.grad).all() for p in trained)
+
+
+def test_benchmark_command_runs_with_cpu_bf16():
+    """``adpf benchmark --device cpu --bf16`` at its smallest settings exits 0 (it exited 1 for the patch variants)."""
+    done = subprocess.run([sys.executable, "-m", "adpf.cli", "benchmark", "--device", "cpu", "--bf16", "--presets",
+                           "cpu", "--tiny", "--batch-size", "2", "--warmup", "0", "--repeats", "1", "--no-align"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "bf16 autocast" in done.stdout
+    stage2 = next(line for line in done.stdout.splitlines() if line.startswith("| train stage 2"))
+    assert float(stage2.split("|")[2]) > 0  # ADPF's stage 2 (boxes, crops, patch streams) ran and was timed
 
 
 def stage_inputs(net, x, patches):
