@@ -106,3 +106,34 @@ def test_draw_learning_paths_gives_patch_k_a_path_from_stage_k_to_fc():
     assert len(lengths) == 3 and lengths[0] > lengths[1] > lengths[2] > 0
     assert [t.get_text() for t in ax.texts if t.get_text().startswith("P")] == ["P1", "P2", "P3"]
     matplotlib.pyplot.close(fig)
+
+
+def test_draw_pipeline_has_every_labelled_part_in_ranked_rows():
+    from matplotlib.patches import FancyArrowPatch
+
+    n = 3
+    image, maps = torch.rand(3, 16, 16), torch.rand(n, 4, 4)
+    boxes = torch.tensor([[0, 0, 8, 8], [4, 4, 12, 12], [8, 2, 16, 10]])
+    patches = torch.rand(n, 3, 6, 6)
+    fig = plotting.draw_pipeline(image, maps, boxes, patches, age="41 years")
+    titled = {ax.get_title(): ax for ax in fig.axes if ax.get_title()}
+    assert sorted(titled) == ["M1", "M2", "M3", "P1", "P2", "P3", "aligned face"]
+    texts = [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert any(t.startswith("AttentionNet") for t in texts) and "FusionNet" in texts
+    assert [t for t in texts if t.startswith("stage")] == ["stage 1", "stage 2", "stage 3"]
+    assert "41 years" in texts
+    for k in range(n):
+        # row k: map M_k over the face with box k in head k's colour, and patch P_k beside it
+        m, p = titled[f"M{k + 1}"], titled[f"P{k + 1}"]
+        assert abs(m.get_position().y0 - p.get_position().y0) < 1e-9
+        (box,) = m.patches
+        assert box.get_xy() == tuple(boxes[k, :2].tolist())
+        assert matplotlib.colors.same_color(box.get_edgecolor(), plotting.head_color(k))
+        assert np.allclose(p.images[0].get_array(), patches[k].numpy().transpose(1, 2, 0))
+    assert titled["M1"].get_position().y0 > titled["M3"].get_position().y0  # M1 on top
+    # face -> AttentionNet, AttentionNet -> each map, map -> patch, patch -> stage, face -> main stream
+    arrows = [a for a in fig.artists if isinstance(a, FancyArrowPatch)]
+    assert len(arrows) == 2 + 3 * n
+    with pytest.raises(ValueError, match="one of each per head"):
+        plotting.draw_pipeline(image, maps, boxes[:2], patches)
+    matplotlib.pyplot.close(fig)
