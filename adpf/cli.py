@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 import adpf
+from adpf import trained_on
 from adpf.cache import write_json
 from adpf.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
 from adpf.config import PRESETS, ADPFConfig, get_preset
@@ -185,7 +186,8 @@ def cmd_train(args) -> int:
         out = Path(args.out)
         state = load_checkpoint(result.checkpoint)
         save_checkpoint({"config": state["config"], "model": state["model"], "stage": state["stage"],
-                         "epoch": state["epoch"]}, out / MODEL_FILE)
+                         "epoch": state["epoch"], "meta": {"trained_on": trained_on.record(args, data)}},
+                        out / MODEL_FILE)
         write_json(out / "result.json", result.to_dict())
     test = result.metrics["test"]
     print(f"{config.variant} on {data.root} ({len(split.train)} train / {len(split.val)} val / "
@@ -206,10 +208,17 @@ def checkpoint_path(path: str) -> Path:
 def cmd_evaluate(args) -> int:
     from torch.utils.data import DataLoader
 
-    from adpf.data.prepared import PreparedFaces
-    from adpf.evaluate import age_group_errors, predict, summarize
+    from tqdm.auto import tqdm
 
-    model = load_model(checkpoint_path(args.checkpoint), device_from_args(args))
+    from adpf.data.prepared import PreparedFaces
+    from adpf.evaluate import format_metrics, predict, summarize
+
+    path = checkpoint_path(args.checkpoint)
+    model = load_model(path, device_from_args(args))
+    trained = trained_on.read(load_checkpoint(path))
+    if "data" in trained_on.fill_data_options(args, trained) and args.data != "synthetic" \
+            and not Path(args.data).is_dir():
+        raise UsageError(f"{path} was trained on {args.data}, which is not there any more; pass --data")
     data = data_from_args(args, model.config.image_size)
     if data.image_size != model.config.image_size:
         raise UsageError(f"{data.root}: images are {data.image_size} px, the model takes {model.config.image_size} px")
@@ -217,15 +226,18 @@ def cmd_evaluate(args) -> int:
     if not len(rows):
         raise UsageError(f"the {args.on} set of this split is empty")
     loader = DataLoader(PreparedFaces(data, rows), batch_size=args.batch_size)
-    predictions = predict(model, loader)
+    predictions = predict(model, tqdm(loader, desc="evaluating", unit="batch", disable=progress_disabled(args)))
     metrics = summarize(predictions)
-    print(f"{args.on} set of {data.root}: {metrics['count']} images")
-    print(f"MAE {metrics['mae']:.3f}   mean predicted std {metrics['mean_std']:.2f}")
-    print("CS(v) " + "  ".join(f"{v}:{cs:.3f}" for v, cs in enumerate(metrics["cs"])))
-    print(age_group_errors(predictions.age, predictions.errors).to_string(index=False))
+    print(f"{args.on} set of {data.root}: {metrics['count']} images; the model was {trained_on.describe(trained)}")
+    print(format_metrics(metrics))
     if args.json:
         write_json(Path(args.json), metrics)
     return 0
+
+
+def progress_disabled(args) -> bool | None:
+    """tqdm's ``disable``: True with ``--no-progress``, else None (bars only on a terminal)."""
+    return True if args.no_progress else None
 
 
 def device_from_args(args) -> str:
@@ -379,9 +391,13 @@ def build_parser() -> Parser:
     p.set_defaults(run=cmd_train)
 
     p = sub.add_parser("evaluate", help="evaluate a checkpoint on a prepared dataset",
-                       description="MAE, CS(v) and per-decade errors of a checkpoint on a prepared dataset.")
+                       description="MAE, CS(v), MAE and CS by age band, and the calibration of the reported ± "
+                                   "of a checkpoint on a prepared dataset. The data and split options default to "
+                                   "the ones the checkpoint was trained with (recorded by adpf train --out).")
     p.add_argument("checkpoint", help="a checkpoint file, or a folder written by adpf train --out")
     add_data_options(p)
+    p.set_defaults(**dict.fromkeys(trained_on.DATA_DEFAULTS))  # None: take the recorded value
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--on", choices=["test", "val", "train", "all"], default="test",
                    help="which rows of the split to evaluate on (default: test)")
     p.add_argument("--batch-size", type=int, default=64)

@@ -164,6 +164,21 @@ def summarize(predictions: Predictions, v_max: int = 10) -> dict:
     }
 
 
+def format_metrics(metrics: dict) -> str:
+    """The text ``adpf evaluate`` prints for a `summarize` record: MAE, the CS curve, MAE and
+    CS by age band, and the calibration of the reported ± (one σ of the predicted distribution)."""
+    bands = pd.DataFrame(metrics["age_groups"]).rename(
+        columns=lambda c: f"CS({c[2:]})" if c.startswith("cs") else {"group": "true age", "mae": "MAE"}.get(c, c))
+    cal = metrics["calibration"]
+    return "\n".join([
+        f"MAE {metrics['mae']:.3f}   mean predicted std {metrics['mean_std']:.2f}",
+        "CS(v) " + "  ".join(f"{v}:{cs:.3f}" for v, cs in enumerate(metrics["cs"])),
+        bands.to_string(index=False, float_format=lambda v: f"{v:.3f}"),
+        f"calibration of ±σ: {cal['within_1std']:.1%} of the faces within ±1σ (a Gaussian: "
+        f"{cal['gaussian_1std']:.1%}), {cal['within_2std']:.1%} within ±2σ (a Gaussian: {cal['gaussian_2std']:.1%})",
+    ])
+
+
 # --- attention diagnostics -------------------------------------------------------------------
 
 def attention_net_of(model: nn.Module) -> nn.Module:
