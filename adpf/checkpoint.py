@@ -19,7 +19,11 @@ from __future__ import annotations
 
 import os
 import random
+import re
+import stat
 import tempfile
+import warnings
+import zipfile
 from pathlib import Path
 from typing import IO, Callable
 
@@ -36,21 +40,77 @@ class CheckpointError(RuntimeError):
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], mode: str = "wb") -> Path:
     """Call ``write(file)`` on a temporary file in ``path``'s folder, fsync it, then
-    ``os.replace`` it over ``path``: a crash leaves the old file or the new one, never half."""
+    ``os.replace`` it over ``path``: a crash leaves the old file or the new one, never half.
+
+    The temporary file is ``.<name>.tmp-<pid>-<random>`` (see ``temporary_owner``; an
+    interruption removes it, ``adpf.cache.sweep_temporaries`` what a killed process left).
+    A new file gets the mode the user's umask gives (``0o666 & ~umask``, as ``open`` would,
+    not mkstemp's 0600); a file that is replaced keeps its mode. An ``OSError`` names ``path``,
+    never the temporary file.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TEMPORARY_TAG}{os.getpid()}-", dir=path.parent)
+    except OSError as e:
+        raise _naming(e, path) from None
+    try:
+        os.fchmod(fd, _new_file_mode(path))
         with os.fdopen(fd, mode) as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno is not None:
+            raise _naming(e, path) from None
         raise
     _fsync_dir(path.parent)
     return path
+
+
+#: Marks the temporary files and folders of atomic writes: ``.<name>.tmp-<pid>-<random>``.
+TEMPORARY_TAG = ".tmp-"
+#: This version's temporaries, and the older ``.<name>.<random>.tmp`` and ``.<name>.tmp-<random>``.
+_TEMPORARY = re.compile(r"\..+(\.tmp-((?P<pid>\d+)-)?\w+|\.\w+\.tmp)")
+
+
+def is_temporary(name: str) -> bool:
+    """Whether ``name`` is that of an atomic write's temporary file or folder."""
+    return _TEMPORARY.fullmatch(name) is not None
+
+
+def temporary_owner(name: str) -> int | None:
+    """The id of the process that made the temporary ``name``; None when its name holds none."""
+    match = _TEMPORARY.fullmatch(name)
+    return int(match["pid"]) if match and match["pid"] else None
+
+
+def _naming(error: OSError, path: Path) -> OSError:
+    """``error`` about ``path`` (a failed write names the target, not its temporary)."""
+    return type(error)(error.errno, f"cannot be written ({error.strerror})", str(path))
+
+
+def _new_file_mode(path: Path) -> int:
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        return 0o666 & ~current_umask()
+
+
+def current_umask() -> int:
+    """The process's umask (read from /proc where it can be, so it is never changed, even briefly)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
@@ -82,13 +142,45 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path}: no such file")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols it reads anyway
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises several types for a damaged file
-        raise CheckpointError(f"checkpoint {path}: cannot be read ({type(e).__name__}: {e})") from e
+        raise CheckpointError(f"checkpoint {path}: cannot be read: {_why_unreadable(path, e)}") from None
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
-        raise CheckpointError(f"checkpoint {path}: not an adpf checkpoint (expected a dict "
-                              "with 'model' and 'config')")
+        raise CheckpointError(f"checkpoint {path}: not an adpf checkpoint (a PyTorch file, but not a dict "
+                              "with 'model' and 'config' as adpf train writes)")
+    for name in ("config", "model"):
+        if not isinstance(state[name], dict):
+            raise CheckpointError(f"checkpoint {path}: not an adpf checkpoint ('{name}' is a "
+                                  f"{type(state[name]).__name__}, expected a dict)")
+    loose = [k for k, v in state["model"].items() if not isinstance(v, torch.Tensor)]
+    if loose:
+        raise CheckpointError(f"checkpoint {path}: not an adpf checkpoint ('model' entries that are not "
+                              f"tensors: {_short(loose)})")
     return state
+
+
+def _why_unreadable(path: Path, error: Exception) -> str:
+    """What is wrong with a file ``torch.load(weights_only=True)`` refused, in a few words."""
+    unsafe = re.search(r"GLOBAL (\S+) was not an allowed global", str(error))
+    if unsafe:
+        return (f"refused, it holds the Python object {unsafe[1]}, which could run code when loaded "
+                "(an unsafe pickle; adpf checkpoints hold only tensors and plain values)")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head:
+        return "the file is empty (0 bytes)"
+    if head == b"PK\x03\x04":
+        if not zipfile.is_zipfile(path):
+            return "truncated (its zip archive has no end: the file was cut short or is still being copied)"
+        with zipfile.ZipFile(path) as z:
+            if not any(name.endswith("/data.pkl") for name in z.namelist()):
+                return "a zip archive, but not a PyTorch checkpoint"
+        return f"damaged (torch: {type(error).__name__})"
+    if isinstance(error, EOFError):
+        return "truncated (the file ends before its data does)"
+    return "not a PyTorch checkpoint (wrong format; adpf checkpoints are written by adpf train)"
 
 
 def config_from_checkpoint(state: dict, path: str | os.PathLike = "<checkpoint>") -> ADPFConfig:

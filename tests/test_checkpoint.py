@@ -1,13 +1,19 @@
 """Atomic checkpoints, weights_only loading, clear errors, random states, models back from files."""
 import os
+import pickle
 import random
+import stat
+import subprocess
+import sys
+import zipfile
 
 import numpy as np
 import pytest
 import torch
 
-from adpf.checkpoint import (CheckpointError, check_config, load_checkpoint, load_model, load_model_state,
-                             rng_state, save_checkpoint, set_rng_state)
+from adpf.checkpoint import (CheckpointError, atomic_write, check_config, current_umask, is_temporary,
+                             load_checkpoint, load_model, load_model_state, rng_state, save_checkpoint,
+                             set_rng_state, temporary_owner)
 from adpf.config import get_preset
 from adpf.networks import build_model
 
@@ -80,6 +86,55 @@ def test_loading_is_weights_only(tmp_path):
         load_checkpoint(path)
 
 
+def rejected(tmp_path, name, content):
+    """The one-line message ``load_checkpoint`` gives for a file of this content."""
+    path = tmp_path / name
+    if callable(content):
+        content(path)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(CheckpointError) as error:
+        load_checkpoint(path)
+    message = str(error.value)
+    assert "\n" not in message and message.startswith(f"checkpoint {path}: ")
+    assert "weights_only" not in message and "likely succeed" not in message  # not torch's advice
+    return message
+
+
+def test_rejected_files_are_named_with_what_is_wrong(tmp_path):
+    good = save_checkpoint(state_for(tiny()), tmp_path / "good.pt").read_bytes()
+    assert rejected(tmp_path, "cut.pt", good[: len(good) // 2]).endswith("truncated (its zip archive has no end: "
+                                                                          "the file was cut short or is still "
+                                                                          "being copied)")
+    assert rejected(tmp_path, "empty.pt", b"").endswith("the file is empty (0 bytes)")
+    assert "wrong format" in rejected(tmp_path, "junk.pt", b"\x00not a checkpoint at all")
+    assert "wrong format" in rejected(tmp_path, "plain.pkl", pickle.dumps({"a": 1}))
+    assert "wrong format" in rejected(tmp_path, "array.npy", lambda p: np.save(p, np.zeros(3)))
+    message = rejected(tmp_path, "evil.pt", lambda p: torch.save({"config": {}, "model": {}, "x": Pickled()}, p))
+    assert f"refused, it holds the Python object {__name__}.Pickled" in message and "unsafe pickle" in message
+
+    def zipped(p):
+        with zipfile.ZipFile(p, "w") as z:
+            z.writestr("notes.txt", "hello")
+
+    assert rejected(tmp_path, "notes.zip", zipped).endswith("a zip archive, but not a PyTorch checkpoint")
+
+
+def test_a_config_or_model_of_the_wrong_type_is_named(tmp_path):
+    # a string where the config belongs: once "unknown ADPFConfig field(s): ['a', 'd', 'f', 'p']"
+    message = rejected(tmp_path, "s.pt", lambda p: torch.save({"config": "adpf", "model": {}}, p))
+    assert message.endswith("not an adpf checkpoint ('config' is a str, expected a dict)")
+    message = rejected(tmp_path, "m.pt", lambda p: torch.save({"config": {}, "model": {"w": [1.0]}}, p))
+    assert message.endswith("not an adpf checkpoint ('model' entries that are not tensors: ['w'])")
+
+
+def test_a_config_with_zero_heads_is_a_bad_config(tmp_path):
+    # once a ZeroDivisionError traceback from ADPFConfig.__post_init__
+    path = save_checkpoint({"config": {**tiny().to_dict(), "heads": 0}, "model": {}}, tmp_path / "h0.pt")
+    with pytest.raises(CheckpointError, match=r"h0\.pt: bad config \(heads must be a whole number >= 1, got 0\)"):
+        load_model(path)
+
+
 def test_config_mismatch_lists_each_differing_field(tmp_path):
     state = state_for(tiny())
     check_config(state, tiny(), "a.pt")  # same config: silent
@@ -131,3 +186,76 @@ def test_load_model_rebuilds_the_network(tmp_path, variant):
     assert torch.equal(back(x).logits, model(x).logits)
     if variant == "adpf":
         assert back.attention_frozen
+
+
+@pytest.fixture
+def umask():
+    """Set a umask for one test (restored afterwards)."""
+    saved = os.umask(0o022)
+    yield lambda mask: os.umask(mask)
+    os.umask(saved)
+
+
+@pytest.mark.parametrize("mask, mode", [(0o022, 0o644), (0o027, 0o640), (0o002, 0o664), (0o077, 0o600)],
+                         ids=["022", "027", "002", "077"])
+def test_new_files_get_the_users_umask(tmp_path, umask, mask, mode):
+    # once always 0600 (mkstemp's mode), whatever the umask
+    umask(mask)
+    assert current_umask() == mask
+    path = save_checkpoint(state_for(tiny()), tmp_path / "ck.pt")
+    assert stat.S_IMODE(path.stat().st_mode) == mode
+    reference = tmp_path / "plain"
+    reference.write_bytes(b"")  # what open() makes under the same umask
+    assert stat.S_IMODE(reference.stat().st_mode) == mode
+
+
+def test_a_replaced_file_keeps_its_mode(tmp_path, umask):
+    umask(0o022)
+    path = atomic_write(tmp_path / "r.json", lambda f: f.write("{}"), mode="w")
+    path.chmod(0o600)
+    atomic_write(path, lambda f: f.write("[]"), mode="w")
+    assert path.read_text() == "[]" and stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_the_umask_is_read_without_changing_it(umask):
+    umask(0o037)
+    code = "import os; from adpf.checkpoint import current_umask; print(current_umask(), os.umask(0))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == [str(0o037), str(0o037)]
+
+
+def test_a_failed_write_names_the_target_not_its_temporary(tmp_path):
+    target = tmp_path / "metrics.json"
+    target.mkdir()  # a folder where the file should go
+    with pytest.raises(IsADirectoryError) as error:
+        atomic_write(target, lambda f: f.write("{}"), mode="w")
+    assert error.value.filename == str(target) and ".tmp" not in str(error.value)
+    assert "cannot be written" in str(error.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]  # no temporary left
+    blocked = tmp_path / "file"
+    blocked.write_text("x")
+    with pytest.raises(OSError) as error:
+        atomic_write(blocked / "sub" / "r.json", lambda f: f.write("{}"), mode="w")
+    assert error.value.filename == str(blocked / "sub" / "r.json")
+
+
+def test_the_temporary_holds_the_writers_process_id(tmp_path):
+    seen = []
+
+    def interrupted(f):
+        seen.extend(p.name for p in tmp_path.iterdir())
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(tmp_path / "ck.pt", interrupted)
+    assert len(seen) == 1 and seen[0].startswith(f".ck.pt.tmp-{os.getpid()}-")
+    assert is_temporary(seen[0]) and temporary_owner(seen[0]) == os.getpid()
+    assert list(tmp_path.iterdir()) == []  # an interruption removes it
+
+
+def test_temporary_names():
+    assert temporary_owner(".checkpoint.pt.tmp-123-ab_c9x") == 123
+    for older in (".checkpoint.pt.k3j4h5g6.tmp", ".synthetic-s64-n10000-seed0-v2.tmp-ab12cd34"):
+        assert is_temporary(older) and temporary_owner(older) is None
+    for other in ("checkpoint.pt", "stage.json", ".hidden", "x.tmp-1-ab", ".tmp-1-ab"):
+        assert not is_temporary(other) and temporary_owner(other) is None
