@@ -17,6 +17,7 @@ import importlib
 import importlib.util
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -328,22 +329,30 @@ def cmd_experiments(args) -> int:
         heads = [int(h) for h in args.heads_list.split(",")]
     except ValueError:
         raise UsageError(f"--heads-list {args.heads_list!r}: expected integers like 1,3,5") from None
+    if args.seeds and args.seed is not None:
+        raise UsageError("--seed and --seeds: give one of them")
+    if args.test_on and args.table != "ablation":
+        raise UsageError("--test-on goes with the ablation table")
     data = data_from_args(args, config.image_size)
     split = split_from_args(args, data)
-    progress = not args.no_progress
+    runs = {"seeds": args.seeds, "record": args.record, "command": shlex.join(args.argv),
+            "progress": not args.no_progress}
     if args.table == "ablation":
-        table = ablation_table(config, data, split, recipe, rows, attention=args.attention, progress=progress)
+        test_on = load_prepared(args.test_on) if args.test_on else None
+        table = ablation_table(config, data, split, recipe, rows, attention=args.attention, test_on=test_on, **runs)
     else:
         changes = {k: v for k, v in config_changes(args).items() if k not in ("heads", "variant")}
-        table = heads_table(data, split, recipe, heads, preset=args.preset, progress=progress, **changes)
+        table = heads_table(data, split, recipe, heads, preset=args.preset, attention=args.attention, **runs,
+                            **changes)
+    shown = table.drop(columns=["history", "config_digest", "device"])
     with pd.option_context("display.width", 200, "display.max_columns", 30):
-        text = table.to_string(index=False, float_format=lambda v: f"{v:.3f}")
+        text = shown.to_string(index=False, float_format=lambda v: f"{v:.3f}")
     print(text)
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         if out.suffix == ".csv":
-            table.to_csv(out, index=False)
+            shown.to_csv(out, index=False)
         else:
             out.write_text(provenance(args, data, split, recipe) + text + "\n")
     return 0
@@ -429,6 +438,12 @@ def build_parser() -> Parser:
     p.add_argument("--heads-list", default="1,2,3,4,5,6,7,8", help="heads of the heads sweep (default: 1..8)")
     p.add_argument("--attention", action="store_true",
                    help="add head overlap and the share of attention on the true regions (synthetic set)")
+    p.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
+                   help="train every row with each of these training seeds (data and split stay the same)")
+    p.add_argument("--record", metavar="FILE.json",
+                   help="write the rows to this JSON record after each one; a rerun keeps the finished rows")
+    p.add_argument("--test-on", metavar="DATA",
+                   help="ablation: also test every model on all faces of this prepared dataset")
     p.add_argument("--out", help="also write the table (.csv, else text)")
     p.set_defaults(run=cmd_experiments)
 

@@ -1,23 +1,57 @@
-"""The paper's tables as tidy DataFrames: the ablation study (Table VII), the heads sweep
-(Table IX), and protocol runs aggregated over folds (mean ± std).
+"""The paper's tables as tidy DataFrames and as recorded runs over seeds: the ablation study
+(Table VII and two baselines), the heads sweep (Table IX), protocol runs aggregated over folds,
+and the statistics that read them (mean ± std over seeds, a verdict that calls a difference
+within the seeds' spread a tie, the paper's claims beside the measurements).
 
 Every row comes from ``train.train``, which loads what is already in the cache, so a table
 that was built once is rebuilt for free, and rows that share a stage (ADPF, ADPF w/o ranking
 and AttentionNet alone share stage 1) train it once.
+
+A **record** is a table written as JSON (``adpf experiments ablation|heads --seeds 0 1 2
+--record FILE``), rewritten after every finished (model, seed) row, so a stopped run resumes
+where it stopped::
+
+    kind            "ablation" or "heads"
+    command, date   the command line and when the record was last written
+    code_version    ``adpf.cache.code_version()`` of the code that trained the rows
+    versions, hardware
+    data            name, count, image_size, subjects, content (a hash of the files)
+    split           name, sizes, hash;  recipe (its seed is each row's), config (the base)
+    constant        always answering the mean training age: its test and validation MAE
+    test_on         with ``--test-on``: the second dataset's identity and the constant's MAE on it
+    rows            one per (model, seed): model, seed, variant, heads, mae (test), val_mae,
+                    cs5, parameters, train_seconds, images_per_s_<stage>, head_overlap,
+                    region_share, region_share_p1, region_area (attention variants with
+                    ``--attention``; region_* on data with region masks), test_on_mae and
+                    test_on_cs5 (with ``--test-on``), history (per stage, per epoch: epoch,
+                    train_mae, val_mae, seconds)
+
+A record resumes only from rows made by the same code on the same data, split and recipe; a
+record of other code is started afresh. Records that the book reads are made from the
+repository's root, with the commands of `BOOK_RECORDS`.
 """
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+import datetime
+import math
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterable, NamedTuple, Sequence
 
+import numpy as np
 import pandas as pd
 from torch.utils.data import DataLoader
 
+import adpf
+from adpf.cache import code_version, data_identity, digest, read_json, split_identity, write_json
 from adpf.checkpoint import load_model
 from adpf.config import ADPFConfig, get_preset
 from adpf.data.prepared import Prepared, PreparedFaces, load_prepared
-from adpf.evaluate import attention_report
+from adpf.evaluate import attention_report, predict, summarize
 from adpf.networks import build_model, count_parameters
-from adpf.train import Recipe, TrainResult, get_recipe, train
+from adpf.train import SPEED_FIELDS, Recipe, TrainResult, as_split, get_recipe, hardware, train, versions
 
 #: The rows of Table VII (and the two baselines), as changes to the base config.
 ABLATIONS: dict[str, dict] = {
@@ -30,12 +64,33 @@ ABLATIONS: dict[str, dict] = {
     "fixed patches": {"variant": "fixed_patches"},
 }
 
+#: Where the book's records live (in a source checkout), and the command that makes each, run
+#: from the repository's root. The synthetic ones are at the book's setting (``adpf.setting``,
+#: profile "cpu"), so their seed-0 rows are the book's models.
+RESULTS = Path(adpf.__file__).resolve().parents[1] / "benchmarks" / "results"
+BOOK_RECORDS: dict[str, str] = {
+    "ablation-synthetic": "adpf experiments ablation --data synthetic --synthetic-n 3000 --recipe book "
+                          "--attention --seeds 0 1 2 --record benchmarks/results/ablation-synthetic.json",
+    "heads-synthetic": "adpf experiments heads --data synthetic --synthetic-n 3000 --recipe book "
+                       "--heads-list 1,2,3,4,5,6,7,8 --seeds 0 1 2 --record benchmarks/results/heads-synthetic.json",
+    "ablation-utkface": "adpf experiments ablation --data data/utkface-64 --recipe cpu --seeds 0 1 2 "
+                        "--record benchmarks/results/ablation-utkface.json",
+    "cross-dataset-aaf": "adpf experiments ablation --data data/utkface-64 --recipe cpu --rows 'ADPF,plain CNN' "
+                         "--test-on data/aaf-64 --seeds 0 1 2 --record benchmarks/results/cross-dataset-aaf.json",
+}
+
+RECORD_FORMAT = 1
+
+
+# --- one row ----------------------------------------------------------------------------------
 
 def result_row(result: TrainResult) -> dict:
-    """The columns every table shares: MAE, CS(5), parameters, training seconds and images/s."""
+    """The columns every table shares: test and validation MAE, CS(5), parameters, training
+    seconds and images/s."""
     config = ADPFConfig.from_dict(result.config)
     test = result.metrics["test"]
     return {"variant": config.variant, "heads": config.heads, "mae": test["mae"],
+            "val_mae": result.metrics["val"]["mae"] if "val" in result.metrics else float("nan"),
             "cs5": test["cs"][5] if len(test["cs"]) > 5 else float("nan"),
             "parameters": count_parameters(build_model(config)),
             "train_seconds": sum(result.timings.values()),
@@ -58,39 +113,105 @@ def attention_columns(result: TrainResult, data: Prepared, indices, batch_size: 
     return row
 
 
+def test_on_columns(result: TrainResult, other: Prepared, batch_size: int = 64) -> dict:
+    """MAE and CS(5) of the trained model on every face of another dataset."""
+    loader = DataLoader(PreparedFaces(other), batch_size=batch_size)
+    metrics = summarize(predict(load_model(result.checkpoint), loader))
+    return {"test_on_mae": metrics["mae"], "test_on_cs5": metrics["cs"][5]}
+
+
+def learning_history(result: TrainResult) -> dict[str, list[dict]]:
+    """Per stage, per epoch: epoch, train_mae, val_mae, seconds (the learning curves)."""
+    return {stage: [{k: row.get(k) for k in ("epoch", "train_mae", "val_mae", "seconds")} for row in rows]
+            for stage, rows in result.history.items()}
+
+
+# --- tables -----------------------------------------------------------------------------------
+
+def ablation_configs(base: ADPFConfig, rows: Sequence[str] = tuple(ABLATIONS)) -> dict[str, ADPFConfig]:
+    """The configs of the named ablation rows (``ABLATIONS``)."""
+    unknown = [name for name in rows if name not in ABLATIONS]
+    if unknown:
+        raise KeyError(f"unknown ablation {unknown[0]!r}; choose from {list(ABLATIONS)}")
+    return {name: base.replace(**ABLATIONS[name]) for name in rows}
+
+
+def heads_configs(heads: Iterable[int] = (1, 2, 3, 4, 5, 6, 7, 8), preset: str = "cpu",
+                  **changes) -> dict[str, ADPFConfig]:
+    """Table IX's configs: full ADPF with n heads (``get_preset(preset, heads=n, **changes)``
+    keeps c_head and gives FusionNet one stage per head)."""
+    return {f"ADPF, {n} heads": get_preset(preset, heads=n, **changes) for n in heads}
+
+
+def measure(configs: dict[str, ADPFConfig], data, split, recipe: Recipe | str = "cpu", *,
+            seeds: Sequence[int] | None = None, attention: bool = False, test_on=None,
+            record: str | Path | None = None, kind: str = "ablation", command: str = "",
+            progress: bool = True) -> pd.DataFrame:
+    """Train every config (for every seed) on ``split`` and test it; one row per (model, seed).
+
+    Args:
+        configs: model name → config (`ablation_configs`, `heads_configs`).
+        seeds: training seeds (``recipe.seed`` of each row); None: the recipe's own seed.
+        attention: add head overlap and region shares (`attention_columns`) on the test set.
+        test_on: a second prepared dataset (folder or `Prepared`) every model is also tested
+            on, whole (train on one set, test on another).
+        record: a JSON file to write the rows into after each row, and to resume from
+            (module docstring); ``kind`` and ``command`` go into it.
+    Returns:
+        the rows (the ``history`` column holds the learning curves).
+    """
+    recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
+    data = data if isinstance(data, Prepared) else load_prepared(data)
+    other = None if test_on is None else test_on if isinstance(test_on, Prepared) else load_prepared(test_on)
+    seeds = [recipe.seed] if seeds is None else list(seeds)
+    indices = as_split(split, len(data))
+    state = None
+    if record is not None:
+        state = _open_record(Path(record), kind, command, data, getattr(split, "name", ""), indices, recipe,
+                             configs, seeds, attention, other)
+    done = {(row["model"], row["seed"]): row for row in (state["rows"] if state else [])}
+    rows = []
+    for name, config in configs.items():
+        for seed in seeds:
+            if (name, seed) in done and done[(name, seed)]["config_digest"] == digest(config.to_dict()):
+                rows.append(done[(name, seed)])
+                continue
+            result = train(config, data, indices, recipe.replace(seed=seed), progress=progress)
+            row = {"model": name, "seed": seed, **result_row(result)}
+            if attention:
+                row.update(attention_columns(result, data, indices["test"]))
+            if other is not None:
+                row.update(test_on_columns(result, other))
+            row.update(device=result.hardware["device"], history=learning_history(result),
+                       config_digest=digest(config.to_dict()))
+            rows.append(row)
+            if state is not None:
+                _write_rows(Path(record), state, row)
+    return pd.DataFrame(rows)
+
+
 def ablation_table(base: ADPFConfig, data, split, recipe: Recipe | str = "cpu",
                    rows: Sequence[str] = tuple(ABLATIONS), attention: bool = False,
-                   progress: bool = True) -> pd.DataFrame:
+                   progress: bool = True, **options) -> pd.DataFrame:
     """Table VII: one row per ablation (``ABLATIONS``) trained on ``split``, tested on its test set.
 
     With ``attention=True`` the attention variants also get ``head_overlap`` and, on data with
     region masks (the synthetic set), ``region_share`` (mean over heads), ``region_share_p1``
     (the most important head) and ``region_area`` (what a uniform map would score).
+    ``options`` (seeds, test_on, record, command) go to `measure`.
     """
-    recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
-    data = data if isinstance(data, Prepared) else load_prepared(data)
-    table = []
-    for name in rows:
-        if name not in ABLATIONS:
-            raise KeyError(f"unknown ablation {name!r}; choose from {list(ABLATIONS)}")
-        result = train(base.replace(**ABLATIONS[name]), data, split, recipe, progress=progress)
-        row = {"model": name, **result_row(result)}
-        if attention:
-            row.update(attention_columns(result, data, _indices(split, "test")))
-        table.append(row)
-    return pd.DataFrame(table)
+    return measure(ablation_configs(base, rows), data, split, recipe, attention=attention,
+                   progress=progress, kind="ablation", **options)
 
 
 def heads_table(data, split, recipe: Recipe | str = "cpu", heads: Iterable[int] = (1, 2, 3, 4, 5, 6, 7, 8),
-                preset: str = "cpu", progress: bool = True, **changes) -> pd.DataFrame:
-    """Table IX: full ADPF with n heads (``get_preset(preset, heads=n, **changes)`` keeps c_head
-    and gives FusionNet one stage per head)."""
-    data = data if isinstance(data, Prepared) else load_prepared(data)
-    table = []
-    for n in heads:
-        result = train(get_preset(preset, heads=n, **changes), data, split, recipe, progress=progress)
-        table.append({"model": f"ADPF, {n} heads", **result_row(result)})
-    return pd.DataFrame(table)
+                preset: str = "cpu", progress: bool = True, *, attention: bool = False,
+                seeds: Sequence[int] | None = None, record: str | Path | None = None, command: str = "",
+                **changes) -> pd.DataFrame:
+    """Table IX: full ADPF with n heads (`heads_configs`; ``changes`` are config fields);
+    ``attention``, ``seeds``, ``record`` and ``command`` as for `measure`."""
+    return measure(heads_configs(heads, preset, **changes), data, split, recipe, seeds=seeds,
+                   attention=attention, record=record, kind="heads", command=command, progress=progress)
 
 
 def run_protocol(config: ADPFConfig, data, splits: Sequence, recipe: Recipe | str = "cpu",
@@ -100,8 +221,9 @@ def run_protocol(config: ADPFConfig, data, splits: Sequence, recipe: Recipe | st
     rows = []
     for i, split in enumerate(splits):
         result = train(config, data, split, recipe, progress=progress)
-        rows.append({"split": getattr(split, "name", str(i)), "train": len(_indices(split, "train")),
-                     "test": len(_indices(split, "test")), **result_row(result)})
+        indices = as_split(split, len(data))
+        rows.append({"split": getattr(split, "name", str(i)), "train": len(indices["train"]),
+                     "test": len(indices["test"]), **result_row(result)})
     return pd.DataFrame(rows)
 
 
@@ -110,5 +232,244 @@ def mean_std(table: pd.DataFrame, columns: Sequence[str] = ("mae", "cs5")) -> pd
     return table[list(columns)].agg(["mean", "std"])
 
 
-def _indices(split, name: str):
-    return split[name] if isinstance(split, dict) else getattr(split, name)
+# --- records ----------------------------------------------------------------------------------
+
+def _identity(data: Prepared, indices: dict, recipe: Recipe, attention: bool, other: Prepared | None) -> dict:
+    """What a record's rows depend on besides the model and the seed."""
+    learned = {k: v for k, v in recipe.to_dict().items() if k not in (*SPEED_FIELDS, "seed")}
+    return {"code_version": code_version(), "data": data_identity(data)["content"],
+            "split": split_identity(indices)["hash"], "recipe": learned, "attention": attention,
+            "test_on": None if other is None else data_identity(other)["content"]}
+
+
+def _describe_data(data: Prepared) -> dict:
+    info = data.info
+    return {"name": info.get("name"), "count": len(data), "image_size": data.image_size,
+            "subjects": info.get("subjects"), "content": data_identity(data)["content"]}
+
+
+def _constant(data: Prepared, indices: dict, other: Prepared | None) -> dict:
+    """Always answering the mean training age: its MAE on the test and validation faces (and
+    on the second dataset)."""
+    ages = data.meta["age"].to_numpy(np.float64)
+    mean = float(ages[indices["train"]].mean())
+    out = {"train_mean_age": mean, "mae": float(np.abs(ages[indices["test"]] - mean).mean())}
+    if indices["val"].size:
+        out["val_mae"] = float(np.abs(ages[indices["val"]] - mean).mean())
+    if other is not None:
+        out["test_on_mae"] = float(np.abs(other.meta["age"].to_numpy(np.float64) - mean).mean())
+    return out
+
+
+def _open_record(path: Path, kind: str, command: str, data: Prepared, split_name: str, indices: dict,
+                 recipe: Recipe, configs: dict, seeds: list[int], attention: bool, other: Prepared | None) -> dict:
+    """The record to write into: the one in ``path`` when it was made the same way (its rows
+    are kept), else a fresh one."""
+    identity = _identity(data, indices, recipe, attention, other)
+    old = read_json(path)
+    keep = old is not None and old.get("kind") == kind and old.get("identity") == identity
+    if old is not None and not keep:
+        print(f"{path}: made by other code or on another setting; starting it afresh", file=sys.stderr)
+    state = {
+        "format": RECORD_FORMAT, "kind": kind, "command": command,
+        "date": _now(), "code_version": identity["code_version"], "versions": versions(),
+        "hardware": hardware(), "data": _describe_data(data),
+        "split": {"name": split_name, **split_identity(indices)},
+        "recipe": {**recipe.to_dict(), "seed": "per row"},
+        "config": next(iter(configs.values())).to_dict(), "attention": attention,
+        "models": list(configs) + [m for m in (old["models"] if keep else []) if m not in configs],
+        "seeds": sorted(set(seeds) | set(old["seeds"] if keep else [])),
+        "constant": _constant(data, indices, other),
+        "test_on": None if other is None else _describe_data(other),
+        "identity": identity, "rows": old["rows"] if keep else [],
+    }
+    write_json(path, state)
+    return state
+
+
+def _write_rows(path: Path, state: dict, row: dict) -> None:
+    state["rows"] = [r for r in state["rows"] if (r["model"], r["seed"]) != (row["model"], row["seed"])]
+    state["rows"].append({k: v for k, v in row.items() if k != "cached"})
+    state["date"] = _now()
+    write_json(path, state)
+
+
+def _now() -> str:
+    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def read_record(path: str | Path, kind: str | None = None) -> dict:
+    """A record written by `measure` (``adpf experiments ... --record``); raises
+    FileNotFoundError or ValueError (naming the file) when it is missing or not a record."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such record")
+    record = read_json(path)
+    if not isinstance(record, dict) or record.get("format") != RECORD_FORMAT or "rows" not in record:
+        raise ValueError(f"{path}: not an experiments record (format {RECORD_FORMAT})")
+    if kind is not None and record["kind"] != kind:
+        raise ValueError(f"{path}: a {record['kind']!r} record, expected {kind!r}")
+    return record
+
+
+def record_rows(record: dict) -> pd.DataFrame:
+    """The rows of a record, in the order of its models, then seeds."""
+    rows = pd.DataFrame(record["rows"])
+    order = {name: i for i, name in enumerate(record["models"])}
+    return rows.sort_values(["model", "seed"], key=lambda c: c.map(order) if c.name == "model" else c,
+                            ignore_index=True)
+
+
+def is_current(record: dict) -> bool:
+    """Was the record made by the code that would train its models now?"""
+    return record["code_version"] == code_version()
+
+
+def learning_curves(record: dict) -> pd.DataFrame:
+    """One row per (model, seed, stage, epoch) of a record: train_mae, val_mae."""
+    rows = [{"model": row["model"], "seed": row["seed"], "stage": stage, **epoch}
+            for row in record["rows"] for stage, epochs in row["history"].items() for epoch in epochs]
+    return pd.DataFrame(rows)
+
+
+def rerun(record: dict, root: str | Path = RESULTS.parents[1]) -> int:
+    """Run the command a record was made with again, from the repository's root (``root``);
+    returns its exit status. Finished rows of the same code are kept, the rest are trained."""
+    argv = shlex.split(record["command"])
+    if argv[:2] != ["adpf", "experiments"]:
+        raise ValueError(f"not an adpf experiments command: {record['command']!r}")
+    return subprocess.call([sys.executable, "-m", "adpf.cli", *argv[1:]], cwd=root)
+
+
+# --- statistics over seeds --------------------------------------------------------------------
+
+def seed_summary(rows: pd.DataFrame, columns: Sequence[str] = ("mae", "cs5"), by: str = "model") -> pd.DataFrame:
+    """Mean and sample standard deviation over seeds of ``columns``, one row per ``by`` (in the
+    order of first appearance): columns ``<column>_mean``, ``<column>_std`` and ``seeds``."""
+    groups = rows.groupby(by, sort=False)
+    out = pd.DataFrame({"seeds": groups.size()})
+    for column in columns:
+        out[f"{column}_mean"] = groups[column].mean()
+        out[f"{column}_std"] = groups[column].std(ddof=1)
+    return out.reset_index()
+
+
+def verdict(better: Sequence[float], worse: Sequence[float], higher_is_better: bool = False) -> str:
+    """Did ``better`` beat ``worse`` (values over seeds)? A difference of the means within the
+    seeds' spread is a tie.
+
+    Returns "held" when the means differ the expected way by more than the sum of the two
+    sample standard deviations (the intervals mean ± std do not overlap), "did not hold" when
+    they differ the other way by more than that, else "tie". Needs two values on each side:
+    one seed has no spread.
+    """
+    a, b = np.asarray(better, dtype=np.float64), np.asarray(worse, dtype=np.float64)
+    if a.size < 2 or b.size < 2:
+        raise ValueError(f"verdict needs at least 2 seeds on each side, got {a.size} and {b.size}")
+    gain = (a.mean() - b.mean()) * (1 if higher_is_better else -1)
+    spread = a.std(ddof=1) + b.std(ddof=1)
+    if gain > spread:
+        return "held"
+    if -gain > spread:
+        return "did not hold"
+    return "tie"
+
+
+def mean_pm_std(values: Sequence[float], digits: int = 2) -> str:
+    """``"8.12 ± 0.30"`` (sample std over seeds)."""
+    v = np.asarray(values, dtype=np.float64)
+    return f"{v.mean():.{digits}f} ± {v.std(ddof=1) if v.size > 1 else math.nan:.{digits}f}"
+
+
+class Claim(NamedTuple):
+    """A claim: ``better`` beats ``worse`` on ``column`` (of the ablation or the heads table).
+
+    "worst of Table VII", "best of 5, 6 heads" and "best of the other heads" are chosen from
+    the measured means.
+    """
+
+    claim: str
+    where: str
+    better: str
+    worse: str
+    column: str
+    higher_is_better: bool = False
+    table: str = "ablation"
+
+
+#: The paper's claims about its ablations and heads, as reported by the paper (MORPH II,
+#: Setting I), and the project's own questions.
+CLAIMS = [Claim(*c) for c in [
+    ("hybrid attention beats self-attention summed over channels", "paper, Table VII",
+     "ADPF", "ADPF w/SA", "mae", False),
+    ("ranking the patches helps", "paper, Table VII", "ADPF", "ADPF w/o ranking", "mae", False),
+    ("the diversity loss helps", "paper, Table VII", "ADPF", "ADPF w/o diversity loss", "mae", False),
+    ("FusionNet adds to AttentionNet alone", "paper, Table VII", "ADPF", "AttentionNet alone", "mae", False),
+    ("AttentionNet alone drops the most of the Table VII variants", "paper, Table VII",
+     "worst of Table VII", "AttentionNet alone", "mae", False),
+    ("the diversity loss keeps the heads' maps apart", "paper, Fig. 10",
+     "ADPF", "ADPF w/o diversity loss", "head_overlap", False),
+    ("self-attention strays to unimportant regions", "paper, Fig. 9",
+     "ADPF", "ADPF w/SA", "region_lift", True),
+    ("dynamic patches beat the fixed ones of the authors' prior work", "paper, Table VIII",
+     "ADPF", "fixed patches", "mae", False),
+    ("5 or 6 heads are best", "paper, Table IX", "best of 5, 6 heads", "best of the other heads", "mae", False,
+     "heads"),
+    ("attention and patches help: ADPF beats the same main stream without them", "this project's baseline",
+     "ADPF", "plain CNN", "mae", False),
+    ("with the diversity loss more attention lands on the true age regions", "this project's question",
+     "ADPF", "ADPF w/o diversity loss", "region_lift", True),
+]]
+
+_UNITS = {"mae": "MAE (years)", "head_overlap": "head overlap", "region_lift": "attention on the regions ÷ chance"}
+
+
+def check_claims(ablation: pd.DataFrame, heads: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Every claim of `CLAIMS` beside what the rows (of `record_rows`) measured.
+
+    Columns: claim, where, measured (mean ± std over seeds of both sides), verdict ("held",
+    "did not hold", "tie" from `verdict`; "not measured" where a model or column is missing).
+    ``region_lift`` is region_share / region_area (1: chance).
+    """
+    rows = ablation.copy()
+    if {"region_share", "region_area"} <= set(rows.columns):
+        rows["region_lift"] = rows["region_share"] / rows["region_area"]
+    tables = {"ablation": rows, "heads": heads}
+    out = []
+    for c in CLAIMS:
+        table = tables[c.table]
+        named = _resolve(table, c.better, c.worse, c.column) if table is not None else None
+        if named is None:
+            out.append({"claim": c.claim, "where": c.where, "measured": "—", "verdict": "not measured"})
+            continue
+        (b_name, b), (w_name, w) = named
+        out.append({"claim": c.claim, "where": c.where,
+                    "measured": f"{_UNITS[c.column]}: {b_name} {mean_pm_std(b)} vs {w_name} {mean_pm_std(w)}",
+                    "verdict": verdict(b, w, c.higher_is_better)})
+    return pd.DataFrame(out)
+
+
+def _resolve(table: pd.DataFrame, better: str, worse: str, column: str):
+    """The two (name, values over seeds) a claim compares, or None when not measured."""
+    if column not in table.columns:
+        return None
+    values = {name: group[column].dropna().to_numpy() for name, group in table.groupby("model", sort=False)}
+    values = {name: v for name, v in values.items() if v.size}
+    means = {name: v.mean() for name, v in values.items()}
+
+    def pick(name: str) -> str | None:
+        if name == "worst of Table VII":
+            pool = [n for n in ("ADPF w/SA", "ADPF w/o ranking", "ADPF w/o diversity loss") if n in means]
+            return max(pool, key=means.get) if pool else None
+        if name == "best of 5, 6 heads":
+            pool = [n for n in ("ADPF, 5 heads", "ADPF, 6 heads") if n in means]
+            return min(pool, key=means.get) if pool else None
+        if name == "best of the other heads":
+            pool = [n for n in means if n not in ("ADPF, 5 heads", "ADPF, 6 heads")]
+            return min(pool, key=means.get) if pool else None
+        return name if name in values else None
+
+    b, w = pick(better), pick(worse)
+    if b is None or w is None:
+        return None
+    return (b, values[b]), (w, values[w])

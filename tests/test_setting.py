@@ -1,0 +1,80 @@
+"""A chapter's setting from its parameters, the same as the command line builds, and the kept epochs."""
+import shlex
+
+import numpy as np
+import pytest
+import torch
+
+from adpf.checkpoint import load_checkpoint
+from adpf.cli import build_parser, config_from_args, data_from_args, recipe_from_args, split_from_args
+from adpf.config import get_preset
+from adpf.setting import PROFILES, book_setting
+from adpf.train import get_recipe
+
+N = 200
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("ADPF_CACHE_DIR", str(tmp_path))
+    return tmp_path
+
+
+def test_the_profile_gives_preset_recipe_and_faces(cache):
+    setting = book_setting("cpu", n_faces=N)
+    assert setting.config == get_preset(PROFILES["cpu"].preset)
+    assert setting.recipe == get_recipe(PROFILES["cpu"].recipe, device="auto", seed=0)
+    assert setting.device == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert len(setting.data) == N and setting.data.image_size == setting.config.image_size
+    parts = [setting.split.train, setting.split.val, setting.split.test]
+    assert sum(map(len, parts)) == N and len(np.unique(np.concatenate(parts))) == N
+    subjects = setting.data.meta["subject"].to_numpy()
+    assert not set(subjects[setting.split.train]) & set(subjects[setting.split.test])
+    assert len(setting.split.test) == pytest.approx(0.2 * N, abs=10)
+    table = setting.describe()
+    assert table.loc["epochs", "value"].startswith(f"{setting.recipe.attention_epochs} (stage 1)")
+    assert table.loc["device", "value"] == setting.device
+    with pytest.raises(KeyError, match="unknown profile 'book'"):
+        book_setting("book")
+
+
+def test_the_seed_seeds_the_training_alone(cache):
+    a, b = book_setting(n_faces=N, seed=0), book_setting(n_faces=N, seed=3, epochs=2)
+    assert a.data.root == b.data.root
+    assert all(np.array_equal(getattr(a.split, k), getattr(b.split, k)) for k in ("train", "val", "test"))
+    assert b.recipe == a.recipe.replace(seed=3, attention_epochs=2, fusion_epochs=2)
+
+
+@pytest.mark.parametrize("seed,epochs", [(0, None), (2, 3)])
+def test_the_command_line_builds_the_same_setting(cache, seed, epochs):
+    setting = book_setting(n_faces=N, seed=seed, epochs=epochs)
+    argv = shlex.split(setting.command("plain_cnn"))
+    assert argv[:2] == ["adpf", "train"]
+    args = build_parser().parse_args(argv[1:])
+    config = config_from_args(args)
+    data = data_from_args(args, config.image_size)
+    split = split_from_args(args, data)
+    assert config == setting.config.replace(variant="plain_cnn")
+    assert recipe_from_args(args) == setting.recipe
+    assert data.root == setting.data.root
+    assert all(np.array_equal(getattr(split, k), getattr(setting.split, k)) for k in ("train", "val", "test"))
+
+
+def test_attention_snapshots_keep_every_epoch_and_come_back_the_same(cache):
+    setting = book_setting(n_faces=N, epochs=2, device="cpu")
+    start, result, kept = setting.attention_snapshots()
+    assert start.recipe["attention_epochs"] == 0 and result.recipe["attention_epochs"] == 2
+    assert [load_checkpoint(p)["epoch"] for p in kept] == [1, 2]
+    last = load_checkpoint(kept[-1])["model"]
+    final = load_checkpoint(result.checkpoint)["model"]
+    assert all(torch.equal(last[k], final[k]) for k in final)
+    # found again without training
+    stamps = [p.stat().st_mtime_ns for p in kept]
+    assert [p.stat().st_mtime_ns for p in setting.attention_snapshots()[2]] == stamps
+    # lost (the model was trained without keeping them): trained again, to the same weights
+    for p in kept:
+        p.unlink()
+    again = setting.attention_snapshots()[2]
+    assert [p.name for p in again] == [p.name for p in kept]
+    weights = load_checkpoint(again[-1])["model"]
+    assert all(torch.equal(weights[k], last[k]) for k in last)
