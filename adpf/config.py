@@ -62,9 +62,12 @@ class ADPFConfig:
     ranking: True ranks heads by a_k (Eq. 6); False feeds patches in head-index order.
     rank_by: "value" ranks by a_k, "abs" by |a_k| (open choice 6).
     diversity_weight: λ of Eq. 14 (paper: 0.01; 0 is the "w/o diversity loss" ablation).
-    diversity_maps: "normalized" feeds Eq. 7 with each head's map made non-negative and
-        summing to one over space (so L_div is bounded and cannot be lowered by growing or
-        flipping the sign of the maps); "raw" feeds the hybrid maps as they are.
+    diversity_maps: how each head's map is scaled before Eq. 7 (the paper is silent; raw maps
+        let L_div fall by shrinking or flipping a map). "unit" (default): shifted to a minimum
+        of 0 and scaled to unit L2 norm, so each pair's term is the cosine similarity of the two
+        maps and L_div = n(n−1) · head overlap, at any map size (``losses.unit_maps``; why: the
+        measured gradient ratios in ``losses.attention_net_loss``); "normalized": shifted to 0
+        and summing to one (its gradient is 1e-5 of L_AE's at λ = 0.01); "raw": as they are.
 
     From maps to patches (open choice 7)
     ------------------------------------
@@ -103,7 +106,7 @@ class ADPFConfig:
     ranking: bool = True
     rank_by: Literal["value", "abs"] = "value"
     diversity_weight: float = 0.01
-    diversity_maps: Literal["normalized", "raw"] = "normalized"
+    diversity_maps: Literal["unit", "normalized", "raw"] = "unit"
     # maps to patches
     patch_threshold: float | Literal["mean"] = "mean"
     patch_min_frac: float = 0.15
@@ -135,7 +138,7 @@ class ADPFConfig:
             raise ValueError(f"patch_threshold must be 'mean' or a number in [0, 1], got {self.patch_threshold!r}")
         for name, allowed in [("variant", ("adpf", "attention_only", "plain_cnn", "fixed_patches")),
                               ("attention", ("hybrid", "self_sum")), ("rank_by", ("value", "abs")),
-                              ("eq9", ("as_written", "raw")), ("diversity_maps", ("normalized", "raw")),
+                              ("eq9", ("as_written", "raw")), ("diversity_maps", ("unit", "normalized", "raw")),
                               ("attention_impl", ("sdpa", "plain"))]:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")

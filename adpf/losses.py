@@ -57,6 +57,25 @@ def normalize_maps(maps: Tensor) -> Tensor:
     return torch.where(total > 0, shifted / total.clamp_min(torch.finfo(maps.dtype).tiny), uniform)
 
 
+def unit_maps(maps: Tensor) -> Tensor:
+    """Each map shifted to a minimum of zero and scaled to unit L2 norm over space ``(B, n, h, w)``.
+
+    On these maps each pair's Σ_{h,w} term of Eq. 7 is the cosine similarity of the two heads'
+    shifted maps (``evaluate.head_similarity``), so L_div is n(n−1) times the mean pairwise head
+    overlap: bounded by n(n−1), zero exactly when the heads' supports (above their minima) are
+    disjoint, the same at every map resolution, and unchanged by adding a constant to a map or
+    scaling it by a positive factor (it cannot be lowered by shrinking or by flipping the sign).
+    A map with no contrast (its spread below float rounding of its values) becomes the uniform
+    unit map 1/√(h·w) and passes no gradient: its direction is undefined.
+    """
+    shifted = maps - maps.amin(dim=(-2, -1), keepdim=True)
+    norm = torch.linalg.vector_norm(shifted, dim=(-2, -1), keepdim=True)
+    scale = torch.linalg.vector_norm(maps, dim=(-2, -1), keepdim=True)
+    flat = norm <= torch.finfo(maps.dtype).eps * scale + torch.finfo(maps.dtype).tiny
+    uniform = torch.full_like(maps, (maps.shape[-2] * maps.shape[-1]) ** -0.5)
+    return torch.where(flat, uniform, shifted / torch.where(flat, torch.ones_like(norm), norm))
+
+
 def diversity_loss(maps: Tensor) -> Tensor:
     """Eq. 7: Σ_{n1≠n2} Σ_{h,w} HA_n1 · HA_n2, summed over ordered pairs and averaged over the batch.
 
@@ -168,13 +187,33 @@ def age_estimation_loss(logits: Tensor, age: Tensor, config: ADPFConfig) -> Loss
     return Losses(total=mae + kl, mae=mae, kl=kl)
 
 
+#: The map scaling of each ``config.diversity_maps`` (Eq. 7 reads the scaled maps).
+DIVERSITY_MAPS = {"unit": unit_maps, "normalized": normalize_maps, "raw": lambda maps: maps}
+
+
 def attention_net_loss(logits: Tensor, age: Tensor, maps: Tensor, config: ADPFConfig) -> Losses:
     """Eq. 14: L_AttentionNet = L_AE + λ · L_div, with λ = ``config.diversity_weight``.
 
-    ``maps`` ``(B, n, h, w)`` are the unweighted hybrid maps (``AttentionOutput.maps``), made
-    distributions first when ``config.diversity_maps == "normalized"``.
+    ``maps`` ``(B, n, h, w)`` are the unweighted hybrid maps (``AttentionOutput.maps``), scaled
+    by ``DIVERSITY_MAPS[config.diversity_maps]`` before Eq. 7. The paper gives λ = 0.01 but not
+    the scale of the maps, which decides what λ means. Measured at initialisation (untrained
+    AttentionNet, batches of 32 drawn faces, 3 seeds × 2 batches; ``benchmarks/diversity_gradient.py``),
+    the ratio ||∇ λ L_div|| / ||∇ L_AE|| on the RMHHA parameters, median (min–max):
+
+    ============  ====================  ======================
+    scaling       cpu preset (16×16)    paper preset (32×32)
+    ============  ====================  ======================
+    raw           82 (54–224)           384 (102–871)
+    normalized    4e-5 (2e-5–1e-4)      3e-6 (2e-6–9e-6)
+    mean one      2.8 (1.2–8.0)         3.2 (1.6–9.9)
+    unit (L2)     0.053 (0.026–0.18)    0.016 (0.004–0.04)
+    ============  ====================  ======================
+
+    Raw maps make L_div the main objective (and it can fall without bound by flipping a map's
+    sign); maps that sum to one make it vanish; mean-one maps still outweigh the age loss.
+    Unit maps (the default) give a pull of a few per cent of the age loss's, and a loss with a
+    meaning: n(n−1) times the mean head overlap that ``evaluate.head_overlap`` reports.
     """
     ae = age_estimation_loss(logits, age, config)
-    div_maps = normalize_maps(maps) if config.diversity_maps == "normalized" else maps
-    div = diversity_loss(div_maps)
+    div = diversity_loss(DIVERSITY_MAPS[config.diversity_maps](maps))
     return Losses(total=ae.total + config.diversity_weight * div, mae=ae.mae, kl=ae.kl, diversity=div)

@@ -8,7 +8,7 @@ from adpf.config import get_preset
 from adpf.losses import (age_classes, age_distribution, age_estimation_loss, age_std,
                          attention_net_loss, diversity_loss, expected_age,
                          gaussian_label_distribution, kl_loss, log_age_distribution, mae_loss,
-                         normalize_maps, predict_age)
+                         normalize_maps, predict_age, unit_maps)
 
 D = torch.float64
 
@@ -45,6 +45,114 @@ def test_normalize_maps():
     # invariant to scaling up and shifting; sign flips change it
     torch.testing.assert_close(normalize_maps(5 * maps + 3), got)
     assert diversity_loss(normalize_maps(-maps)) >= 0
+
+
+def unit_loss_by_loops(maps):
+    """Eq. 7 on maps shifted to min 0 and scaled to unit L2 norm, one pixel at a time in floats."""
+    B, n, h, w = maps.shape
+    scaled = []
+    for b in range(B):
+        row = []
+        for k in range(n):
+            values = [[maps[b, k, y, x].item() for x in range(w)] for y in range(h)]
+            low = min(min(r) for r in values)
+            norm = math.sqrt(sum((v - low) ** 2 for r in values for v in r))
+            row.append([[(v - low) / norm for v in r] for r in values])
+        scaled.append(row)
+    total = 0.0
+    for b in range(B):
+        for n1 in range(n):
+            for n2 in range(n):
+                if n1 != n2:
+                    total += sum(scaled[b][n1][y][x] * scaled[b][n2][y][x] for y in range(h) for x in range(w))
+    return total / B
+
+
+def test_diversity_loss_on_unit_maps_matches_a_loop_reference():
+    torch.manual_seed(0)
+    maps = torch.randn(3, 4, 5, 6, dtype=D) * torch.tensor([1.0, 1e-3, 50.0, 2.0], dtype=D)[None, :, None, None]
+    assert diversity_loss(unit_maps(maps)).item() == pytest.approx(unit_loss_by_loops(maps), rel=1e-12)
+
+
+def test_unit_maps_loss_is_the_head_overlap_and_is_bounded():
+    from adpf.evaluate import head_overlap
+
+    torch.manual_seed(1)
+    maps = torch.randn(6, 5, 8, 8, dtype=D)
+    n = maps.shape[1]
+    assert diversity_loss(unit_maps(maps)).item() == pytest.approx(n * (n - 1) * head_overlap(maps), rel=1e-6)
+    same = maps[:, :1].expand(-1, n, -1, -1)
+    assert diversity_loss(unit_maps(same)).item() == pytest.approx(n * (n - 1), rel=1e-12)  # the bound
+    # the same value at every resolution: a map upsampled 4x by repetition overlaps as before
+    up = maps.repeat_interleave(4, dim=-1).repeat_interleave(4, dim=-2)
+    assert diversity_loss(unit_maps(up)).item() == pytest.approx(diversity_loss(unit_maps(maps)).item(), rel=1e-12)
+
+
+def test_unit_maps_are_invariant_to_shift_and_positive_scale_but_not_to_a_sign_flip():
+    torch.manual_seed(2)
+    maps = torch.randn(2, 3, 4, 4, dtype=D)
+    scale = torch.tensor([0.01, 7.0, 300.0], dtype=D)[None, :, None, None]
+    torch.testing.assert_close(unit_maps(scale * maps - 5.0), unit_maps(maps))
+    torch.testing.assert_close(torch.linalg.vector_norm(unit_maps(maps), dim=(-2, -1)), torch.ones(2, 3, dtype=D))
+    flipped = maps.clone()
+    flipped[:, 0] *= -1
+    assert not torch.allclose(unit_maps(flipped)[:, 0], unit_maps(maps)[:, 0])
+    assert diversity_loss(unit_maps(flipped)) >= 0  # a flip moves attention, it cannot make L_div negative
+
+
+def test_unit_maps_loss_gradients_on_flat_negative_and_one_hot_maps():
+    maps = torch.zeros(2, 3, 4, 4, dtype=D)
+    maps[0, 0] = 3.0  # flat: no contrast, becomes the uniform unit map
+    maps[0, 1] = -torch.arange(16, dtype=D).reshape(4, 4) - 100.0  # negative everywhere
+    maps[0, 2, 1, 2] = 1.0  # one-hot
+    maps[1, 0, 0, 0] = 1.0  # one-hot heads, two of them on the same pixel
+    maps[1, 1, 0, 0] = 5.0
+    maps[1, 2] = -torch.arange(16, dtype=D).reshape(4, 4).square() - 1.0  # negative, largest at (0, 0)
+    maps.requires_grad_(True)
+    loss = diversity_loss(unit_maps(maps))
+    (grad,) = torch.autograd.grad(loss, maps)
+    assert torch.isfinite(loss) and torch.isfinite(grad).all()
+    per_map = grad.abs().sum(dim=(-2, -1))
+    assert (per_map[0, 1:] > 0).all() and (per_map[1] > 0).all()
+    assert per_map[0, 0] == 0  # a flat map's direction is undefined: it passes no gradient (documented)
+    # against finite differences where the loss is smooth (no ties at a map's minimum)
+    generic = torch.randn(2, 3, 4, 4, dtype=D, generator=torch.Generator().manual_seed(3)).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda m: diversity_loss(unit_maps(m)), (generic,))
+
+
+def test_unit_maps_loss_is_zero_for_disjoint_maps_and_grows_with_overlap():
+    maps = torch.zeros(1, 3, 4, 4, dtype=D)
+    maps[0, 0, :2, :2] = 1.0
+    maps[0, 1, 2:, 2:] = 2.0
+    maps[0, 2, 0, 3] = 5.0
+    assert diversity_loss(unit_maps(maps)).item() == 0.0
+    maps[0, 2, 0, 0] = 1.0  # head 3 now shares one of head 1's four pixels
+    # u_1 = 1/2 on 4 pixels, u_3 = (5, 1)/sqrt(26): cosine 1/(2 sqrt(26)), both ordered pairs
+    assert diversity_loss(unit_maps(maps)).item() == pytest.approx(2 / (2 * math.sqrt(26)), rel=1e-12)
+
+
+def test_the_default_diversity_loss_pulls_on_the_heads_at_lambda_0_01():
+    """At initialisation λ·L_div moves the attention heads a little, not nothing and not most:
+    its gradient on RMHHA is between 0.1 % and 100 % of L_AE's (maps summing to one gave 1e-5)."""
+    from adpf.data.synthetic import make_synthetic_faces
+    from adpf.networks import AttentionNet
+
+    config = get_preset("cpu", variant="attention_only")
+    assert config.diversity_weight == 0.01 and config.diversity_maps == "unit"
+    faces = make_synthetic_faces(8, config.image_size, seed=0)
+    images = torch.from_numpy(faces.images).permute(0, 3, 1, 2).float() / 255
+    torch.manual_seed(0)
+    net = AttentionNet(config).train()
+    out = net(images)
+    params = list(net.rmhha.parameters())
+    losses = attention_net_loss(out.logits, torch.from_numpy(faces.ages).float(), out.attention.maps, config)
+
+    def norm(loss):
+        grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+        return math.sqrt(sum(float(g.square().sum()) for g in grads if g is not None))
+
+    ratio = norm(config.diversity_weight * losses.diversity) / norm(losses.total - config.diversity_weight * losses.diversity)
+    assert 1e-3 < ratio < 1.0
 
 
 def test_age_distribution_as_written_is_softmax():
@@ -193,7 +301,9 @@ def test_age_estimation_and_attention_net_losses():
     assert got.diversity is None
     maps = torch.randn(4, 3, 2, 2, dtype=D)
     full = attention_net_loss(logits, age, maps, config)
-    torch.testing.assert_close(full.total, mae + kl + 0.3 * diversity_loss(normalize_maps(maps)))
+    torch.testing.assert_close(full.total, mae + kl + 0.3 * diversity_loss(unit_maps(maps)))
+    normalized = attention_net_loss(logits, age, maps, config.replace(diversity_maps="normalized"))
+    torch.testing.assert_close(normalized.diversity, diversity_loss(normalize_maps(maps)))
     raw = attention_net_loss(logits, age, maps, config.replace(diversity_maps="raw"))
     torch.testing.assert_close(raw.diversity, diversity_loss(maps))
 
