@@ -20,18 +20,26 @@ checkout, else ``~/.cache/adpf``; the same folder ``adpf.data.prepared`` caches 
     runs/<stage>-<key>/checkpoint.pt   the stage's latest epoch (model, optimizer, RNG, history)
     runs/<stage>-<key>/stage.json      written once the stage is finished
     runs/<stage>-<key>/result.json     the TrainResult, in the folder of a run's last stage
+
+Atomic writes go through hidden temporaries beside their target (``adpf.checkpoint.atomic_write``
+and the dataset writer's folders in ``data/``). An interruption (Ctrl-C, SIGTERM) removes them;
+what a killed process left, ``sweep_temporaries`` removes at the start of the next
+``adpf train`` or ``adpf experiments``.
 """
 from __future__ import annotations
 
 import functools
 import hashlib
 import json
+import os
+import shutil
+import time
 from pathlib import Path
 
 import numpy as np
 
 import adpf
-from adpf.checkpoint import atomic_write
+from adpf.checkpoint import atomic_write, is_temporary, temporary_owner
 from adpf.config import ADPFConfig
 from adpf.data.prepared import Prepared, cache_root
 
@@ -121,3 +129,76 @@ def read_json(path: Path) -> dict | None:
         return json.loads(path.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
+
+
+#: Seconds a temporary must have been left untouched before ``sweep_temporaries`` removes it.
+STALE_AFTER = 3600.0
+
+
+def sweep_temporaries(root: str | os.PathLike | None = None,
+                      stale_after: float = STALE_AFTER) -> list[tuple[Path, int]]:
+    """Remove the temporaries that killed runs left in the cache; returns each one removed and its bytes.
+
+    Looked at: the hidden temporaries (``adpf.checkpoint.is_temporary``) directly in ``root``
+    (default ``cache_root()``), in ``data/``, in ``runs/`` and in each ``runs/<stage>-<key>/``.
+    A temporary is stale when the process whose id its name holds is not alive on this
+    machine (names without an id come from older versions) and neither it nor anything
+    directly in it has changed for ``stale_after`` seconds. The age rule keeps the
+    temporaries of a writer on another machine that shares the cache, where the id means
+    nothing; a writer's files change as it writes.
+    """
+    root = Path(root) if root is not None else cache_root()
+    runs = root / "runs"
+    folders = [root, root / "data", runs, *(p for p in _entries(runs) if p.is_dir() and not p.is_symlink())]
+    now, removed = time.time(), []
+    for folder in folders:
+        for entry in _entries(folder):
+            if not is_temporary(entry.name):
+                continue
+            owner = temporary_owner(entry.name)
+            if owner is not None and _alive(owner):
+                continue
+            try:
+                if now - _last_change(entry) < stale_after:
+                    continue
+                size = _size(entry)
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+            except FileNotFoundError:  # its writer finished, or another run swept it, meanwhile
+                continue
+            removed.append((entry, size))
+    return removed
+
+
+def _entries(folder: Path) -> list[Path]:
+    try:
+        return list(folder.iterdir())
+    except OSError:
+        return []
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _last_change(entry: Path) -> float:
+    """The newest modification time of ``entry`` and, for a folder, of what is directly in it."""
+    times = [entry.lstat().st_mtime]
+    if entry.is_dir() and not entry.is_symlink():
+        times += [child.lstat().st_mtime for child in _entries(entry)]
+    return max(times)
+
+
+def _size(entry: Path) -> int:
+    if entry.is_dir() and not entry.is_symlink():
+        return sum(p.lstat().st_size for p in entry.rglob("*") if not p.is_dir())
+    return entry.lstat().st_size

@@ -1,13 +1,17 @@
 """Cache keys: what a stage depends on changes its key, what it does not leaves it; ADPF's stage 1 is shared."""
 import json
+import os
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pandas as pd
 import pytest
 
 import adpf
-from adpf.cache import (FUSION_ONLY_FIELDS, attention_config, code_version, data_identity, digest, read_json,
-                        split_identity, stage_dir, write_json)
+from adpf.cache import (FUSION_ONLY_FIELDS, STALE_AFTER, attention_config, code_version, data_identity, digest,
+                        read_json, split_identity, stage_dir, sweep_temporaries, write_json)
 from adpf.config import ADPFConfig, get_preset
 from adpf.data.prepared import load_prepared, write_prepared
 from adpf.train import Recipe, plan_stages
@@ -132,3 +136,76 @@ def test_code_that_only_makes_data_is_not_part_of_the_code_version():
 
     assert {"synthetic.py", "scripts_common.py"} <= cache._NOT_SHAPING
     assert not {"train.py", "networks.py", "losses.py", "prepared.py", "patches.py"} & cache._NOT_SHAPING
+
+
+def dead_pid() -> int:
+    """The id of a process that has ended."""
+    done = subprocess.Popen([sys.executable, "-c", "pass"])
+    done.wait()
+    return done.pid
+
+
+def age(path, seconds):
+    then = time.time() - seconds
+    os.utime(path, (then, then), follow_symlinks=False)
+
+
+def test_sweep_removes_only_stale_temporaries_of_dead_writers(tmp_path):
+    dead = dead_pid()
+    runs = tmp_path / "runs" / "attention-k1"
+    data = tmp_path / "data"
+    runs.mkdir(parents=True), data.mkdir()
+    files = {
+        "dead and old": runs / f".checkpoint.pt.tmp-{dead}-abcd1234",
+        "older version, old": runs / ".checkpoint.pt.k3j4h5g6.tmp",
+        "alive and old": runs / f".checkpoint.pt.tmp-{os.getpid()}-efgh5678",
+        "dead but fresh": runs / f".stage.json.tmp-{dead}-ijkl9012",
+        "not a temporary": runs / "checkpoint.pt",
+        "hidden, not a temporary": runs / ".notes",
+        "in the cache root": tmp_path / f".x.json.tmp-{dead}-mnop3456",
+    }
+    for path in files.values():
+        path.write_bytes(b"z" * 100)
+    for name in ("dead and old", "older version, old", "alive and old", "not a temporary",
+                 "hidden, not a temporary", "in the cache root"):
+        age(files[name], 2 * STALE_AFTER)
+    drawing = data / ".synthetic-s64-n10000-seed0-v2.tmp-ab12cd34"  # a dataset writer's folder
+    (drawing / "sub").mkdir(parents=True)
+    (drawing / "images.npy").write_bytes(b"i" * 1000)
+    (drawing / "sub" / "x").write_bytes(b"j" * 24)
+    writing = data / f".synthetic-s16-n60000-seed0-v2.tmp-{dead}-qrst7890"  # old folder, a file still written
+    writing.mkdir()
+    (writing / "images.npy").write_bytes(b"k" * 10)
+    for path in (drawing / "images.npy", drawing / "sub", drawing, writing):
+        age(path, 2 * STALE_AFTER)
+
+    removed = dict(sweep_temporaries(tmp_path))
+    assert removed == {files["dead and old"]: 100, files["older version, old"]: 100,
+                       files["in the cache root"]: 100, drawing: 1024}
+    assert all(not p.exists() for p in removed)
+    for name in ("alive and old", "dead but fresh", "not a temporary", "hidden, not a temporary"):
+        assert files[name].exists(), name
+    assert writing.exists()
+    assert sweep_temporaries(tmp_path) == []  # nothing left to sweep
+    assert sweep_temporaries(tmp_path / "no cache yet") == []
+
+
+def test_sweep_follows_the_cache_folder_and_the_age_limit(tmp_path, monkeypatch):
+    monkeypatch.setenv("ADPF_CACHE_DIR", str(tmp_path))
+    stale = tmp_path / "runs" / "fusion-k2" / f".checkpoint.pt.tmp-{dead_pid()}-abcd1234"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"")
+    age(stale, 120)
+    assert sweep_temporaries() == [] and stale.exists()  # younger than STALE_AFTER
+    assert sweep_temporaries(stale_after=60) == [(stale, 0)] and not stale.exists()
+
+
+def test_a_link_named_like_a_temporary_is_removed_not_followed(tmp_path):
+    target = tmp_path / "elsewhere"
+    (target / "keep").mkdir(parents=True)
+    link = tmp_path / "data" / ".synthetic.tmp-ab12cd34"
+    link.parent.mkdir()
+    link.symlink_to(target, target_is_directory=True)
+    age(link, 2 * STALE_AFTER)
+    assert [p for p, _ in sweep_temporaries(tmp_path)] == [link]
+    assert not link.is_symlink() and (target / "keep").is_dir()
