@@ -268,7 +268,7 @@ def draw_learning_paths(ax: Axes, sizes: Sequence[int], widths: Sequence[int],
     return ax
 
 
-def draw_pipeline(image, maps, boxes, patches, age: str | None = None, size: float = 1.25) -> Figure:
+def draw_pipeline(image, maps, boxes, patches, age: str | None = None, size: float = 0.85) -> Figure:
     """ADPF in one picture: the face, AttentionNet, the ranked maps M_k with their boxes, the
     patches P_k, and FusionNet, where patch P_k joins main-stream stage k.
 
@@ -281,8 +281,8 @@ def draw_pipeline(image, maps, boxes, patches, age: str | None = None, size: flo
         raise ValueError(f"{n} maps, {len(boxes)} boxes and {len(patches)} patches: need one of each per head")
     colors = [head_color(k) for k in range(n)]
     fig = plt.figure(figsize=(8.4 * size, (n * 0.95 + 0.9) * size))
-    grid = fig.add_gridspec(n, 7, width_ratios=[2.4, 0.5, 1.5, 1, 0.55, 1, 2.2], left=0.01, right=0.99,
-                            top=1 - 0.45 / (n + 1), bottom=0.02, wspace=0.05, hspace=0.35)
+    grid = fig.add_gridspec(n, 7, width_ratios=[2.2, 0.45, 1.5, 1, 0.55, 1, 2.0], left=0.01, right=0.99,
+                            top=1 - 0.7 / (n + 1), bottom=0.1, wspace=0.05, hspace=0.35)
     face = fig.add_subplot(grid[:, 0])
     show_face(face, image, "aligned face")
     attention = fig.add_subplot(grid[:, 2])
@@ -293,13 +293,13 @@ def draw_pipeline(image, maps, boxes, patches, age: str | None = None, size: flo
         ax.set_axis_off()
     attention.add_patch(Rectangle((0.05, 0.25), 0.9, 0.5, facecolor="0.93", edgecolor="0.3"))
     attention.text(0.5, 0.5, "AttentionNet\n\nstem → X\nRMHHA:\n$n$ heads,\nranked by $a_k$",
-                   ha="center", va="center", fontsize=8)
+                   ha="center", va="center", fontsize=9)
     map_axes, patch_axes = [], []
     for k in range(n):
         ax = fig.add_subplot(grid[k, 3])
         overlay_map(ax, image, maps[k], title=None)
         draw_boxes(ax, [boxes[k]], colors=[colors[k]], linewidth=1.5)
-        ax.set_title(f"M{k + 1}", color=colors[k], fontsize=9, pad=2)
+        ax.set_title(f"M{k + 1}", color=colors[k], fontsize=10, pad=2)
         map_axes.append(ax)
         ax = fig.add_subplot(grid[k, 5])
         ax.imshow(as_image(patches[k]), vmin=0, vmax=1)
@@ -308,7 +308,7 @@ def draw_pipeline(image, maps, boxes, patches, age: str | None = None, size: flo
         for spine in ax.spines.values():
             spine.set_edgecolor(colors[k])
             spine.set_linewidth(2.5)
-        ax.set_title(f"P{k + 1}", color=colors[k], fontsize=9, pad=2)
+        ax.set_title(f"P{k + 1}", color=colors[k], fontsize=10, pad=2)
         patch_axes.append(ax)
 
     def arrow(start, end, color="0.3", text=None):
@@ -316,7 +316,7 @@ def draw_pipeline(image, maps, boxes, patches, age: str | None = None, size: flo
                                        mutation_scale=10, color=color, lw=1.2, shrinkA=0, shrinkB=0))
         if text is not None:
             fig.text((start[0] + end[0]) / 2, max(start[1], end[1]) + 0.012, text, ha="center",
-                     va="bottom", fontsize=7, color="0.3")
+                     va="bottom", fontsize=8, color="0.3")
 
     def middle(ax, side):
         box = ax.get_position()
@@ -325,11 +325,11 @@ def draw_pipeline(image, maps, boxes, patches, age: str | None = None, size: flo
     # FusionNet: the main stream runs down the panel, one stage per row, level with P_k
     stream = fusion.get_position()
     x_box, w_box = 0.3, 0.45
-    fusion.text(0.95, 0.5, "FusionNet", ha="center", va="center", rotation=90, fontsize=9, weight="bold")
+    fusion.text(0.95, 0.5, "FusionNet", ha="center", va="center", rotation=90, fontsize=10, weight="bold")
     for k, ax in enumerate(patch_axes):
         y = (middle(ax, "left")[1] - stream.y0) / stream.height
         fusion.add_patch(Rectangle((x_box, y - 0.05), w_box, 0.1, facecolor="0.93", edgecolor="0.3"))
-        fusion.text(x_box + w_box / 2, y, f"stage {k + 1}", ha="center", va="center", fontsize=8)
+        fusion.text(x_box + w_box / 2, y, f"stage {k + 1}", ha="center", va="center", fontsize=9)
         arrow(middle(ax, "right"), (stream.x0 + x_box * stream.width, middle(ax, "left")[1]), colors[k])
         if k:
             fusion.annotate("", xy=(x_box + w_box / 2, y + 0.05), xytext=(x_box + w_box / 2, previous - 0.05),
@@ -337,19 +337,19 @@ def draw_pipeline(image, maps, boxes, patches, age: str | None = None, size: flo
         else:
             first = y
         previous = y
-    fusion.annotate(age or "age", xy=(x_box + w_box / 2, previous - 0.05), xytext=(x_box + w_box / 2, 0.0),
-                    ha="center", va="bottom", fontsize=9,
+    fusion.annotate(age or "age", xy=(x_box + w_box / 2, previous - 0.05), xytext=(x_box + w_box / 2, -0.09),
+                    ha="center", va="center", fontsize=10, annotation_clip=False,
                     arrowprops=dict(arrowstyle="<|-", color="0.3"))
     # the face enters AttentionNet, and FusionNet's main stream from above
     arrow(middle(face, "right"), middle(attention, "left"))
-    top, entry = 1 - 0.2 / (n + 1), stream.x0 + (x_box + w_box / 2) * stream.width
+    top, entry = 1 - 0.35 / (n + 1), stream.x0 + (x_box + w_box / 2) * stream.width
     first_stage = stream.y0 + (first + 0.05) * stream.height
     face_top = face.get_position()
     fig.add_artist(Line2D([(face_top.x0 + face_top.x1) / 2, (face_top.x0 + face_top.x1) / 2, entry],
                           [face_top.y1 - 0.02, top, top], transform=fig.transFigure, color="0.3", lw=1.2))
     arrow((entry, top), (entry, first_stage))
     fig.text((face_top.x0 + face_top.x1) / 2 + 0.01, top + 0.005, "the face, into FusionNet's main stream",
-             fontsize=7, color="0.3", va="bottom")
+             fontsize=8, color="0.3", va="bottom")
     for k, ax in enumerate(map_axes):
         arrow(middle(attention, "right"), middle(ax, "left"), colors[k])
         arrow(middle(ax, "right"), middle(patch_axes[k], "left"), colors[k], text="crop" if k == 0 else None)
