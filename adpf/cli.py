@@ -31,6 +31,7 @@ from adpf.checkpoint import CheckpointError, load_checkpoint, load_model, save_c
 from adpf.config import PRESETS, ADPFConfig, get_preset
 from adpf.data.prepared import Prepared, PreparedFormatError, default_dataset, load_prepared
 from adpf.data.protocols import kfold_subjects, subject_split
+from adpf.losses import NonFiniteOutputError
 from adpf.train import RECIPES, get_recipe
 
 MODEL_FILE = "model.pt"
@@ -465,6 +466,9 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = ["adpf", *argv]
     try:
         return args.run(args) or 0
+    except NonFiniteOutputError as e:  # a diverged or corrupted model: name its checkpoint
+        print(f"adpf {args.command}: error: {getattr(args, 'checkpoint', 'the model')}: {e}", file=sys.stderr)
+        return 2
     except (UsageError, CheckpointError, PreparedFormatError, FileNotFoundError, KeyError, ValueError) as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"adpf {args.command}: error: {message}", file=sys.stderr)

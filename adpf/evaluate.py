@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from adpf.losses import normalize_maps, predict_age
+from adpf.losses import NonFiniteOutputError, normalize_maps, predict_age
 from adpf.patches import maps_to_boxes
 from adpf.rmhha import AttentionOutput
 
@@ -55,7 +55,8 @@ def predict(model: nn.Module, loader: DataLoader, amp: bool = False) -> Predicti
     """Run ``model`` (in eval mode) over ``loader`` and read each age distribution (Eq. 9–10).
 
     ``model`` must carry its ``config`` (every network of ``adpf.networks`` does); with
-    ``amp`` on a CUDA model the forward runs under bf16 autocast.
+    ``amp`` on a CUDA model the forward runs under bf16 autocast. A NaN or infinite output
+    raises `NonFiniteOutputError`, naming the first dataset items (``index``) it hit.
     """
     was_training = model.training
     model.eval()
@@ -66,7 +67,13 @@ def predict(model: nn.Module, loader: DataLoader, amp: bool = False) -> Predicti
             images = batch["image"].to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
                 logits = model(images).logits
-            mean, std = predict_age(logits.float(), model.config)
+            try:
+                mean, std = predict_age(logits.float(), model.config)
+            except NonFiniteOutputError as e:
+                items = batch["index"][e.rows].tolist()
+                more = f" and {len(items) - 5} more" if len(items) > 5 else ""
+                raise NonFiniteOutputError(f"{e} (dataset items {', '.join(map(str, items[:5]))}{more} "
+                                           "of the first such batch)", e.rows) from None
             ages.append(batch["age"].float())
             predicted.append(mean.cpu())
             stds.append(std.cpu())

@@ -25,6 +25,19 @@ from torch import Tensor
 from adpf.config import ADPFConfig
 
 
+class NonFiniteOutputError(ValueError):
+    """The network output holds NaN or ±inf, so no age can be read from it (Eq. 9–10).
+
+    Raised by `predict_age` (and so by ``evaluate.predict``); ``rows`` are the positions of the
+    affected rows in the batch. A model whose weights are NaN gives NaN for every face: it is
+    broken, not weak, and is never scored as if it had answered the uniform distribution.
+    """
+
+    def __init__(self, message: str, rows: list[int] | None = None):
+        super().__init__(message)
+        self.rows = rows or []
+
+
 @dataclass
 class Losses:
     """A total loss and its parts (each a scalar tensor; ``diversity`` is None for L_AE alone)."""
@@ -97,6 +110,7 @@ def age_distribution(logits: Tensor, mode: Literal["as_written", "raw"] = "as_wr
     no-op (a softmax has no negatives and sums to one); it is kept so the code reads like the
     paper. ``"raw"``: the same rule on the raw outputs; a row with no positive output falls
     back to the uniform distribution (and then passes no gradient to that row's logits).
+    A row with a NaN or infinite output gives NaN (never the uniform fallback).
     """
     if mode == "as_written":
         probs = torch.softmax(logits, dim=-1)
@@ -107,7 +121,7 @@ def age_distribution(logits: Tensor, mode: Literal["as_written", "raw"] = "as_wr
     positive = probs.clamp_min(0)
     total = positive.sum(dim=-1, keepdim=True)
     uniform = torch.full_like(positive, 1.0 / positive.shape[-1])
-    return torch.where(total > 0, positive / total.clamp_min(torch.finfo(positive.dtype).tiny), uniform)
+    return torch.where(total == 0, uniform, positive / total.clamp_min(torch.finfo(positive.dtype).tiny))
 
 
 def expected_age(probs: Tensor, ages: Tensor) -> Tensor:
@@ -123,7 +137,18 @@ def age_std(probs: Tensor, ages: Tensor) -> Tensor:
 
 
 def predict_age(logits: Tensor, config: ADPFConfig) -> tuple[Tensor, Tensor]:
-    """Predicted age and its uncertainty ``(B,)``, ``(B,)`` from the network output (Eq. 9–10)."""
+    """Predicted age and its uncertainty ``(B,)``, ``(B,)`` from the network output ``(B, q)`` (Eq. 9–10).
+
+    Raises `NonFiniteOutputError` when any output is NaN or ±inf.
+    """
+    bad = ~torch.isfinite(logits).all(dim=-1)
+    if bad.any():
+        rows = torch.nonzero(bad).flatten().tolist()
+        nan = int(logits.isnan().any(dim=-1).sum())
+        raise NonFiniteOutputError(
+            f"the network output is not finite for {len(rows)} of {len(logits)} faces ({nan} with NaN, "
+            f"{len(rows) - nan} with ±inf only): the model's weights or its input images are not finite",
+            rows)
     probs = age_distribution(logits, config.eq9)
     ages = age_classes(config, probs)
     return expected_age(probs, ages), age_std(probs, ages)

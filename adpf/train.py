@@ -19,6 +19,11 @@ the random states (torch, numpy, python and the DataLoader's generator): a run t
 interrupted and started again resumes from the last finished epoch and, on CPU with the same
 settings, ends with exactly the weights of an uninterrupted run.
 
+Divergence: a step whose loss is NaN or ±inf stops the stage with `NonFiniteTrainingError`
+(naming stage, epoch and step) before that step's update, and an epoch whose weights or
+BatchNorm statistics are not finite is never saved, so the checkpoint on disk is the last good
+epoch's. A rerun with the same recipe resumes from it and diverges again: change the recipe.
+
 Several processes: under ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) the trained
 network is wrapped in DistributedDataParallel and the training set is sharded by
 DistributedSampler; ``batch_size`` stays the global batch (each of W processes takes
@@ -58,6 +63,11 @@ from adpf.losses import age_estimation_loss, attention_net_loss
 from adpf.networks import build_model
 
 StageName = Literal["attention", "fusion", "single"]
+
+
+class NonFiniteTrainingError(ValueError):
+    """Training went non-finite (a NaN/inf loss, or weights that are no longer finite); the message
+    names the stage, epoch and step, and the last good checkpoint."""
 
 
 @dataclass(frozen=True)
@@ -421,6 +431,44 @@ def stage_loss(stage: Stage, output, age: torch.Tensor):
     return age_estimation_loss(output.logits.float(), age, stage.config)
 
 
+def check_finite_step(stage: Stage, values: dict[str, float], epoch: int, step: int, steps: int,
+                      checkpoint_path: Path, process: Process) -> None:
+    """Raise `NonFiniteTrainingError` when this step's loss is NaN or ±inf on any process.
+
+    ``values`` are the loss parts already read as floats; under DDP the verdict is shared by an
+    all-reduce so that every process stops at the same step.
+    """
+    bad = not all(math.isfinite(v) for v in values.values())
+    if process.distributed:
+        flag = torch.tensor(float(bad), device=process.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        bad = bool(flag.item())
+    if bad:
+        parts = ", ".join(f"{k} {v:.4g}" for k, v in values.items() if k != "total")
+        raise NonFiniteTrainingError(
+            f"stage {stage.name} ({stage.config.variant}) went non-finite in epoch {epoch + 1}/{stage.epochs}, "
+            f"step {step + 1}/{steps}: loss {values.get('total', float('nan')):.4g} ({parts}); stopped before "
+            f"this step's update. {last_good(checkpoint_path, epoch)} Lower the learning rate, "
+            "add a warm-up or clip the gradients (Recipe.lr, warmup_epochs, clip_grad_norm).")
+
+
+def check_finite_state(stage: Stage, model: nn.Module, epoch: int, checkpoint_path: Path) -> None:
+    """Raise `NonFiniteTrainingError` when a weight or buffer of ``model`` is NaN or ±inf (before saving it)."""
+    bad = [name for name, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise NonFiniteTrainingError(
+            f"stage {stage.name} ({stage.config.variant}) went non-finite in epoch {epoch + 1}/{stage.epochs}: "
+            f"{len(bad)} tensors of the model are not finite (first: {bad[0]}); this epoch was not saved. "
+            f"{last_good(checkpoint_path, epoch)}")
+
+
+def last_good(checkpoint_path: Path, epoch: int) -> str:
+    """Where the last good epoch is kept (``epoch`` epochs finished)."""
+    if epoch == 0:
+        return "No epoch had finished, so there is no checkpoint."
+    return f"The last good checkpoint is {checkpoint_path} (epoch {epoch})."
+
+
 def run_stage(stage: Stage, previous: nn.Module | None, data: Prepared, split: dict[str, np.ndarray],
               recipe: Recipe, process: Process, use_cache: bool = True, progress: bool = True,
               callback: EpochCallback | None = None) -> tuple[nn.Module, dict]:
@@ -468,7 +516,7 @@ def run_stage(stage: Stage, previous: nn.Module | None, data: Prepared, split: d
         model.train()
         row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
         sums, seen, tic = {}, 0, time.perf_counter()
-        for batch in loader:
+        for step, batch in enumerate(loader):
             images = batch["image"].to(process.device, non_blocking=True)
             if cuda and recipe.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
@@ -478,17 +526,19 @@ def run_stage(stage: Stage, previous: nn.Module | None, data: Prepared, split: d
             losses = stage_loss(stage, output, age)
             optimizer.zero_grad(set_to_none=True)
             losses.total.backward()
+            values = {f.name: value.item() for f in dataclasses.fields(losses)
+                      if (value := getattr(losses, f.name)) is not None}
+            check_finite_step(stage, values, epoch, step, steps, checkpoint_path, process)
             if recipe.clip_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(optimizer.param_groups[0]["params"], recipe.clip_grad_norm)
             optimizer.step()
             scheduler.step()
             n = len(images)
-            for f in dataclasses.fields(losses):
-                if (value := getattr(losses, f.name)) is not None:
-                    sums[f.name] = sums.get(f.name, 0.0) + value.item() * n
+            for name, value in values.items():
+                sums[name] = sums.get(name, 0.0) + value * n
             seen += n
             bar.update()
-            bar.set_postfix(epoch=epoch + 1, loss=f"{losses.total.item():.3f}", mae=f"{losses.mae.item():.2f}")
+            bar.set_postfix(epoch=epoch + 1, loss=f"{values['total']:.3f}", mae=f"{values['mae']:.2f}")
         if cuda:
             torch.cuda.synchronize()
         seconds = time.perf_counter() - tic
@@ -498,6 +548,7 @@ def run_stage(stage: Stage, previous: nn.Module | None, data: Prepared, split: d
         row.update({f"loss_{k}" if k != "total" else "loss": v / max(seen, 1) for k, v in sums.items()})
         row["train_mae"] = row.pop("loss_mae", float("nan"))
         row.update(seconds=seconds, images_per_s=seen * process.world_size / seconds)
+        check_finite_state(stage, model, epoch, checkpoint_path)
         if val_loader is not None:
             row["val_mae"] = summarize(predict(model, val_loader, amp=recipe.amp))["mae"]
             bar.set_postfix(epoch=epoch + 1, loss=f"{row['loss']:.3f}", mae=f"{row['train_mae']:.2f}",

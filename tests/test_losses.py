@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from adpf.config import get_preset
-from adpf.losses import (age_classes, age_distribution, age_estimation_loss, age_std,
+from adpf.losses import (NonFiniteOutputError, age_classes, age_distribution, age_estimation_loss, age_std,
                          attention_net_loss, diversity_loss, expected_age,
                          gaussian_label_distribution, kl_loss, log_age_distribution, mae_loss,
                          normalize_maps, predict_age, unit_maps)
@@ -314,3 +314,19 @@ def test_predict_age_and_classes():
     logits = torch.tensor([[0.0, 0.0, 50.0, 0.0, 0.0]])
     age, std = predict_age(logits, config)
     assert age.item() == pytest.approx(18.0) and std.item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_non_finite_outputs_are_an_error_not_a_uniform_guess():
+    config = get_preset("cpu", age_min=0, age_max=4)
+    logits = torch.zeros(3, 5)
+    logits[1, 2] = float("nan")
+    logits[2, 0] = float("inf")
+    for mode in ("as_written", "raw"):  # the distribution carries the NaN on (it was uniform)
+        probs = age_distribution(logits, mode)
+        assert torch.isnan(probs[1]).all() and torch.isfinite(probs[0]).all()
+    with pytest.raises(NonFiniteOutputError, match=r"not finite for 2 of 3 faces \(1 with NaN, 1 with ±inf only\)") as e:
+        predict_age(logits, config)
+    assert e.value.rows == [1, 2]
+    # a finite output still reads as before, and a raw output with no positive class is still uniform
+    assert predict_age(logits[:1], config)[0].item() == pytest.approx(2.0)
+    torch.testing.assert_close(age_distribution(-torch.ones(1, 5), "raw"), torch.full((1, 5), 0.2))

@@ -14,7 +14,8 @@ from adpf.config import get_preset
 from adpf.data.prepared import PreparedFaces, load_prepared, write_prepared
 from adpf.evaluate import predict
 from adpf.networks import build_model
-from adpf.train import RECIPES, Recipe, get_recipe, lr_factor, train
+from adpf.losses import NonFiniteOutputError
+from adpf.train import RECIPES, NonFiniteTrainingError, Recipe, get_recipe, lr_factor, train
 
 TINY = dict(image_size=16, x_size=4, stem_channels=(4, 4, 4), x_channels=6, heads=3, key_channels=4,
             value_channels=4, ca_reduction=2, fusion_channels=(4, 6, 8), patch_size=8, patch_channels=3, age_max=9)
@@ -199,3 +200,75 @@ def test_the_recipe_picks_the_optimizer(data, cache):
     adamw_run, trained = run(tiny(variant="plain_cnn"), data, RECIPE.replace(optimizer="adamw", lr=1e-3))
     assert trained and adamw_run.stage_keys != sgd_run.stage_keys
     assert adamw_run.recipe["optimizer"] == "adamw"
+
+
+def nan_weights(model):
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(float("nan"))
+    return model
+
+
+def test_a_nan_model_is_an_error_not_a_weak_model(data):
+    # once: every face predicted 4.5 +- 2.9 (the uniform distribution), "MAE" reported
+    model = nan_weights(build_model(tiny(variant="attention_only")))
+    loader = DataLoader(PreparedFaces(data, SPLIT["test"]), batch_size=5)
+    with pytest.raises(NonFiniteOutputError, match=r"not finite for 5 of 5 faces \(5 with NaN.*"
+                                                   r"dataset items 32, 33, 34, 35, 36 of the first such batch"):
+        predict(model, loader)
+
+
+def test_the_cli_names_the_checkpoint_of_a_nan_model(data, cache, tmp_path, capsys):
+    from adpf.checkpoint import save_checkpoint
+    from adpf.cli import main
+
+    result, _ = run(tiny(variant="attention_only"), data)
+    state = load_checkpoint(result.checkpoint)
+    state["model"] = {k: v.fill_(float("nan")) if v.is_floating_point() else v for k, v in state["model"].items()}
+    broken = tmp_path / "nan.pt"
+    save_checkpoint(state, broken)
+    assert main(["evaluate", str(broken), "--data", str(data.root)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"adpf evaluate: error: {broken}: the network output is not finite") and "\n" not in err
+
+
+def poison_step(monkeypatch, at_call: int):
+    """Make the loss of the ``at_call``-th training step (1-based) NaN, keeping its graph."""
+    import adpf.train as train_module
+
+    real, calls = train_module.stage_loss, []
+
+    def stage_loss(stage, output, age):
+        losses = real(stage, output, age)
+        calls.append(1)
+        if len(calls) == at_call:
+            losses.total = losses.total * float("nan")
+        return losses
+
+    monkeypatch.setattr(train_module, "stage_loss", stage_loss)
+
+
+def test_training_that_goes_nan_stops_and_keeps_the_last_good_checkpoint(data, cache, monkeypatch):
+    # once: the NaN went on into every later step and epoch, and was saved as the checkpoint
+    steps = len(SPLIT["train"]) // RECIPE.batch_size  # 3 steps per epoch
+    poison_step(monkeypatch, at_call=steps + 2)  # epoch 2, step 2
+    trained = []
+    with pytest.raises(NonFiniteTrainingError,
+                       match=r"stage attention \(attention_only\) went non-finite in epoch 2/2, step 2/3: loss nan "
+                             r".*stopped before this step's update\. The last good checkpoint is (?P<path>.*)"
+                             r"checkpoint\.pt \(epoch 1\)") as e:
+        train(tiny(variant="attention_only"), data, SPLIT, RECIPE, progress=False,
+              callback=lambda stage, row, model: trained.append(row["epoch"]))
+    assert trained == [1]
+    path = str(e.value).split("The last good checkpoint is ")[1].split(" (epoch")[0]
+    state = load_checkpoint(path)
+    assert state["epoch"] == 1 and all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    model = load_model(path)
+    assert np.isfinite(predict(model, DataLoader(PreparedFaces(data, SPLIT["test"]), batch_size=8)).predicted).all()
+
+
+def test_a_diverging_learning_rate_stops_with_a_clear_message(data, cache):
+    recipe = RECIPE.replace(lr=1e8, warmup_epochs=0, schedule="step", clip_grad_norm=None)
+    with pytest.raises(NonFiniteTrainingError, match=r"stage attention \(attention_only\) went non-finite in epoch 1/2") as e:
+        train(tiny(variant="attention_only"), data, SPLIT, recipe, progress=False)
+    assert "No epoch had finished, so there is no checkpoint." in str(e.value)
