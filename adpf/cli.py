@@ -7,7 +7,10 @@
     adpf experiments ablation --data data/utkface-64 --recipe cpu
 
 Every sub-command has ``--help``. A bad argument, a missing file or a dataset that does not fit
-the model ends the command with one line on stderr and exit status 2. ``adpf train`` runs
+the model ends the command with one line on stderr and exit status 2; outputs are checked
+before the work. ``adpf predict`` exits with 1 when it skipped some photos. Ctrl-C ends a
+command with one line and status 130 (SIGTERM: 143), after the temporaries are removed;
+``adpf train`` names the last checkpoint, from which the same command resumes. ``adpf train`` runs
 under ``torchrun`` as it is (DistributedDataParallel, one process per GPU).
 """
 from __future__ import annotations
@@ -18,7 +21,9 @@ import importlib.util
 import json
 import os
 import shlex
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -26,12 +31,11 @@ import torch
 
 import adpf
 from adpf import trained_on
-from adpf.cache import write_json
+from adpf.cache import sweep_temporaries, write_json
 from adpf.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
 from adpf.config import PRESETS, ADPFConfig, get_preset
 from adpf.data.prepared import Prepared, PreparedFormatError, default_dataset, load_prepared
 from adpf.data.protocols import kfold_subjects, subject_split
-from adpf.losses import NonFiniteOutputError
 from adpf.train import RECIPES, get_recipe
 
 MODEL_FILE = "model.pt"
@@ -39,6 +43,15 @@ MODEL_FILE = "model.pt"
 
 class UsageError(Exception):
     """A problem with what the user asked for (reported in one line, exit status 2)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is (as Ctrl-C raises KeyboardInterrupt), so that every
+    ``finally`` and ``with`` removes its temporaries; ends the command with exit status 143."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
 
 
 class Parser(argparse.ArgumentParser):
@@ -150,13 +163,15 @@ def recipe_from_args(args):
             raise UsageError(f"--epochs {args.epochs!r}: expected N or A,F") from None
         if len(epochs) not in (1, 2):
             raise UsageError(f"--epochs {args.epochs!r}: expected N or A,F")
+        if min(epochs) < 1:  # 0 epochs would store an untrained network in the cache as a trained one
+            raise UsageError(f"--epochs {args.epochs!r}: every stage needs at least 1 epoch")
         changes["attention_epochs"], changes["fusion_epochs"] = epochs[0], epochs[-1]
     for name, field in [("batch_size", "batch_size"), ("lr", "lr"), ("workers", "num_workers"),
                         ("seed", "seed"), ("device", "device")]:
         if getattr(args, name) is not None:
             changes[field] = getattr(args, name)
-    if changes.get("device", "").startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"--device {args.device}: CUDA is not available here")
+    if "device" in changes:
+        check_device(changes["device"], auto=True)
     if args.no_amp:
         changes["amp"] = False
     if args.compile:
@@ -179,9 +194,16 @@ def cmd_train(args) -> int:
     from adpf.train import train
 
     config, recipe = config_from_args(args), recipe_from_args(args)
+    if args.out:
+        check_output(args.out, "--out", files=(MODEL_FILE, "result.json"))
+    sweep_cache(args)
     data = data_from_args(args, config.image_size)
     split = split_from_args(args, data)
-    result = train(config, data, split, recipe, use_cache=not args.no_cache, progress=not args.no_progress)
+    try:
+        result = train(config, data, split, recipe, use_cache=not args.no_cache, progress=not args.no_progress)
+    except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: main says where to resume from
+        stop.args = (resume_note(config, data, split, recipe, fresh=args.no_cache),)
+        raise
     if not is_main_process():
         return 0
     if args.out:
@@ -201,6 +223,53 @@ def cmd_train(args) -> int:
     return 0
 
 
+def sweep_cache(args) -> None:
+    """Remove from the cache the temporaries that killed runs left (``sweep_temporaries``), saying so."""
+    if not is_main_process():
+        return
+    removed = sweep_temporaries()
+    if removed:
+        print(f"adpf {args.command}: removed {len(removed)} stale temporary file(s) or folder(s) "
+              f"({sum(size for _, size in removed) / 1e6:.1f} MB) that killed runs left in the cache: "
+              f"{removed[0][0]}" + (" and others" if len(removed) > 1 else ""), file=sys.stderr)
+
+
+def resume_note(config: ADPFConfig, data: Prepared, split, recipe, fresh: bool) -> str:
+    """Where the last checkpoint of an interrupted training is, and how to go on from it."""
+    from adpf.cache import data_identity, split_identity
+    from adpf.train import as_split, plan_stages
+
+    identity = {"data": data_identity(data), "split": split_identity(as_split(split, len(data)))}
+    saved = [s.folder / "checkpoint.pt" for s in plan_stages(config, identity, recipe)
+             if (s.folder / "checkpoint.pt").is_file()]
+    if not saved:
+        return "no epoch had finished, so there is no checkpoint to resume from"
+    how = "the same command without --no-cache resumes from it" if fresh else "the same command resumes from it"
+    return f"the last checkpoint is {saved[-1]}; {how}"
+
+
+def check_output(path: str | Path, option: str, files: tuple[str, ...] = ()) -> Path:
+    """Refuse, before any work, an output that cannot be written: a file where a folder is
+    expected (``files``: the folder receives these files), a folder where a file is, a parent
+    that is a file or not writable. Returns the path."""
+    p = Path(path)
+    if files and p.exists() and not p.is_dir():
+        raise UsageError(f"{option} {p}: is a file; expected a folder to write {', '.join(files)} into")
+    for name in files:
+        if (p / name).is_dir():
+            raise UsageError(f"{option} {p}: {p / name} is a folder; cannot write the file {name} there")
+    if not files and p.is_dir():
+        raise UsageError(f"{option} {p}: is a folder; expected a file name")
+    parent = p if files else p.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"{option} {p}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"{option} {p}: cannot write into {parent} (permission denied)")
+    return p
+
+
 def checkpoint_path(path: str) -> Path:
     """A checkpoint file, or the ``model.pt`` inside a folder written by ``adpf train --out``."""
     p = Path(path)
@@ -216,6 +285,8 @@ def cmd_evaluate(args) -> int:
     from adpf.evaluate import format_metrics, predict, summarize
 
     path = checkpoint_path(args.checkpoint)
+    if args.json:
+        check_output(args.json, "--json")
     model = load_model(path, device_from_args(args))
     trained = trained_on.read(load_checkpoint(path))
     if "data" in trained_on.fill_data_options(args, trained) and args.data != "synthetic" \
@@ -246,9 +317,25 @@ def device_from_args(args) -> str:
     """``--device``, checked; by default CUDA when available, else the CPU."""
     if args.device is None:
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"--device {args.device}: CUDA is not available here")
-    return args.device
+    return check_device(args.device)
+
+
+def check_device(text: str, auto: bool = False) -> str:
+    """``text`` if it names a device here: cpu, cuda or cuda:N (and auto where ``auto``); else a UsageError."""
+    if auto and text == "auto":
+        return text
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise UsageError(f"--device {text}: expected {'auto, ' if auto else ''}cpu, cuda or cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {text}: CUDA is not available here")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UsageError(f"--device {text}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return text
+
 
 
 def cmd_predict(args) -> int:
@@ -256,6 +343,8 @@ def cmd_predict(args) -> int:
     from adpf.evaluate import ranked_boxes
     from adpf.losses import predict_age
 
+    if args.save_patches:  # checked (and a folder resolved to the file in it) before any work
+        args.save_patches = patch_figure_path(args.save_patches)
     model = load_model(checkpoint_path(args.checkpoint), device_from_args(args))
     config = model.config
     if args.save_patches and config.variant == "plain_cnn":
@@ -281,6 +370,22 @@ def cmd_predict(args) -> int:
         save_patch_figure(faces, Path(args.save_patches))
         print(f"patches drawn in {args.save_patches}")
     return 1 if failed else 0
+
+
+FIGURE_FORMATS = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
+
+
+def patch_figure_path(text: str) -> Path:
+    """``--save-patches``: a figure file (one of ``FIGURE_FORMATS``), or a folder (one that exists,
+    or a name ending in /) that receives ``patches.png``; anything else is refused (matplotlib
+    would add ``.png`` to a name without a suffix and write beside the folder)."""
+    p = Path(text)
+    if p.is_dir() or text.endswith(("/", os.sep)):
+        p = p / "patches.png"
+    elif p.suffix.lower() not in FIGURE_FORMATS:
+        raise UsageError(f"--save-patches {text}: expected a file name ending in {', '.join(FIGURE_FORMATS)}, "
+                         "or a folder")
+    return check_output(p, "--save-patches")
 
 
 def save_patch_figure(faces, path: Path) -> None:
@@ -322,6 +427,9 @@ def cmd_experiments(args) -> int:
     from adpf.experiments import ABLATIONS, ablation_table, heads_table
 
     config, recipe = config_from_args(args), recipe_from_args(args)
+    if args.out:
+        check_output(args.out, "--out")
+    sweep_cache(args)
     rows = args.rows.split(",") if args.rows else list(ABLATIONS)
     unknown = [r for r in rows if r not in ABLATIONS]
     if unknown:
@@ -330,6 +438,12 @@ def cmd_experiments(args) -> int:
         heads = [int(h) for h in args.heads_list.split(",")]
     except ValueError:
         raise UsageError(f"--heads-list {args.heads_list!r}: expected integers like 1,3,5") from None
+    changes = {k: v for k, v in config_changes(args).items() if k not in ("heads", "variant")}
+    for n in heads if args.table == "heads" else []:  # every row's config, before any training
+        try:
+            get_preset(args.preset, heads=n, **changes)
+        except (TypeError, ValueError) as e:
+            raise UsageError(f"--heads-list {args.heads_list!r}: {n} heads: {e}") from None
     if args.seeds and args.seed is not None:
         raise UsageError("--seed and --seeds: give one of them")
     if args.test_on and args.table != "ablation":
@@ -342,7 +456,6 @@ def cmd_experiments(args) -> int:
         test_on = load_prepared(args.test_on) if args.test_on else None
         table = ablation_table(config, data, split, recipe, rows, attention=args.attention, test_on=test_on, **runs)
     else:
-        changes = {k: v for k, v in config_changes(args).items() if k not in ("heads", "variant")}
         table = heads_table(data, split, recipe, heads, preset=args.preset, attention=args.attention, **runs,
                             **changes)
     shown = table.drop(columns=["history", "config_digest", "device"])
@@ -393,7 +506,10 @@ def build_parser() -> Parser:
 
     p = sub.add_parser("train", help="train a model (ADPF, an ablation or a baseline)",
                        description="Train ADPF, an ablation or a baseline on a prepared dataset; "
-                                   "finished trainings are loaded from the cache.")
+                                   "finished trainings are loaded from the cache.",
+                       epilog="Ctrl-C (or SIGTERM) stops the training, names the last checkpoint (saved after "
+                              "every epoch) and exits with status 130 (143): the same command resumes from it. "
+                              "Exit status: 0 trained, 2 usage error (one line on stderr).")
     add_model_options(p)
     add_data_options(p)
     add_recipe_options(p)
@@ -417,11 +533,15 @@ def build_parser() -> Parser:
 
     p = sub.add_parser("predict", help="estimate the age of faces in photos",
                        description="Align each photo with dlib (68 landmarks, eyes), then print the "
-                                   "predicted age ± the standard deviation of the predicted distribution.")
+                                   "predicted age ± the standard deviation of the predicted distribution.",
+                       epilog="Exit status: 0 every photo was predicted; 1 some photos were skipped (each named "
+                              "on stderr with the reason), the others predicted; 2 usage error (a bad option, "
+                              "a missing or unreadable checkpoint: one line on stderr); 130 interrupted.")
     p.add_argument("photos", nargs="+", metavar="PHOTO")
     p.add_argument("--checkpoint", required=True, help="a checkpoint file, or a folder written by adpf train --out")
     p.add_argument("--no-align", action="store_true", help="the photos are already aligned crops: only resize")
-    p.add_argument("--save-patches", metavar="OUT.png", help="draw each face with its ranked patches P1..Pn")
+    p.add_argument("--save-patches", metavar="OUT.png|DIR", help="draw each face with its ranked patches P1..Pn "
+                   "into OUT.png (or .pdf, .svg, .jpg), or into DIR/patches.png")
     p.add_argument("--device", help="default: cuda when available, else cpu")
     p.set_defaults(run=cmd_predict)
 
@@ -464,15 +584,26 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     args.argv = ["adpf", *argv]
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    if on_main_thread:
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return args.run(args) or 0
-    except NonFiniteOutputError as e:  # a diverged or corrupted model: name its checkpoint
-        print(f"adpf {args.command}: error: {getattr(args, 'checkpoint', 'the model')}: {e}", file=sys.stderr)
+    except KeyboardInterrupt as stop:  # Ctrl-C (130) or SIGTERM (143), after every clean-up ran
+        what = "terminated (SIGTERM)" if isinstance(stop, Terminated) else "interrupted"
+        print(f"adpf {args.command}: {what}" + "".join(f"; {a}" for a in stop.args), file=sys.stderr)
+        return 143 if isinstance(stop, Terminated) else 130
+    except OSError as e:  # a file or folder that cannot be read or written, a full disk
+        message = f"{e.filename}: {e.strerror}" if e.filename is not None else e
+        print(f"adpf {args.command}: error: {message}", file=sys.stderr)
         return 2
-    except (UsageError, CheckpointError, PreparedFormatError, FileNotFoundError, KeyError, ValueError) as e:
+    except (UsageError, CheckpointError, PreparedFormatError, KeyError, ValueError) as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"adpf {args.command}: error: {message}", file=sys.stderr)
         return 2
+    finally:
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 if __name__ == "__main__":

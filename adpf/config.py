@@ -115,6 +115,18 @@ class ADPFConfig:
     attention_impl: Literal["sdpa", "plain"] = "sdpa"
 
     def __post_init__(self) -> None:
+        for name in ("heads", "image_size", "in_channels", "x_size", "x_channels", "key_channels",
+                     "value_channels", "ca_reduction", "patch_size", "patch_channels"):
+            if not _whole(getattr(self, name)) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a whole number >= 1, got {getattr(self, name)!r}")
+        for name in ("stem_channels", "fusion_channels"):
+            widths = getattr(self, name)
+            if not isinstance(widths, (tuple, list)) or not all(_whole(w) and w >= 1 for w in widths):
+                raise ValueError(f"{name} must be a list of whole numbers >= 1, got {widths!r}")
+        if not (_whole(self.age_min) and _whole(self.age_max)):
+            raise ValueError(f"age_min and age_max must be whole numbers, got {self.age_min!r}, {self.age_max!r}")
+        if not (isinstance(self.sigma, (int, float)) and self.sigma > 0):
+            raise ValueError(f"sigma must be a number > 0 (years), got {self.sigma!r}")
         if self.x_channels % self.heads:
             raise ValueError(
                 f"x_channels={self.x_channels} must be divisible by heads={self.heads} "
@@ -127,8 +139,8 @@ class ADPFConfig:
                 "FusionNet needs one main-stream stage per patch")
         if not 0 < self.patch_min_frac <= self.patch_max_frac <= 1:
             raise ValueError("need 0 < patch_min_frac <= patch_max_frac <= 1")
-        if self.heads < 1 or not self.stem_channels or not self.fusion_channels:
-            raise ValueError("need heads >= 1 and non-empty stem_channels and fusion_channels")
+        if not self.stem_channels or not self.fusion_channels:
+            raise ValueError("need non-empty stem_channels and fusion_channels")
         if self.image_size != self.x_size * 2 ** (len(self.stem_channels) - 1):
             raise ValueError(
                 f"image_size={self.image_size} must equal x_size={self.x_size} * 2**(len(stem_channels)-1) "
@@ -173,6 +185,11 @@ class ADPFConfig:
         """A short stable hash of every field (used by the train-or-load cache)."""
         blob = json.dumps(self.to_dict(), sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _whole(value) -> bool:
+    """An integer (Python or numpy), not a bool, float or string."""
+    return hasattr(value, "__index__") and not isinstance(value, bool)
 
 
 PRESETS: dict[str, ADPFConfig] = {

@@ -1,10 +1,13 @@
 """The ``adpf`` command end to end in subprocesses on tiny data (train → evaluate → predict), and its
 one-line errors."""
+import argparse
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +16,11 @@ import pytest
 import torch
 from PIL import Image
 
+from adpf.checkpoint import is_temporary, load_checkpoint, save_checkpoint
 from adpf.cli import main
 from adpf.config import get_preset
 from adpf.data.prepared import write_prepared
-from adpf.networks import parameter_table
+from adpf.networks import build_model, parameter_table
 
 REPO = Path(__file__).resolve().parents[1]
 AAF = Path(__file__).resolve().parents[2] / "shared" / "data" / "aaf-wild-sample" / "images"
@@ -132,3 +136,264 @@ def test_experiments_prints_the_table(env, capsys, monkeypatch):
     assert "plain CNN" in text.read_text().splitlines()[-1] and "True" in text.read_text().splitlines()[-1]
     assert main(["experiments", "ablation", "--rows", "ADPF,nope"]) == 2
     assert "unknown ['nope']" in capsys.readouterr().err
+
+
+# --- one-line errors, checked before the work ---------------------------------------------------
+
+TINY_CONFIG = get_preset("cpu", image_size=16, x_size=4, stem_channels=(4, 4, 4), x_channels=6, heads=3,
+                         key_channels=4, value_channels=4, ca_reduction=2, fusion_channels=(4, 6, 8), patch_size=8,
+                         patch_channels=3, age_max=9)
+
+
+def tiny_checkpoint(path, config=TINY_CONFIG, **state):
+    """An untrained network of ``config`` saved as a checkpoint (enough for the checks before the work)."""
+    torch.manual_seed(0)
+    return save_checkpoint({"config": config.to_dict(), "model": build_model(config).state_dict(), **state}, path)
+
+
+def one_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("ADPF_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["train", "--heads", "0"], "adpf train: error: invalid config: heads must be a whole number >= 1, got 0"),
+    (["train", "--set", "heads=0"], "adpf train: error: invalid config: heads must be a whole number >= 1, got 0"),
+    (["experiments", "heads", "--heads-list", "0"],
+     "adpf experiments: error: --heads-list '0': 0 heads: heads must be a whole number >= 1, got 0"),
+    (["train", "--device", "tpu"], "adpf train: error: --device tpu: expected auto, cpu, cuda or cuda:N"),
+])
+def test_usage_errors_are_one_line_and_status_2_in_a_subprocess(env, args, expected):
+    # once: ZeroDivisionError / RuntimeError tracebacks, exit status 1
+    done = adpf(env, *args)
+    assert done.returncode == 2 and one_line(done.stderr) == expected
+
+
+def test_heads_list_rows_are_checked_before_any_training(env, cache, capsys):
+    assert main(["experiments", "heads", "--heads-list", "1,0", "--data", str(env["root"] / "nodata")]) == 2
+    assert one_line(capsys.readouterr().err).endswith("--heads-list '1,0': 0 heads: heads must be a whole number "
+                                                      ">= 1, got 0")
+
+
+@pytest.mark.parametrize("command", ["evaluate", "predict"])
+def test_an_unknown_device_is_named_not_the_checkpoint(env, tmp_path, command, capsys):
+    # once: "adpf evaluate: error: checkpoint ...: cannot be read (RuntimeError: ...tpu...)"
+    checkpoint = tiny_checkpoint(tmp_path / "m.pt")
+    args = [str(checkpoint)] if command == "evaluate" else ["x.jpg", "--checkpoint", str(checkpoint)]
+    assert main([command, *args, "--device", "tpu"]) == 2
+    assert one_line(capsys.readouterr().err) == f"adpf {command}: error: --device tpu: expected cpu, cuda or cuda:N"
+    assert main([command, *args, "--device", "cuda:x"]) == 2
+    assert "--device cuda:x: expected cpu, cuda or cuda:N" in capsys.readouterr().err
+
+
+def test_train_refuses_an_out_that_is_a_file_before_training(env, cache, tmp_path, capsys):
+    # once: the training ran, then a FileExistsError traceback
+    taken = tmp_path / "taken"
+    taken.write_text("a file of the user's")
+    base = ["train", *TINY, "--data", str(env["data"]), "--epochs", "1", "--batch-size", "8", "--no-progress"]
+    assert main([*base, "--out", str(taken)]) == 2
+    assert one_line(capsys.readouterr().err) == (f"adpf train: error: --out {taken}: is a file; expected a folder "
+                                                 "to write model.pt, result.json into")
+    assert taken.read_text() == "a file of the user's" and not (cache / "runs").exists()  # nothing trained
+    (tmp_path / "run" / "model.pt").mkdir(parents=True)
+    assert main([*base, "--out", str(tmp_path / "run")]) == 2
+    assert "model.pt is a folder; cannot write the file model.pt there" in one_line(capsys.readouterr().err)
+    assert main([*base, "--out", str(taken / "run")]) == 2
+    assert one_line(capsys.readouterr().err).endswith(f"--out {taken / 'run'}: {taken} is a file, not a folder")
+    assert not (cache / "runs").exists()
+
+
+def test_evaluate_checks_its_json_path_first_and_names_it(env, tmp_path, capsys):
+    # once: the evaluation ran, then an IsADirectoryError naming '.metrics.json.<random>.tmp'
+    checkpoint = tiny_checkpoint(tmp_path / "m.pt")
+    folder = tmp_path / "metrics.json"
+    folder.mkdir()
+    assert main(["evaluate", str(checkpoint), "--data", str(env["data"]), "--json", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert one_line(err) == f"adpf evaluate: error: --json {folder}: is a folder; expected a file name"
+    assert ".tmp" not in err
+    blocked = tmp_path / "notes.txt"
+    blocked.write_text("x")
+    assert main(["evaluate", str(checkpoint), "--data", str(env["data"]), "--json", str(blocked / "m.json")]) == 2
+    assert one_line(capsys.readouterr().err).endswith(f"{blocked} is a file, not a folder")
+
+
+def test_an_unwritable_output_folder_is_refused_first(env, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != tmp_path)  # as for a non-root user
+    assert main(["evaluate", str(tmp_path / "none.pt"), "--json", str(tmp_path / "m.json")]) == 2
+    assert one_line(capsys.readouterr().err).endswith(f"--json {tmp_path / 'm.json'}: cannot write into {tmp_path} "
+                                                      "(permission denied)")
+
+
+def test_save_patches_into_a_folder_writes_inside_it(env, tmp_path, capsys):
+    # once: --save-patches DIR wrote DIR.png beside the folder
+    checkpoint = tiny_checkpoint(tmp_path / "m.pt")
+    photo = tmp_path / "face.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(photo)
+    folder = tmp_path / "figures"
+    folder.mkdir()
+    args = ["predict", str(photo), "--checkpoint", str(checkpoint), "--no-align", "--save-patches"]
+    assert main([*args, str(folder)]) == 0
+    assert f"drawn in {folder / 'patches.png'}" in capsys.readouterr().out
+    assert Image.open(folder / "patches.png").size[0] > 50 and not (tmp_path / "figures.png").exists()
+    assert main([*args, str(tmp_path / "new") + os.sep]) == 0  # a folder to be made: a name ending in /
+    assert (tmp_path / "new" / "patches.png").is_file()
+    assert main([*args, str(tmp_path / "drawing")]) == 2  # no suffix: neither a figure file nor a folder
+    assert one_line(capsys.readouterr().err) == (f"adpf predict: error: --save-patches {tmp_path / 'drawing'}: "
+                                                 "expected a file name ending in .png, .pdf, .svg, .jpg, .jpeg, "
+                                                 "or a folder")
+    assert not list(tmp_path.glob("drawing*"))
+
+
+@pytest.mark.parametrize("epochs", ["0", "3,0", "0,2"])
+def test_zero_epochs_are_refused_not_cached(env, cache, epochs, capsys):
+    # once: trained nothing and stored the untrained network in the cache as a trained one
+    assert main(["train", *TINY, "--data", str(env["data"]), "--epochs", epochs, "--no-progress"]) == 2
+    assert one_line(capsys.readouterr().err) == (f"adpf train: error: --epochs {epochs!r}: every stage needs "
+                                                 "at least 1 epoch")
+    assert not (cache / "runs").exists()
+
+
+def test_bad_checkpoints_are_one_line(env, tmp_path, capsys):
+    heads0 = save_checkpoint({"config": {**TINY_CONFIG.to_dict(), "heads": 0}, "model": {}}, tmp_path / "h0.pt")
+    assert main(["evaluate", str(heads0)]) == 2  # once: a ZeroDivisionError traceback
+    assert one_line(capsys.readouterr().err) == (f"adpf evaluate: error: checkpoint {heads0}: bad config (heads "
+                                                 "must be a whole number >= 1, got 0)")
+    named = save_checkpoint({"config": "adpf", "model": {}}, tmp_path / "s.pt")
+    assert main(["predict", "x.jpg", "--checkpoint", str(named)]) == 2  # once: "unknown ... ['a', 'd', 'f', 'p']"
+    assert one_line(capsys.readouterr().err).endswith("not an adpf checkpoint ('config' is a str, expected a dict)")
+    evil = tmp_path / "evil.pt"
+    torch.save({"config": {}, "model": {}, "run": argparse.Namespace(x=1)}, evil)
+    assert main(["evaluate", str(evil)]) == 2  # once: torch's text, "weights_only=False will likely succeed"
+    line = one_line(capsys.readouterr().err)
+    assert line.startswith(f"adpf evaluate: error: checkpoint {evil}: cannot be read: refused, it holds the "
+                           "Python object argparse.Namespace") and "weights_only" not in line
+
+
+def test_predict_help_gives_the_exit_statuses(capsys):
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "Exit status: 0 every photo was predicted; 1 some photos were skipped" in text
+    assert "2 usage error" in text
+
+
+def test_train_sweeps_stale_temporaries_from_the_cache(env, cache, capsys):
+    # a killed run's temporaries (SIGKILL, power cut): removed by the next run once stale
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    runs = cache / "runs" / "attention-k1"
+    runs.mkdir(parents=True)
+    stale = runs / f".checkpoint.pt.tmp-{dead.pid}-abcd1234"
+    stale.write_bytes(b"x" * 1000)
+    drawing = cache / "data" / ".synthetic-s64-n10000-seed0-v2.tmp-ab12cd34"  # an older version's name
+    drawing.mkdir(parents=True)
+    (drawing / "images.npy").write_bytes(b"y" * 2000)
+    fresh = runs / f".stage.json.tmp-{dead.pid}-fresh123"
+    fresh.write_text("{}")
+    old = time.time() - 2 * 3600
+    for path in (stale, drawing / "images.npy", drawing):
+        os.utime(path, (old, old))
+    assert main(["train", "--data", str(env["root"] / "nodata"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("adpf train: removed 2 stale temporary file(s) or folder(s) (0.0 MB) that killed runs "
+                             "left in the cache: ") and err[0].endswith(" and others")
+    assert not stale.exists() and not drawing.exists() and fresh.exists()
+    assert len(err) == 2 and "no prepared dataset folder here" in err[1]
+
+
+def test_main_restores_the_sigterm_handler(capsys):
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["info", "--preset", "cpu"]) == 0
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+# --- Ctrl-C and SIGTERM ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def slow_data(tmp_path_factory):
+    """600 tiny faces: an epoch takes about a second, long enough to be interrupted in."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (600, 16, 16, 3), dtype=np.uint8)
+    meta = pd.DataFrame({"age": rng.integers(0, 10, 600).astype(float), "subject": np.arange(600) // 3})
+    return write_prepared(tmp_path_factory.mktemp("slow") / "tiny600", images, meta, name="tiny600")
+
+
+def start(env, cache, *args):
+    return subprocess.Popen([sys.executable, "-m", "adpf.cli", *map(str, args)], cwd=env["root"],
+                            env={**env["env"], "ADPF_CACHE_DIR": str(cache)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, encoding="utf-8")
+
+
+def wait_for(find, process, timeout=240):
+    """Poll ``find()`` until it returns something, failing if the process ends first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = find()
+        if found:
+            return found
+        if process.poll() is not None:
+            pytest.fail(f"the command ended (status {process.returncode}) before the signal: {process.communicate()}")
+        time.sleep(0.02)
+    process.kill()
+    pytest.fail("timed out waiting")
+
+
+def temporaries(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if is_temporary(p.name)]
+
+
+def test_ctrl_c_names_the_last_checkpoint_and_the_same_command_resumes(env, slow_data, tmp_path):
+    # once: a 100-line KeyboardInterrupt traceback, exit status 1
+    cache = tmp_path / "cache"
+    command = ["train", *TINY, "--data", slow_data, "--recipe", "book", "--epochs", "3,1", "--batch-size", "8",
+               "--no-progress"]
+    process = start(env, cache, *command)
+    checkpoint = wait_for(lambda: next(cache.glob("runs/attention-*/checkpoint.pt"), None), process)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=240)
+    assert process.returncode == 130
+    assert one_line(err) == (f"adpf train: interrupted; the last checkpoint is {checkpoint}; "
+                             "the same command resumes from it")
+    assert not temporaries(cache)
+    state = load_checkpoint(checkpoint)
+    assert 1 <= state["epoch"] < 3
+    again = adpf({**env, "env": {**env["env"], "ADPF_CACHE_DIR": str(cache)}}, *command)
+    assert again.returncode == 0, again.stderr
+    result = json.loads(next(cache.glob("runs/fusion-*/result.json")).read_text())
+    seconds = [row["seconds"] for row in result["history"]["attention"]]
+    assert len(seconds) == 3 and seconds[:state["epoch"]] == [row["seconds"] for row in state["meta"]["history"]]
+
+
+def test_sigterm_while_training_ends_with_status_143_and_no_temporaries(env, slow_data, tmp_path):
+    cache = tmp_path / "cache"
+    process = start(env, cache, "train", *TINY, "--data", slow_data, "--recipe", "book", "--epochs", "6,1",
+                    "--batch-size", "8", "--no-progress")
+    checkpoint = wait_for(lambda: next(cache.glob("runs/attention-*/checkpoint.pt"), None), process)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=240)
+    assert process.returncode == 143
+    assert one_line(err) == (f"adpf train: terminated (SIGTERM); the last checkpoint is {checkpoint}; "
+                             "the same command resumes from it")
+    assert not temporaries(cache)
+
+
+def test_sigterm_while_drawing_the_synthetic_faces_leaves_no_temporary_folder(env, tmp_path):
+    # once: killed by the signal, leaving a hidden half-drawn folder (641 MB at the default size)
+    cache = tmp_path / "cache"
+    process = start(env, cache, "train", *TINY, "--data", "synthetic", "--synthetic-n", "60000", "--epochs", "1",
+                    "--no-progress")
+    drawing = wait_for(lambda: next((p for p in (cache / "data").glob(".*") if is_temporary(p.name)
+                                     and (p / "masks.npy").is_file()), None), process)
+    time.sleep(0.5)  # drawing (PreparedWriter.__init__, which makes the folder, has returned)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=240)
+    assert process.returncode == 143 and one_line(err) == "adpf train: terminated (SIGTERM)"
+    assert not drawing.exists() and not temporaries(cache) and not list((cache / "data").iterdir())
