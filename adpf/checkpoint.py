@@ -87,6 +87,16 @@ def temporary_owner(name: str) -> int | None:
     return int(match["pid"]) if match and match["pid"] else None
 
 
+def temporary_folder(target: str | os.PathLike) -> Path:
+    """A new hidden folder beside ``target`` (``.<name>.tmp-<pid>-<random>``) to fill and then
+    rename onto it. Its mode is what the user's umask gives (``0o777 & ~umask``), not mkdtemp's
+    0700, so the folder it becomes is as readable as one made with ``mkdir``."""
+    target = Path(target)
+    folder = Path(tempfile.mkdtemp(prefix=f".{target.name}{TEMPORARY_TAG}{os.getpid()}-", dir=target.parent))
+    folder.chmod(0o777 & ~current_umask())
+    return folder
+
+
 def _naming(error: OSError, path: Path) -> OSError:
     """``error`` about ``path`` (a failed write names the target, not its temporary)."""
     return type(error)(error.errno, f"cannot be written ({error.strerror})", str(path))

@@ -8,13 +8,15 @@ import sys
 import zipfile
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from adpf.checkpoint import (CheckpointError, atomic_write, check_config, current_umask, is_temporary,
                              load_checkpoint, load_model, load_model_state, rng_state, save_checkpoint,
-                             set_rng_state, temporary_owner)
+                             set_rng_state, temporary_folder, temporary_owner)
 from adpf.config import get_preset
+from adpf.data.prepared import write_prepared
 from adpf.networks import build_model
 
 
@@ -259,3 +261,17 @@ def test_temporary_names():
         assert is_temporary(older) and temporary_owner(older) is None
     for other in ("checkpoint.pt", "stage.json", ".hidden", "x.tmp-1-ab", ".tmp-1-ab"):
         assert not is_temporary(other) and temporary_owner(other) is None
+
+
+@pytest.mark.parametrize("mask, mode", [(0o022, 0o755), (0o027, 0o750)], ids=["022", "027"])
+def test_folders_written_through_a_temporary_get_the_users_umask(tmp_path, umask, mask, mode):
+    # once 0700 (mkdtemp's mode): a prepared dataset folder was unreadable to the user's group
+    umask(mask)
+    folder = temporary_folder(tmp_path / "set")
+    assert folder.parent == tmp_path and temporary_owner(folder.name) == os.getpid()
+    assert stat.S_IMODE(folder.stat().st_mode) == mode
+    rng = np.random.default_rng(0)
+    meta = pd.DataFrame({"age": [1.0, 2.0], "subject": [0, 1]})
+    root = write_prepared(tmp_path / "prepared", rng.integers(0, 256, (2, 8, 8, 3), dtype=np.uint8), meta, name="t")
+    assert stat.S_IMODE(root.stat().st_mode) == mode
+    assert {stat.S_IMODE(p.stat().st_mode) for p in root.iterdir()} == {mode & 0o666}

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
+from adpf.checkpoint import temporary_folder
 from adpf.data.synthetic import GENERATOR_VERSION, REGION_NAMES, SyntheticFaceSpec, iter_synthetic_faces
 
 FORMAT = "adpf-prepared"
@@ -104,7 +104,7 @@ class PreparedWriter:
         if count < 1:
             raise ValueError(f"{self.root}: a prepared dataset needs at least one image, got count={count}")
         self.root.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.root.name}.tmp-", dir=self.root.parent))
+        self.tmp = temporary_folder(self.root)  # .<name>.tmp-<pid>-<random>, mode from the umask
         self.count, self.image_size, self.name = count, image_size, name
         self.region_names = tuple(region_names or ())
         self.images = np.lib.format.open_memmap(self.tmp / "images.npy", mode="w+", dtype=np.uint8,
