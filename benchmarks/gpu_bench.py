@@ -4,6 +4,7 @@
     python benchmarks/gpu_bench.py --part profile --out OUT   # the kernels adpf's training steps spend time in
     python benchmarks/gpu_bench.py --part compile --out OUT   # adpf's training steps under torch.compile
     python benchmarks/gpu_bench.py --part train --out OUT     # real training: both stages, synthetic faces
+    python benchmarks/gpu_bench.py --part syncs --out OUT     # host syncs: none in box finding, per step
     python benchmarks/gpu_bench.py --part summary --out OUT   # the table (stdout and OUT/gpu_table.md)
 
 ``--tiny`` runs every part on the CPU at a few pixels, to check the script without a GPU.
@@ -137,6 +138,54 @@ def part_train(args) -> None:
     (args.out / "train.json").write_text(json.dumps(out, indent=2) + "\n")
 
 
+def part_syncs(args) -> None:
+    """Host syncs (``torch.cuda.set_sync_debug_mode``): box finding must make none; a training step's are counted.
+
+    Box finding (``maps_to_boxes``, torch path) runs under mode "error", so one sync fails the
+    part; each stage's whole training step runs under "warn" and its warnings are counted.
+    """
+    import warnings
+
+    from adpf.patches import maps_to_boxes
+
+    s = settings(args)
+    config = benchmark.case_config(PRESET, "adpf", args.tiny)
+    cuda = s.device.type == "cuda"
+    maps = torch.randn(s.batch_size, config.heads, config.x_size, config.x_size, device=s.device)
+    maps_to_boxes(maps, config.image_size)  # warm-up: allocations and kernel loading are not the path's
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+    try:
+        boxes = maps_to_boxes(maps, config.image_size, config.patch_threshold, config.patch_min_frac,
+                              config.patch_max_frac)
+    finally:
+        if cuda:
+            torch.cuda.set_sync_debug_mode("default")
+    # on a CPU there is no device to wait for: the counts are left empty (the tests run the box
+    # path on the meta device instead, where any read of a value fails)
+    result = {"box_finding_syncs": 0 if cuda else None, "boxes": list(boxes.shape), "checked_on": str(s.device),
+              "per_step": {}}
+    images, ages = benchmark.sample_batch(config, s.batch_size, s.device)
+    for stage in ("attention", "fusion"):
+        step = benchmark.train_step(config, stage, images, ages, s)
+        step()
+        benchmark.synchronize(s.device)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            if cuda:
+                torch.cuda.set_sync_debug_mode("warn")
+            try:
+                step()
+            finally:
+                if cuda:
+                    torch.cuda.set_sync_debug_mode("default")
+        syncs = [str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message)]
+        result["per_step"][stage] = {"syncs": len(syncs) if cuda else None, "first": syncs[:5]}
+    print(json.dumps(result, indent=2), flush=True)
+    (args.out / "syncs.json").write_text(json.dumps(result, indent=2) + "\n")
+
+
 def _read(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
@@ -200,6 +249,10 @@ def part_summary(args) -> None:
                      f"{real['epochs']} epochs per stage of {real['steps_per_epoch']} steps; "
                      + "; ".join(f"{s}: final loss {r['last_loss']:.3f}, train MAE {r['last_train_mae']:.2f}"
                                  for s, r in real["stages"].items()))
+    syncs = _read(args.out / "syncs.json")
+    if syncs.get("box_finding_syncs") is not None:
+        lines.append(f"- host syncs: box finding {syncs['box_finding_syncs']} (mode \"error\"); per training step "
+                     + ", ".join(f"{st}: {v['syncs']}" for st, v in syncs["per_step"].items()))
     eager_md = args.out / "eager.md"
     text = "\n".join(lines) + ("\n\n## The benchmark table (eager)\n\n" + eager_md.read_text()
                                if eager_md.is_file() else "\n")
@@ -213,7 +266,8 @@ def _f(value: float | None, spec: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=["measure", "profile", "compile", "train", "summary"], required=True)
+    parser.add_argument("--part", choices=["measure", "profile", "compile", "train", "syncs", "summary"],
+                        required=True)
     parser.add_argument("--out", type=Path, required=True, help="folder for the JSON files and the table")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/adpf-gpu-run"), help="scratch folder for data")
     parser.add_argument("--tiny", action="store_true", help="CPU, a few pixels: checks the script")
@@ -228,7 +282,7 @@ def main() -> None:
     if not args.tiny and not torch.cuda.is_available():
         sys.exit("no CUDA device: run with --tiny to check the script on the CPU")
     {"measure": part_measure, "profile": part_profile, "compile": part_compile, "train": part_train,
-     "summary": part_summary}[args.part](args)
+     "syncs": part_syncs, "summary": part_summary}[args.part](args)
 
 
 if __name__ == "__main__":

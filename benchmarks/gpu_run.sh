@@ -27,6 +27,7 @@ part() {  # part NAME LIMIT_SECONDS
 part measure 130 "$@"
 part profile 35 "$@"
 part train 110 "$@"
+part syncs 25 "$@"
 part compile 120 "$@"
 part summary 20 "$@"
 echo "total: $((SECONDS - start)) s"

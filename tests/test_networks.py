@@ -206,6 +206,15 @@ def test_a_negative_scale_crops_the_region_the_fc_weighs_most(rank_by):
         assert not (x0 <= 15 - p < x1 and y0 <= 15 - p < y1)  # nor does it reach the opposite corner
 
 
+def test_stage_two_forward_reads_nothing_back_to_the_host():
+    """ADPF's stage-2 forward (frozen AttentionNet, maps → boxes → crops → FusionNet) runs on the meta
+    device, where tensors hold no data: any host read of a value (``.item()``, boolean masks) raises."""
+    config = get_preset("cpu")
+    model = ADPF(config).to("meta").freeze_attention().train()
+    out = model(torch.rand(2, 3, 64, 64, device="meta"))
+    assert out.logits.shape == (2, config.num_classes) and out.boxes.device.type == "meta"
+
+
 def test_fixed_patches_are_the_same_in_every_image():
     config = tiny()
     model = FixedPatchFusion(config)

@@ -1,9 +1,17 @@
 """Maps → boxes (both implementations of the same rule), crops, and the fixed layout."""
+import ast
+import inspect
+import itertools
+import random
+import textwrap
+from collections import deque
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from adpf.patches import FACE_PARTS, crop_patches, fixed_boxes, maps_to_boxes
+from adpf import patches
+from adpf.patches import FACE_PARTS, crop_patches, fixed_boxes, label_rounds, maps_to_boxes
 
 S = 64
 
@@ -95,6 +103,146 @@ def test_torch_and_cv2_agree_on_random_maps():
             a = maps_to_boxes(maps, 48, threshold, 0.05, 1.0, method="torch")
             b = maps_to_boxes(maps, 48, threshold, 0.05, 1.0, method="cv2")
             assert torch.equal(a, b), (trial, threshold)
+
+
+@pytest.mark.parametrize("h,size", [(16, 64), (32, 128), (7, 45), (11, 33)])
+def test_torch_and_cv2_agree_at_the_presets_sizes_and_odd_sizes(h, size):
+    torch.manual_seed(h)
+    rough = torch.randn(4, 5, h, h)
+    smooth = F.avg_pool2d(torch.randn(4, 5, h + 4, h + 4), 5, 1)
+    for maps in (rough, smooth):
+        for threshold in ("mean", 0.3, 0.7):
+            a = maps_to_boxes(maps, size, threshold, 0.05, 1.0, method="torch")
+            b = maps_to_boxes(maps, size, threshold, 0.05, 1.0, method="cv2")
+            assert torch.equal(a, b), threshold
+
+
+def loop_labels(mask):
+    """Plain breadth-first reference: each set pixel's label is the smallest 2×2-block index in its component."""
+    s = len(mask)
+    blocks = (s + 1) // 2
+    labels = [[blocks * blocks] * s for _ in range(s)]
+    seen = set()
+    for start in itertools.product(range(s), range(s)):
+        if not mask[start[0]][start[1]] or start in seen:
+            continue
+        component, queue = [], deque([start])
+        seen.add(start)
+        while queue:
+            y, x = queue.popleft()
+            component.append((y, x))
+            for dy, dx in itertools.product((-1, 0, 1), repeat=2):
+                q = (y + dy, x + dx)
+                if 0 <= q[0] < s and 0 <= q[1] < s and mask[q[0]][q[1]] and q not in seen:
+                    seen.add(q)
+                    queue.append(q)
+        label = min((y // 2) * blocks + x // 2 for y, x in component)
+        for y, x in component:
+            labels[y][x] = label
+    return torch.tensor(labels)
+
+
+def test_component_labels_match_a_loop_reference():
+    every_3x3 = torch.tensor(list(itertools.product((False, True), repeat=9))).view(-1, 3, 3)
+    torch.manual_seed(0)
+    masks = [every_3x3] + [torch.rand(40, s, s) < p for s in (1, 2, 4, 5, 8, 9) for p in (0.3, 0.5, 0.7)]
+    for batch in masks:
+        labels = patches._component_labels(batch)
+        for mask, got in zip(batch, labels):
+            assert torch.equal(got, loop_labels(mask.tolist())), mask.int()
+
+
+def test_region_boxes_match_cv2_on_every_4x4_mask():
+    masks = torch.tensor(list(itertools.product((False, True), repeat=16)))[1:].view(-1, 4, 4)
+    first = masks.flatten(1).int().argmax(dim=1)  # a peak: the first set pixel
+    peaks = torch.stack([first // 4, first % 4], dim=1)
+    assert torch.equal(patches._region_boxes_torch(masks, peaks), patches._region_boxes_cv2(masks, peaks))
+
+
+def maze(size, seed):
+    """A 1-pixel-wide maze (a random spanning tree of a (size/2)² grid of cells): one long, twisted component."""
+    rnd, cells = random.Random(seed), size // 2
+    mask = torch.zeros(size, size, dtype=torch.bool)
+    mask[0, 0] = True
+    seen, stack = {(0, 0)}, [(0, 0)]
+    while stack:
+        y, x = stack[-1]
+        free = [(y + dy, x + dx) for dy, dx in ((0, 1), (1, 0), (0, -1), (-1, 0))
+                if 0 <= y + dy < cells and 0 <= x + dx < cells and (y + dy, x + dx) not in seen]
+        if not free:
+            stack.pop()
+            continue
+        ny, nx = rnd.choice(free)
+        seen.add((ny, nx))
+        mask[2 * ny, 2 * nx] = mask[y + ny, x + nx] = True
+        stack.append((ny, nx))
+    return mask
+
+
+def slow_shapes(size):
+    """Masks whose components are long paths: mazes (straight and turned 45°), snakes along rows and diagonals."""
+    shapes = [maze(size, seed) for seed in range(3)]
+    for seed in range(2):  # a maze turned 45°: every step of its corridors is diagonal
+        small, turned = maze(size // 2, seed), torch.zeros(size, size, dtype=torch.bool)
+        ys, xs = small.nonzero(as_tuple=True)
+        turned[ys + xs, xs - ys + size // 2 - 1] = True
+        shapes.append(turned)
+    rows = torch.zeros(size, size, dtype=torch.bool)
+    rows[::2] = True
+    rows[1::4, -1] = rows[3::4, 0] = True  # a snake along the rows
+    shapes += [rows, rows.T.contiguous()]
+    diagonals = torch.zeros(size, size, dtype=torch.bool)
+    for k, d in enumerate(range(0, size, 3)):  # anti-diagonals joined at alternate ends
+        i = torch.arange(d + 1)
+        diagonals[i, d - i] = True
+        if d + 3 < size:
+            if k % 2:
+                diagonals[d + 1:d + 3, 0] = True
+            else:
+                diagonals[0, d + 1:d + 3] = True
+    shapes.append(diagonals)
+    return torch.stack(shapes)
+
+
+@pytest.mark.parametrize("size", [64, 128])
+def test_the_fixed_rounds_settle_the_labels_of_long_paths(size):
+    masks = slow_shapes(size)
+    labels = patches._component_labels(masks)
+    assert torch.equal(labels, patches._component_labels(masks, rounds=4 * label_rounds(size)))
+    for mask, got in zip(masks, labels):
+        assert torch.equal(got, loop_labels(mask.tolist()))
+    # the margin: two rounds fewer than the fixed count already settle every one of them
+    assert torch.equal(labels, patches._component_labels(masks, rounds=label_rounds(size) - 2))
+    assert not torch.equal(labels, patches._component_labels(masks, rounds=3))  # the paths do need rounds
+
+
+TORCH_PATH = [patches.maps_to_boxes, patches._threshold_masks, patches._region_boxes_torch,
+              patches._component_labels, patches._block_graph, patches._neighbour_min, patches._square_boxes]
+
+
+def test_the_torch_path_reads_nothing_back_to_the_host():
+    """No .item()/.cpu()/.tolist()/.numpy(), no NumPy or cv2, no data-dependent loop in the torch path."""
+    for function in TORCH_PATH:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
+        if function is patches.maps_to_boxes:  # the cv2 branch is the reference, not the training path
+            for node in ast.walk(tree):
+                if isinstance(node, ast.If) and "cv2" in ast.unparse(node.test):
+                    node.body = []
+        for node in ast.walk(tree):
+            assert not isinstance(node, ast.While), function.__name__
+            if isinstance(node, ast.Attribute):
+                assert node.attr not in {"item", "cpu", "tolist", "numpy", "nonzero"}, (function.__name__, node.attr)
+            if isinstance(node, ast.Name):
+                assert node.id not in {"np", "cv2", "len", "bool"}, (function.__name__, node.id)
+
+
+def test_the_torch_path_runs_on_the_meta_device():
+    """Meta tensors hold no data: any read of a value on the host (``.item()``, a boolean mask, a
+    data-dependent shape) raises there, so this is the CPU's check that box finding never syncs."""
+    maps = torch.randn(2, 5, 16, 16, device="meta")
+    boxes = maps_to_boxes(maps, 64)
+    assert boxes.device.type == "meta" and boxes.shape == (2, 5, 4) and boxes.dtype == torch.int64
+    assert maps_to_boxes(maps, 64, threshold=0.4).shape == (2, 5, 4)
 
 
 def test_a_region_inside_a_hole_is_found():
