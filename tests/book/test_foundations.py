@@ -1,5 +1,9 @@
 """The checks that chapters 1-6 make, read back from the executed notebooks."""
-from book_outputs import glued
+import re
+
+import pytest
+
+from book_outputs import executed, glued
 
 
 def test_ch2_relative_attention_matches_the_loops():
@@ -7,6 +11,8 @@ def test_ch2_relative_attention_matches_the_loops():
     assert 0 <= values["rel_max_error"] < 1e-10
     assert 0 <= values["sa_plain_max_error"] < 1e-10
     assert 0 <= values["sa_sdpa_max_error"] < 1e-10
+    # the fused form the model trains with: q~, k~ and q~ k~^T equal the loops and Eq. 2
+    assert 0 <= values["fused_max_error"] < 1e-10
     # the attention weights shown are the module's own (float32)
     assert 0 <= values["weights_reproduce_error"] < 1e-4
 
@@ -16,6 +22,8 @@ def test_ch3_channel_and_hybrid_attention():
     assert 0 <= values["ca_max_error"] < 1e-10
     assert 0 <= values["ha_max_error"] < 1e-10
     assert 0 <= values["ha_is_weighted_sum_error"] < 1e-5
+    # all heads in one call (what RMHHA runs) equal each head by the loops on its slice
+    assert 0 <= values["fused_heads_max_error"] < 1e-10
     # the argument for max pooling: it ranks the small local channel first, averaging does not
     assert values["max_local"] > values["max_broad"]
     assert values["average_local"] < values["average_broad"]
@@ -79,3 +87,26 @@ def test_ch1_metrics_protocols_and_alignment():
     assert values["n_detected"] == 1
     assert values["eye_landing_error"] < 1e-6
     assert abs(values["rotation_deg"]) < 20 and 0.3 < values["scale"] < 3
+
+
+FOUNDATIONS = ["01_task", "02_self_attention", "03_hybrid_attention", "04_rmhha", "05_diversity_loss",
+               "06_age_loss"]
+
+
+@pytest.mark.parametrize("stem", FOUNDATIONS)
+def test_ch1_to_6_are_lessons_with_captioned_figures(stem):
+    """A label on the title, a Summary and 3-5 Exercises at the end, a caption on every figure, and
+    chapters referred to by label, never by a typed number."""
+    nb = executed(stem)
+    text = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    assert re.search(rf"^\(ch-{stem.split('_', 1)[1].replace('_', '-')}\)=\n# ", text, re.M)
+    headings = re.findall(r"^## (.+)$", text, re.M)
+    assert headings[-2:] == ["Summary", "Exercises"]
+    exercises = text.split("## Exercises", 1)[1]
+    assert 3 <= len(re.findall(r"^\d+\. ", exercises, re.M)) <= 5
+    assert not re.search(r"\b[Cc]hapters? \d", text), "a chapter number typed by hand"
+    for cell in nb.cells:
+        figures = [o for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
+        if figures:
+            caption = cell.metadata.get("mystnb", {}).get("figure", {}).get("caption", "")
+            assert caption.strip(), f"a figure without a caption in cell:\n{cell.source[:200]}"
