@@ -44,7 +44,7 @@ from adpf.config import ADPFConfig
 from adpf.data.prepared import Prepared, cache_root
 
 #: Fields only FusionNet and the patch rule read; AttentionNet does not depend on them.
-FUSION_ONLY_FIELDS = ("fusion_channels", "patch_size", "patch_channels", "ranking", "rank_by",
+FUSION_ONLY_FIELDS = ("fusion_channels", "patch_size", "patch_channels", "patch_stream", "ranking", "rank_by",
                       "patch_threshold", "patch_min_frac", "patch_max_frac")
 
 #: Source files that do not change what a training produces (their edits keep the cache). The

@@ -43,6 +43,11 @@ class ADPFConfig:
         patch P_k, so there is one stage per head (open choice 8).
     patch_size: side of each patch after cropping and resizing (open choice 7).
     patch_channels: width of each patch's own short stream of conv blocks (open choice 8).
+    patch_stream: how each patch's stream reaches its joining stage's size (open choice 8;
+        ``networks`` module docstring): "strided" (default), a conv block at the patch size then
+        stride-2 conv blocks, so the downsampling is learned; "resize", two conv blocks at the
+        patch size then an antialiased bilinear resize (the earlier design, kept for comparison:
+        ``benchmarks/results/patch_streams.md``).
 
     Age output
     ----------
@@ -95,6 +100,7 @@ class ADPFConfig:
     fusion_channels: tuple[int, ...] = (64, 128, 128, 256, 256)
     patch_size: int = 48
     patch_channels: int = 32
+    patch_stream: Literal["strided", "resize"] = "strided"
     # age output
     age_min: int = 0
     age_max: int = 100
@@ -151,7 +157,7 @@ class ADPFConfig:
         for name, allowed in [("variant", ("adpf", "attention_only", "plain_cnn", "fixed_patches")),
                               ("attention", ("hybrid", "self_sum")), ("rank_by", ("value", "abs")),
                               ("eq9", ("as_written", "raw")), ("diversity_maps", ("unit", "normalized", "raw")),
-                              ("attention_impl", ("sdpa", "plain"))]:
+                              ("attention_impl", ("sdpa", "plain")), ("patch_stream", ("strided", "resize"))]:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
 

@@ -7,9 +7,21 @@ Open choices made here (``adpf-method.md``, "Open choices"):
    1×1 conv block to X (``x_channels`` at ``x_size``). FusionNet: one stride-2 conv block,
    then one stage per head, each two conv blocks; a stage halves the resolution unless the
    main stream is already ``MIN_SIDE`` wide.
-8. Patch streams. Each patch has its own stream of two conv blocks at the patch size, then is
-   resized (bilinear, antialiased) to the main stream's size at its joining stage, where
-   R = Concat[I, P] feeds the stage. Stage k receives P_k, so P_1 travels the longest path.
+8. Patch streams. Each patch has its own stream that brings it to the main stream's size t_k
+   at its joining stage, where R = Concat[I, P] feeds the stage. Stage k receives P_k, so P_1
+   travels the longest path. ``config.patch_stream`` picks the stream's design:
+
+   - ``"strided"`` (default): a conv block at the patch size p, then stride-2 conv blocks
+     (each ⌈side/2⌉) while the side stays ≥ t_k, so the downsampling is learned, as the
+     paper's figure of sub-streams suggests; a stream with no stride-2 block gets a second
+     block at the patch size. Where the sides do not divide, an adaptive average pool takes
+     the last step down (the presets' p = 3·2^j against t_k = 2^i: e.g. cpu P_4, 24 → 12 → 6 →
+     pool → 4). A patch smaller than its stage (P_1: 24 → 32, 48 → 64) is upsampled
+     bilinearly after its two blocks.
+   - ``"resize"``: two conv blocks at the patch size, then an antialiased bilinear resize to
+     t_k (the earlier design: P_4 and P_5 arrive as 4×4 averages of patch-size features).
+
+   Measured against each other on the same split and seeds: ``benchmarks/results/patch_streams.md``.
 
 Images enter as ``(B, 3, H, W)`` in [0, 1] and are mapped to [-1, 1] inside the model
 (fixed, no dataset statistics, so every dataset and the synthetic faces are treated alike).
@@ -95,21 +107,32 @@ class AttentionNet(nn.Module):
 
 
 class PatchStream(nn.Module):
-    """A patch's own short stream: two conv blocks at the patch size, then a resize to the joining stage's size."""
+    """Patch P_k's own stream: ``(B, C, p, p)`` → features ``(B, channels, size, size)`` (open choice 8).
 
-    def __init__(self, in_channels: int, channels: int):
+    ``design`` is ``config.patch_stream`` ("strided" or "resize", see the module docstring);
+    ``side`` is the side its conv blocks leave, before the last step to ``size``.
+    """
+
+    def __init__(self, in_channels: int, channels: int, patch_size: int, size: int, design: str):
         super().__init__()
-        self.blocks = nn.Sequential(conv_block(in_channels, channels), conv_block(channels, channels))
+        blocks, side = [conv_block(in_channels, channels)], patch_size
+        while design == "strided" and (side + 1) // 2 >= size:
+            blocks.append(conv_block(channels, channels, stride=2))
+            side = (side + 1) // 2
+        if len(blocks) == 1:
+            blocks.append(conv_block(channels, channels))
+        self.blocks = nn.Sequential(*blocks)
+        self.design, self.side, self.size = design, side, size
 
-    def forward(self, patch: Tensor, size: int) -> Tensor:
-        """patch ``(B, C, p, p)`` → features ``(B, channels, size, size)``.
-
-        The resize runs in float32 and returns the blocks' dtype: antialiased interpolation has
-        no bfloat16 kernel on the CPU, so under bf16 autocast it would fail.
-        """
+    def forward(self, patch: Tensor) -> Tensor:
         features = self.blocks(patch)
-        return F.interpolate(features.float(), size=(size, size), mode="bilinear",
-                             align_corners=False, antialias=True).to(features.dtype)
+        if self.side == self.size:
+            return features
+        if self.design == "strided" and self.side > self.size:
+            return F.adaptive_avg_pool2d(features, self.size)
+        # in float32: antialiased interpolation has no bfloat16 kernel on the CPU (bf16 autocast)
+        return F.interpolate(features.float(), size=(self.size, self.size), mode="bilinear",
+                             align_corners=False, antialias=self.side > self.size).to(features.dtype)
 
 
 class FusionNet(nn.Module):
@@ -135,19 +158,22 @@ class FusionNet(nn.Module):
             side, prev = (side + 1) // 2 if stride == 2 else side, width
         self.stages = nn.ModuleList(stages)
         self.patch_streams = nn.ModuleList(
-            PatchStream(config.in_channels, config.patch_channels) for _ in widths) if use_patches else None
+            PatchStream(config.in_channels, config.patch_channels, config.patch_size, size, config.patch_stream)
+            for size in self.input_sizes) if use_patches else None
         self.fc = nn.Linear(widths[-1], config.num_classes)
 
     def forward(self, x: Tensor, patches: Tensor | None = None) -> ModelOutput:
         check_images(x, self.config)
         if self.use_patches != (patches is not None):
             raise ValueError("this FusionNet " + ("needs" if self.use_patches else "takes no") + " patches")
-        if patches is not None and (patches.dim() != 5 or patches.shape[1] != len(self.stages)):
-            raise ValueError(f"patches must be (B, {len(self.stages)}, C, p, p), got {tuple(patches.shape)}")
+        p = self.config.patch_size
+        if patches is not None and (patches.dim() != 5 or patches.shape[1] != len(self.stages)
+                                    or tuple(patches.shape[-2:]) != (p, p)):
+            raise ValueError(f"patches must be (B, {len(self.stages)}, C, {p}, {p}), got {tuple(patches.shape)}")
         features = self.stem(normalize_images(x))
         for k, stage in enumerate(self.stages):
             if patches is not None:
-                p = self.patch_streams[k](normalize_images(patches[:, k]), features.shape[-1])
+                p = self.patch_streams[k](normalize_images(patches[:, k]))
                 features = torch.cat([features, p], dim=1)
             features = stage(features)
         return ModelOutput(logits=self.fc(features.mean(dim=(2, 3))), patches=patches)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from adpf.attention import HybridAttention
+from adpf.cache import attention_config
 from adpf.config import get_preset
 from adpf.losses import age_estimation_loss, attention_net_loss
 from adpf.networks import (ADPF, AttentionNet, FixedPatchFusion, FusionNet, build_model, conv_block,
@@ -51,10 +52,10 @@ def test_cli_prints_every_variant(capsys):
     assert all(v in out for v in VARIANTS) and "preset cpu" in out
 
 
-@pytest.mark.parametrize("name,batch", [("cpu", 3), ("paper", 2)])
-def test_every_variant_runs_forward_and_backward(name, batch):
+@pytest.mark.parametrize("name,batch,stream", [("cpu", 3, "strided"), ("paper", 2, "strided"), ("cpu", 3, "resize")])
+def test_every_variant_runs_forward_and_backward(name, batch, stream):
     torch.manual_seed(0)
-    config = get_preset(name)
+    config = get_preset(name, patch_stream=stream)
     x = torch.rand(batch, 3, config.image_size, config.image_size)
     age = torch.tensor([20.0, 45.0, 70.0])[:batch]
     for variant in VARIANTS:
@@ -77,11 +78,12 @@ def test_every_variant_runs_forward_and_backward(name, batch):
         assert trained and all(torch.isfinite(p.grad).all() for p in trained)
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_every_variant_trains_under_cpu_bf16_autocast(variant):
+@pytest.mark.parametrize("variant,stream", [(v, "strided") for v in VARIANTS] +
+                         [("adpf", "resize"), ("fixed_patches", "resize")])
+def test_every_variant_trains_under_cpu_bf16_autocast(variant, stream):
     """Regression: antialiased interpolation has no bf16 CPU kernel, so the patch variants crashed under autocast."""
     torch.manual_seed(0)
-    config = get_preset("cpu", variant=variant)
+    config = get_preset("cpu", variant=variant, patch_stream=stream)
     model = build_model(config).eval()  # eval: BatchNorm uses its running statistics in both runs
     x = torch.rand(3, 3, config.image_size, config.image_size)
     age = torch.tensor([20.0, 45.0, 70.0])
@@ -129,7 +131,7 @@ def test_patch_k_joins_at_stage_k():
     for k in range(3):
         # R = Concat[I, P]: the last patch_channels of stage k's input are patch stream k's features
         assert base[k].shape[1] == main_widths[k] + config.patch_channels
-        p = net.patch_streams[k](2 * patches[:, k] - 1, base[k].shape[-1])
+        p = net.patch_streams[k](2 * patches[:, k] - 1)
         torch.testing.assert_close(base[k][:, main_widths[k]:], p.detach())
         moved = patches.clone()
         moved[:, k] = torch.rand(2, 3, 8, 8)
@@ -140,6 +142,55 @@ def test_patch_k_joins_at_stage_k():
             else:
                 assert not torch.allclose(after[j], base[j])  # stage k and all later ones do
     assert net.input_sizes == [8, 4, 4]
+
+
+@pytest.mark.parametrize("name,strides", [("cpu", [0, 0, 1, 2, 2]), ("paper", [0, 0, 1, 2, 3])])
+def test_strided_streams_learn_the_way_down_to_their_stage(name, strides):
+    config = get_preset(name)
+    strided, resized = FusionNet(config), FusionNet(config.replace(patch_stream="resize"))
+    p, c = config.patch_size, config.patch_channels
+    block = 9 * c * c + 2 * c  # a conv block at the stream's width (conv without bias + BatchNorm)
+    for k, size in enumerate(strided.input_sizes):
+        s, r = strided.patch_streams[k], resized.patch_streams[k]
+        assert [b[0].stride[0] for b in s.blocks[1:]].count(2) == strides[k]
+        assert len(s.blocks) == max(2, 1 + strides[k]) and len(r.blocks) == 2
+        assert count_parameters(s) == count_parameters(r) + max(0, strides[k] - 1) * block
+        side = p
+        for _ in range(strides[k]):
+            side = (side + 1) // 2
+        assert s.side == side
+        if strides[k]:
+            assert side >= size > (side + 1) // 2  # as far down as halving goes without passing the stage
+        for stream in (s, r):
+            out = stream(torch.rand(2, 3, p, p))
+            assert out.shape == (2, c, size, size)
+    # AttentionNet does not read the field: both designs train on one stage-1 model (adpf.cache)
+    assert attention_config(config.replace(patch_stream="resize")) == attention_config(config)
+
+
+def adaptive_pool_loop(x, size):
+    """Plain float64 loop: output cell i averages input rows floor(i·n/size) .. ceil((i+1)·n/size) - 1 (same for columns)."""
+    n = x.shape[-1]
+    out = torch.zeros(*x.shape[:-2], size, size, dtype=torch.float64)
+    for i in range(size):
+        for j in range(size):
+            r0, r1 = (i * n) // size, -((-(i + 1) * n) // size)
+            c0, c1 = (j * n) // size, -((-(j + 1) * n) // size)
+            out[..., i, j] = x[..., r0:r1, c0:c1].double().mean(dim=(-2, -1))
+    return out
+
+
+def test_a_strided_stream_ends_with_an_adaptive_pool_where_sides_do_not_divide():
+    torch.manual_seed(0)
+    config = get_preset("cpu")  # P_4: 24 -> 12 -> 6 -> pool -> 4
+    stream = FusionNet(config).patch_streams[3].double().eval()
+    patch = torch.rand(2, 3, 24, 24, dtype=torch.float64, requires_grad=True)
+    features = stream.blocks(patch)
+    assert features.shape[-1] == 6
+    out = stream(patch)
+    torch.testing.assert_close(out, adaptive_pool_loop(features.detach(), 4), rtol=1e-12, atol=1e-12)
+    out.sum().backward()
+    assert torch.isfinite(patch.grad).all() and patch.grad.abs().sum() > 0
 
 
 def test_plain_cnn_has_the_same_main_stream():
