@@ -10,16 +10,16 @@ Expected layout (folder or archive):
 With keypoints and --measure, also prints dlib's detection rate and its eye error against
 the keypoints (eye-centre distance over the inter-ocular distance).
 
-Example:  python data_scripts/aaf.py /work/shared/data/aaf-wild-sample --measure
+Example:  python data_scripts/aaf.py All-Age-Faces/ --size 64 --measure
 """
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from adpf.data.align import measure_alignment  # noqa: E402
+from adpf.data.align import read_keypoints_49  # noqa: E402
 from adpf.data.readers import read_aaf  # noqa: E402
-from adpf.data.scripts_common import common_parser, run  # noqa: E402
+from adpf.data.scripts_common import common_parser, measure, run  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -34,10 +34,7 @@ def main(argv=None) -> int:
         if df.empty:
             print("error: no keypoints/NNNNNAaa.txt beside the images to measure against", file=sys.stderr)
             return 2
-        m = measure_alignment(df["path"].tolist(), df["keypoints"].tolist())
-        print(f"dlib on {m['images']} photos with keypoints: detection rate {m['detection_rate']:.3f} "
-              f"({m['detected']} found); eye error / inter-ocular distance: median {m['median_eye_error']:.4f}, "
-              f"mean {m['mean_eye_error']:.4f}, max {m['max_eye_error']:.4f}")
+        return measure(df["path"].tolist(), read_keypoints_49, df["keypoints"].tolist(), "aaf49")
     return status
 
 

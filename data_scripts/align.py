@@ -17,7 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from adpf.data.align import align_batch  # noqa: E402
 from adpf.data.readers import IMAGE_SUFFIXES  # noqa: E402
-from adpf.data.scripts_common import check_paths  # noqa: E402
+from adpf.data.align import AlignerMissingError  # noqa: E402
+from adpf.data.scripts_common import UsageError, check_counts, check_paths  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -31,8 +32,9 @@ def main(argv=None) -> int:
         print(f"error: {args.source}: not a folder of images", file=sys.stderr)
         return 2
     try:  # OUT inside SOURCE would be read as sources on the next run
+        check_counts(args, "size", "workers")
         check_paths(args.source, args.out, out_inside_source=False)
-    except FileExistsError as e:
+    except (UsageError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.out.exists() and not args.out.is_dir():
@@ -43,7 +45,11 @@ def main(argv=None) -> int:
         print(f"error: {args.source}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))})", file=sys.stderr)
         return 2
     start = time.perf_counter()
-    print(align_batch(paths, args.out, args.size, args.workers))
+    try:
+        print(align_batch(paths, args.out, args.size, args.workers))
+    except AlignerMissingError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(f"time: {time.perf_counter() - start:.1f} s")
     return 0
 

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from adpf.data.align import (EYE_POSITIONS, AlignmentError, align_batch, align_face, detect_landmarks,
+from adpf.data.align import (EYE_POSITIONS, AlignmentError, align_batch, align_face, align_faces, detect_faces,
                              eye_alignment_matrix, eye_centres, load_image, measure_alignment,
-                             normalized_eye_error, read_keypoints_49, square_resize, warp_to_crop)
+                             normalized_eye_error, read_keypoints_49, reference_eyes, square_resize, warp_to_crop)
 
 AAF = Path(__file__).resolve().parents[2] / "shared" / "data" / "aaf-wild-sample"
 needs_aaf = pytest.mark.skipif(not (AAF / "images").is_dir(), reason=f"shared AAF sample not at {AAF}")
@@ -111,7 +111,7 @@ def test_aligned_eyes_land_where_asked():
     for i in (0, 60, 200):
         face = align_face(_aaf(i), 128)
         assert face.image.shape == (128, 128, 3) and face.faces >= 1
-        left, right = eye_centres(detect_landmarks(face.image)[0])
+        left, right = eye_centres(detect_faces(face.image)[0].landmarks)
         for got, (fx, fy) in zip((left, right), EYE_POSITIONS):
             assert np.linalg.norm(got - [fx * 128, fy * 128]) < 4, (i, got)
 
@@ -119,9 +119,9 @@ def test_aligned_eyes_land_where_asked():
 @needs_aaf
 def test_huge_grayscale_and_several_faces(tmp_path):
     rgb = load_image(_aaf(3))
-    small = detect_landmarks(rgb)[0]
+    small = detect_faces(rgb)[0].landmarks
     huge = np.array(Image.fromarray(rgb).resize((rgb.shape[1] * 6, rgb.shape[0] * 6), Image.BILINEAR))
-    big = detect_landmarks(huge)[0]  # detected on a shrunk copy, landmarks in full-size pixels
+    big = detect_faces(huge)[0].landmarks  # detected on a shrunk copy, landmarks in full-size pixels
     iod = np.linalg.norm(np.subtract(*eye_centres(small)))
     assert np.linalg.norm(np.subtract(eye_centres(big), np.multiply(eye_centres(small), 6)), axis=1).max() < 0.15 * 6 * iod
     gray = align_face(_save(Image.fromarray(rgb).convert("L"), tmp_path / "gray.jpg"))
@@ -130,8 +130,8 @@ def test_huge_grayscale_and_several_faces(tmp_path):
     pair = np.zeros((rgb.shape[0], rgb.shape[1] + other.shape[1], 3), np.uint8)
     pair[:, :rgb.shape[1]] = rgb
     pair[:other.shape[0], rgb.shape[1]:] = other
-    landmarks, faces = detect_landmarks(pair)
-    assert faces == 2 and (landmarks[:, 0] < rgb.shape[1]).all(), "the larger face is taken"
+    found = detect_faces(pair)
+    assert len(found) == 2 and (found[0].landmarks[:, 0] < rgb.shape[1]).all(), "the larger face comes first"
 
 
 @needs_aaf
@@ -139,7 +139,7 @@ def test_detection_rate_and_eye_error_on_the_aaf_sample():
     """Every 8th photo of the sample (40); on all 320 dlib finds 316 faces with a median eye
     error of 0.026 inter-ocular distances (data_scripts/aaf.py --measure)."""
     images = sorted((AAF / "images").glob("*.jpg"))[::8]
-    m = measure_alignment(images, [AAF / "keypoints" / f"{p.stem}.txt" for p in images])
+    m = measure_alignment(images, [read_keypoints_49(AAF / "keypoints" / f"{p.stem}.txt") for p in images], "aaf49")
     assert m["images"] == 40
     assert m["detection_rate"] >= 0.9
     assert m["median_eye_error"] < 0.05
@@ -152,7 +152,7 @@ def test_eye_error_against_hand_made_points():
     landmarks = np.zeros((68, 2))
     landmarks[36:42] = [10.0, 24.0]  # 4 px off = 0.1 of the 40 px eye spacing
     landmarks[42:48] = [50.0, 20.0]
-    assert normalized_eye_error(landmarks, ref) == pytest.approx(0.05)
+    assert normalized_eye_error(landmarks, reference_eyes(ref, "aaf49")) == pytest.approx(0.05)
 
 
 def test_keypoint_file_with_wrong_shape_is_named(tmp_path):
@@ -177,3 +177,213 @@ def test_batch_reports_failures_and_resumes(tmp_path, workers):
     again = align_batch(paths, out, 64, workers=workers, progress=False)
     assert (again.ok, again.resumed, again.no_face) == (2, 2, 1)
     assert "2 aligned (2 already done), 1 without a face, 1 unreadable" in str(again)
+
+
+# --------------------------------------------------------------------------- hostile shapes and sizes
+
+def test_extreme_aspect_ratios_are_no_face_and_the_batch_carries_on(tmp_path):
+    """A 4000×1 photo crashed cv2.resize (cv2.error) and aborted the batch."""
+    paths = [_save(Image.fromarray(np.full(shape, 128, np.uint8)), tmp_path / f"{i}.png")
+             for i, shape in enumerate([(1, 4000, 3), (4000, 1, 3), (30, 5000, 3)])]
+    for p in paths:
+        with pytest.raises(AlignmentError, match="a face needs at least 40 px each way") as e:
+            align_face(p)
+        assert e.value.kind == "no_face"
+    s = align_batch(paths, tmp_path / "out", 32, workers=1, progress=False)
+    assert (s.ok, s.no_face) == (0, 3)
+
+
+def _png_header_only(path: Path, width: int, height: int) -> Path:
+    """A PNG that declares width×height but holds no pixels (what a decompression bomb looks
+    like to a reader before it decodes)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def test_images_past_the_pixel_limit_are_refused_by_name_without_pil_warnings(tmp_path):
+    import warnings
+
+    bomb = _png_header_only(tmp_path / "bomb.png", 15000, 11900)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # PIL's DecompressionBombWarning would fail here
+        with pytest.raises(AlignmentError, match=r"bomb.png: 15000×11900 pixels is more than adpf decodes") as e:
+            load_image(bomb)
+    assert e.value.kind == "unreadable"
+    from PIL import Image as PILImage
+    assert PILImage.MAX_IMAGE_PIXELS is not None, "PIL's own limit is restored"
+
+
+def test_large_files_are_decoded_reduced(tmp_path):
+    """JPEGs by the decoder (draft mode), other formats by whole-factor box averaging."""
+    yy, xx = np.mgrid[:300, :8400]
+    smooth = np.dstack([(xx // 40) % 256, (yy * 0.8), np.full_like(xx, 90)]).astype(np.uint8)
+    jpeg = load_image(_save(Image.fromarray(smooth), tmp_path / "wide.jpg", quality=95))
+    png = load_image(_save(Image.fromarray(smooth), tmp_path / "wide.png"))
+    reference = smooth.reshape(150, 2, 4200, 2, 3).astype(float).mean((1, 3))
+    assert jpeg.shape == png.shape == (150, 4200, 3)
+    assert np.abs(png - reference).max() <= 0.5 + 1e-9
+    assert np.abs(jpeg.astype(float) - reference).mean() < 3
+    small = load_image(_save(Image.fromarray(smooth[:, :8000]), tmp_path / "under.png"))
+    assert small.shape == (300, 8000, 3), "below twice DECODE_SIDE nothing is reduced"
+
+
+@needs_aaf
+def test_a_face_in_a_large_jpeg_is_found_in_the_files_pixels(tmp_path):
+    rgb = load_image(_aaf(3))
+    rgb = np.array(Image.fromarray(rgb).resize((rgb.shape[1] * 3, rgb.shape[0] * 3), Image.BILINEAR))
+    canvas = np.full((rgb.shape[0] + 200, 8600, 3), 90, np.uint8)
+    canvas[100:100 + rgb.shape[0], 5000:5000 + rgb.shape[1]] = rgb
+    face = align_face(_save(Image.fromarray(canvas), tmp_path / "big.jpg", quality=95))
+    direct = align_face(rgb)
+    shift = np.array([5000, 100])
+    iod = np.linalg.norm(np.subtract(*eye_centres(direct.landmarks)))
+    assert np.linalg.norm(np.subtract(eye_centres(face.landmarks), np.add(eye_centres(direct.landmarks), shift)),
+                          axis=1).max() < 0.1 * iod
+    left, right = (face.matrix @ np.append(e, 1) for e in eye_centres(face.landmarks))
+    np.testing.assert_allclose([left, right], np.array(EYE_POSITIONS) * 128 - 0.5, atol=1e-6)
+    assert face.box[0] > 5000 - 0.1 * iod and face.box[2] < 5000 + rgb.shape[1]
+
+
+# --------------------------------------------------------------------------- what fills the crop
+
+def test_beyond_the_photo_the_crop_is_mirrored_not_black():
+    """Defect: zero fill left a black border (a quarter of UTKFace's 64 px crops). The fill is
+    cv2's BORDER_REFLECT_101: index -k reads k, index n-1+k reads n-1-k (loop reference)."""
+    rng = np.random.default_rng(0)
+    src = rng.integers(1, 256, (20, 30, 3), dtype=np.uint8)
+    M = np.array([[1.0, 0, 7], [0, 1.0, -4]])  # a whole-pixel shift: bilinear sampling is exact
+    out = warp_to_crop(src, M, 40)
+
+    def mirror(i, n):
+        while not 0 <= i < n:
+            i = -i if i < 0 else 2 * (n - 1) - i
+        return i
+    expected = np.array([[src[mirror(y + 4, 20), mirror(x - 7, 30)] for x in range(40)] for y in range(40)])
+    np.testing.assert_array_equal(out, expected)
+    assert (out.sum(-1) > 0).all()
+
+
+UTK = AAF.parent / "utkface-crop-part1"
+
+
+@pytest.mark.skipif(not UTK.is_dir(), reason=f"shared UTKFace faces not at {UTK}")
+def test_aligned_utkface_chips_have_no_black_border():
+    """On every 32nd chip (304 aligned) the mean share of all-zero pixels at 64 px was 0.287
+    and is now 0.003 (the photos' own black); here three chips whose crops reach far beyond."""
+    chips = sorted(UTK.glob("*.jpg"))
+    shares = [(align_face(chips[i], 64).image.sum(-1) == 0).mean() for i in (0, 1000, 5000)]
+    assert max(shares) < 0.02, shares
+
+
+# --------------------------------------------------------------------------- several faces, doubtful ones
+
+def _plausible_landmarks() -> tuple[np.ndarray, np.ndarray]:
+    """A box 100 px wide at (50, 40) and 68 points laid out like a frontal face inside it."""
+    points = np.zeros((68, 2))
+    points[0:17] = np.c_[np.linspace(50, 150, 17), 80 + 50 * np.sin(np.linspace(0, np.pi, 17))]  # jaw
+    points[17:27] = np.c_[np.linspace(60, 140, 10), np.full(10, 60.0)]  # brows
+    points[27:36] = np.c_[np.linspace(95, 105, 9), np.linspace(75, 105, 9)]  # nose
+    points[36:42] = np.c_[[70, 74, 78, 82, 78, 74], [75, 72, 72, 75, 78, 78]]  # image-left eye, centre (76, 75)
+    points[42:48] = points[36:42] + [45, 0]  # image-right eye: eye distance 45 = 0.45 box widths
+    points[48:68] = np.c_[80 + 40 * np.linspace(0, 1, 20), 115 + 5 * np.cos(np.linspace(0, 6, 20))]  # mouth
+    return np.array([50.0, 40.0, 150.0, 140.0]), points
+
+
+def test_geometry_doubts_on_made_up_landmarks():
+    from adpf.data.align import Detection, geometry_doubts
+
+    box, points = _plausible_landmarks()
+    assert geometry_doubts(Detection(box, points), (200, 200)) == []
+    close = points.copy()
+    close[42:48] -= [33, 0]  # eyes 12 px apart: 0.12 of the box
+    assert geometry_doubts(Detection(box, close), (200, 200)) == [
+        "eye distance 0.12 of the face box's width (expected 0.25–0.65)"]
+    big_box = np.array([50.0, 40.0, 250.0, 240.0])  # twice as wide: eyes 0.225, span 0.50
+    assert geometry_doubts(Detection(big_box, points), (400, 400)) == [
+        "eye distance 0.23 of the face box's width (expected 0.25–0.65)",
+        "landmarks span 0.50 face box widths (expected 0.7–1.45)"]
+    outside = sum(1 for x, y in points[27:68] if not (-0.5 <= x <= 199.5 and -0.5 <= y <= 109.5))
+    assert outside == 20  # the mouth (y 110–120) lies below an image 110 px high
+    assert geometry_doubts(Detection(box, points), (110, 200)) == [
+        "20 nose, eye or mouth landmarks lie outside the image"]
+
+
+@needs_aaf
+def test_a_box_on_the_mouth_and_chin_is_reported_doubtful():
+    """Landmarks fitted in a wrong box fit that box; the crop made from them shows no face."""
+    from adpf.data.align import Detection, alignment_doubts, fit_landmarks
+
+    for i in (0, 60):
+        rgb = load_image(_aaf(i))
+        found = detect_faces(rgb)[0]
+        assert alignment_doubts(rgb, found) == ()
+        assert align_face(_aaf(i)).doubts == () and not align_face(_aaf(i)).doubtful
+        left, top, right, bottom = found.box
+        w = right - left
+        box = np.array([left + 0.2 * w, top + 0.55 * w, right - 0.2 * w, top + 1.15 * w])
+        doubts = alignment_doubts(rgb, Detection(box, fit_landmarks(rgb, box)))
+        assert any("in the aligned crop" in d for d in doubts), doubts
+
+
+@needs_aaf
+def test_two_faces_say_which_was_used_or_give_each(tmp_path):
+    rgb = load_image(_aaf(3))
+    other = np.array(Image.fromarray(load_image(_aaf(100))).resize((rgb.shape[1] // 2, rgb.shape[0] // 2)))
+    pair = np.zeros((rgb.shape[0], rgb.shape[1] + other.shape[1], 3), np.uint8)
+    pair[:, :rgb.shape[1]] = rgb
+    pair[:other.shape[0], rgb.shape[1]:] = other
+    path = _save(Image.fromarray(pair), tmp_path / "pair.png")
+    largest = align_face(path, 64)
+    assert (largest.faces, largest.rank) == (2, 0) and largest.box[2] <= rgb.shape[1]
+    both = align_faces(path, 64)
+    assert [(f.faces, f.rank) for f in both] == [(2, 0), (2, 1)] and both[1].box[0] >= rgb.shape[1] - 5
+    np.testing.assert_array_equal(both[0].image, largest.image)
+    s = align_batch([path], tmp_path / "out", 32, workers=1, progress=False)
+    assert s.faces == [2] and "1 photos with several faces (the largest one used)" in str(s)
+    assert f"{path}: 2 faces, the largest used" in str(s)
+    again = align_batch([path], tmp_path / "out", 32, workers=1, progress=False)
+    assert (again.resumed, again.faces, again.doubts) == (1, [2], [""]), "kept in the PNG for resuming"
+
+
+def test_crops_made_otherwise_are_redone_not_resumed(tmp_path):
+    """A resume folder from before the fill rule (PNG without adpf's record) is made again."""
+    rgb = np.random.default_rng(3).integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    path = _save(Image.fromarray(rgb), tmp_path / "a.png")
+    first = align_batch([path], tmp_path / "out", 16, workers=1, progress=False, align=False)
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(first.outputs[0])  # an old crop, no record
+    again = align_batch([path], tmp_path / "out", 16, workers=1, progress=False, align=False)
+    assert again.resumed == 0 and np.asarray(Image.open(again.outputs[0])).any()
+
+
+# --------------------------------------------------------------------------- FG-NET's markup, dlib missing
+
+def test_fgnet_eyes_are_read_from_their_own_points():
+    rng = np.random.default_rng(4)
+    points = rng.uniform(0, 100, (68, 2))
+    points[27:31] = [200.0, 50.0] + rng.normal(0, 1, (4, 2))  # one eye (image right here)
+    points[32:36] = [120.0, 52.0] + rng.normal(0, 1, (4, 2))
+    left, right = reference_eyes(points, "fgnet68")
+    np.testing.assert_allclose(left, points[32:36].mean(0))
+    np.testing.assert_allclose(right, points[27:31].mean(0))
+    with pytest.raises(ValueError, match="a fgnet68 markup has 68 points"):
+        reference_eyes(points[:49], "fgnet68")
+
+
+def test_dlib_missing_says_how_to_install(monkeypatch):
+    import sys
+
+    from adpf.data import align
+
+    align._models.cache_clear()
+    monkeypatch.setitem(sys.modules, "dlib", None)  # import dlib raises ImportError
+    try:
+        with pytest.raises(align.AlignerMissingError, match=r"pip install dlib-bin face_recognition_models .*adpf\[dlib\]"):
+            align_face(np.zeros((64, 64, 3), np.uint8))
+    finally:
+        align._models.cache_clear()

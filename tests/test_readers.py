@@ -142,3 +142,24 @@ def test_cacd_metadata_from_the_mat_file(tmp_path):
     df = read_cacd(tmp_path, tmp_path / "celebrity2000_meta.mat")
     assert df["subject"].tolist() == ["Emma_Watson", "Robin_Williams"]
     assert df["identity"].tolist() == [7, 8] and df["rank"].tolist() == [3, 1]
+
+
+def test_impossible_ages_in_names_and_label_paths_leaving_the_folder_are_skipped(tmp_path):
+    for name in ("25_0_1_20170116174525125.jpg.chip.jpg", "999_0_1_20170116174525126.jpg.chip.jpg",
+                 "131_1_0_20170116174525127.jpg.chip.jpg", "130_1_0_20170116174525128.jpg.chip.jpg"):
+        _touch(tmp_path / "utk" / name)
+    df = read_utkface(tmp_path / "utk")
+    assert df["age"].tolist() == [130.0, 25.0]
+    assert sorted(r for _, r in df.attrs["skipped"]) == [
+        "age 131 is not a possible age (0..130 years) (in the file name)",
+        "age 999 is not a possible age (0..130 years) (in the file name)"]
+    _touch(tmp_path / "m" / "000001_0M17.JPG")
+    _touch(tmp_path / "elsewhere" / "000002_0F30.JPG")
+    pd.DataFrame({"id_num": [1, 2, 3], "age": [17, 30, 40],
+                  "photo": ["000001_0M17.JPG", "../elsewhere/000002_0F30.JPG", "/etc/hostname"]}).to_csv(
+        tmp_path / "a2.csv", index=False)
+    df = read_morph2(tmp_path / "m", tmp_path / "a2.csv")
+    assert df["age"].tolist() == [17.0]
+    assert [r for _, r in df.attrs["skipped"]] == [
+        f"a2.csv row 3: image not found under {tmp_path / 'm'}",  # looked up by name inside, never outside
+        f"a2.csv row 4: image not found under {tmp_path / 'm'}"]

@@ -6,6 +6,11 @@ dataset's extra labels. Files whose names or rows cannot be read are skipped and
 ``df.attrs["skipped"]`` as ``(path, reason)`` pairs; a layout that yields nothing raises
 `DatasetLayoutError` naming the folder or file and what was expected.
 
+Skipped too: ages that no person has (negative, not finite, above `AGE_LIMIT`), naming the
+file and, for label files, the row; and label-file paths that leave the dataset's folder
+(absolute, or climbing out with ``..``). Ages above the model's class range (0–100) are
+real and kept; the data scripts count them (see `adpf.data.scripts_common`).
+
 =========  =======================================  ===================================
 reader     layout                                   subject
 =========  =======================================  ===================================
@@ -21,8 +26,9 @@ folder     any images + CSV ``path, age[, subject]``  the CSV's subject, else th
 """
 from __future__ import annotations
 
+import os
 import re
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pandas as pd
@@ -34,6 +40,8 @@ MORPH_RACE = {"B": "black", "W": "white", "A": "asian", "H": "hispanic", "O": "o
 MORPH_GENDER = {"M": "male", "F": "female"}
 #: AAF numbers its photos so that serials from 07381 on are men.
 AAF_FIRST_MALE = 7381
+#: The oldest age accepted as a label (the oldest verified person lived to 122).
+AGE_LIMIT = 130
 
 
 class DatasetLayoutError(ValueError):
@@ -44,6 +52,26 @@ def _images_under(root: Path) -> list[Path]:
     if not root.is_dir():
         raise DatasetLayoutError(f"{root}: not a folder")
     return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def age_problem(age) -> str | None:
+    """Why ``age`` (a label as read) is not a possible age in years, or None when it is."""
+    value = pd.to_numeric(age, errors="coerce")
+    if not np.isfinite(value):
+        return f"age {age!r} is not a number"
+    if not 0 <= value <= AGE_LIMIT:
+        return f"age {age!r} is not a possible age (0..{AGE_LIMIT} years)"
+    return None
+
+
+def _inside(root: Path, relative: str) -> Path | None:
+    """``root / relative`` if ``relative`` stays inside ``root`` (not absolute, no ``..``
+    climbing out; judged on the text, so links inside ``root`` are the user's own), else None."""
+    text = relative.replace("\\", "/")
+    parts = PurePosixPath(text).parts
+    if text.startswith("/") or (parts and parts[0].endswith(":")) or os.path.normpath(text).split("/")[0] == "..":
+        return None
+    return root / text
 
 
 def _frame(rows: list[dict], skipped: list[tuple[str, str]], dataset: str, where: Path, expected: str) -> pd.DataFrame:
@@ -63,8 +91,13 @@ def _parse_names(root: Path, pattern: re.Pattern, dataset: str, expected: str, m
         m = pattern.fullmatch(p.name)
         if m is None:
             skipped.append((str(p), f"name does not match {expected}"))
+            continue
+        row = make_row(m)
+        problem = age_problem(row["age"])
+        if problem:
+            skipped.append((str(p), f"{problem} (in the file name)"))
         else:
-            rows.append({"path": str(p.resolve()), **make_row(m)})
+            rows.append({"path": str(p.resolve()), **row})
     return _frame(rows, skipped, dataset, root, expected)
 
 
@@ -86,7 +119,10 @@ def read_fgnet(root: str | Path) -> pd.DataFrame:
 
 
 def read_pts(path: str | Path) -> np.ndarray:
-    """An FG-NET/IBUG ``.pts`` landmark file (``version``, ``n_points``, ``{ x y … }``) as ``(n, 2)``."""
+    """A ``.pts`` landmark file (``version``, ``n_points``, ``{ x y … }``; FG-NET's and IBUG's
+    format) as ``(n, 2)``, in the file's order. The order differs between sets: IBUG's 68
+    points are dlib's, FG-NET's 68 are not (its eyes are points 27–30 and 32–35, 0-based;
+    `adpf.data.align.reference_eyes` reads them)."""
     text = Path(path).read_text(errors="replace")
     m = re.search(r"n_points:\s*(\d+)\s*\{(.*?)\}", text, re.S)
     if m is None:
@@ -108,7 +144,7 @@ def read_morph2(root: str | Path, csv: str | Path | None = None) -> pd.DataFrame
 
     With ``csv`` (the album-2 label file, columns id_num, age, photo and optionally gender
     and race as M/F and B/W/A/H/O) the rows come from it and ``photo`` is looked up under
-    ``root`` (as written, or by file name). Without it, labels come from the file names
+    ``root`` (as written when that stays inside ``root``, else by file name). Without it, labels come from the file names
     ``NNNNNN_NNGAA.JPG`` (subject NNNNNN, image NN, gender G, age AA, e.g. 000001_0M17.JPG);
     names carry no race, so ``race`` is empty (Setting II and III need the CSV).
     """
@@ -123,14 +159,16 @@ def read_morph2(root: str | Path, csv: str | Path | None = None) -> pd.DataFrame
     rows, skipped = [], []
     for i, r in table.iterrows():
         photo = str(r["photo"]).replace("\\", "/")
-        path = root / photo if (root / photo).is_file() else by_name.get(Path(photo).name.lower())
-        age = pd.to_numeric(r["age"], errors="coerce")
+        inside = _inside(root, photo)  # a path leaving root is not followed; its file name is looked up inside
+        path = inside if inside is not None and inside.is_file() else by_name.get(Path(photo).name.lower())
+        problem = age_problem(r["age"])
         if path is None:
             skipped.append((photo, f"{csv.name} row {i + 2}: image not found under {root}"))
-        elif not np.isfinite(age):
-            skipped.append((photo, f"{csv.name} row {i + 2}: age {r['age']!r} is not a number"))
+        elif problem:
+            skipped.append((photo, f"{csv.name} row {i + 2}: {problem}"))
         else:
-            rows.append({"path": str(Path(path).resolve()), "age": age, "subject": str(r["id_num"]).zfill(6),
+            rows.append({"path": str(Path(path).resolve()), "age": float(pd.to_numeric(r["age"])),
+                         "subject": str(r["id_num"]).zfill(6),
                          "gender": MORPH_GENDER.get(str(r.get("gender", "")).strip().upper(), ""),
                          "race": MORPH_RACE.get(str(r.get("race", "")).strip().upper(), "")})
     return _frame(rows, skipped, "MORPH II", csv, f"rows whose photo exists under {root}")
@@ -216,21 +254,24 @@ def read_aaf(root: str | Path) -> pd.DataFrame:
 def read_folder(root: str | Path, csv: str | Path) -> pd.DataFrame:
     """Images under ``root`` labelled by a CSV with columns ``path`` (relative to ``root``),
     ``age`` and optionally ``subject`` (else each image is its own subject); other columns
-    are kept. Rows whose file is missing or whose age is not a number are skipped."""
+    are kept. Rows whose path leaves ``root``, whose file is missing or whose age is not a
+    possible age (`age_problem`) are skipped, naming the CSV row."""
     root, csv = Path(root), Path(csv)
     table = _read_csv(csv, ("path", "age"))
     rows, skipped = [], []
     for i, r in table.iterrows():
-        path = root / str(r["path"])
-        age = pd.to_numeric(r["age"], errors="coerce")
-        if not path.is_file():
+        path = _inside(root, str(r["path"]))
+        problem = age_problem(r["age"])
+        if path is None:
+            skipped.append((str(r["path"]), f"{csv.name} row {i + 2}: path {r['path']!r} leaves {root}; refused"))
+        elif not path.is_file():
             skipped.append((str(path), f"{csv.name} row {i + 2}: file not found"))
-        elif not np.isfinite(age) or age < 0:
-            skipped.append((str(path), f"{csv.name} row {i + 2}: age {r['age']!r} is not a non-negative number"))
+        elif problem:
+            skipped.append((str(path), f"{csv.name} row {i + 2}: {problem}"))
         else:
             extra = {k: v for k, v in r.items() if k not in ("path", "age", "subject")}
             subject = r["subject"] if "subject" in table.columns else str(r["path"])
-            rows.append({"path": str(path.resolve()), "age": age, "subject": str(subject), **extra})
+            rows.append({"path": str(path.resolve()), "age": float(pd.to_numeric(r["age"])), "subject": str(subject), **extra})
     return _frame(rows, skipped, "folder", csv, "rows path,age[,subject] whose files exist")
 
 
