@@ -15,7 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from adpf.data.prepared import load_prepared, write_synthetic_prepared  # noqa: E402
-from adpf.data.scripts_common import check_output  # noqa: E402
+from adpf.data.scripts_common import UsageError, check_counts, check_output  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -26,15 +26,17 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, help="output folder (default data/synthetic-SIZE)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an output folder that adpf prepared earlier (any other folder is refused)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (there is none when not on a terminal)")
     args = p.parse_args(argv)
     out = args.out or Path("data") / f"synthetic-{args.size}"
     try:
+        check_counts(args, "n", "size")
         check_output(out, args.overwrite)
-    except FileExistsError as e:
+    except (UsageError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     start = time.perf_counter()
-    write_synthetic_prepared(out, args.n, args.size, args.seed, overwrite=args.overwrite)
+    write_synthetic_prepared(out, args.n, args.size, args.seed, overwrite=args.overwrite, progress=not args.quiet)
     seconds = time.perf_counter() - start
     info = load_prepared(out).info
     print(f"wrote {out}: {info['count']} faces {args.size}x{args.size}, {info['subjects']} subjects, "

@@ -182,3 +182,18 @@ def test_overwrite_replaces_only_folders_it_wrote(tmp_path):
         write_prepared(tmp_path / "link", images, meta, name="toy", overwrite=True)
     assert sorted(p.name for p in user.rglob("*")) == ["info.json", "notes.txt", "sub"]
     assert not list(tmp_path.glob(".*.tmp-*"))
+
+
+def test_drawing_shows_a_bar_only_on_a_terminal(tmp_path, monkeypatch):
+    import io
+    import sys
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    for progress, terminal, shown in ((True, True, True), (True, False, False), (False, True, False)):
+        err = Terminal() if terminal else io.StringIO()
+        monkeypatch.setattr(sys, "stderr", err)
+        write_synthetic_prepared(tmp_path / f"s{progress}{terminal}", 6, 16, progress=progress)
+        assert ("drawing faces" in err.getvalue() and "6/6" in err.getvalue()) is shown, (progress, terminal)

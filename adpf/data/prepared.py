@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import Dataset
+from tqdm.auto import tqdm
 
 from adpf.checkpoint import temporary_folder
 from adpf.data.synthetic import GENERATOR_VERSION, REGION_NAMES, SyntheticFaceSpec, iter_synthetic_faces
@@ -197,17 +198,22 @@ def write_prepared(root: str | Path, images: np.ndarray, meta: pd.DataFrame, nam
 
 
 def write_synthetic_prepared(root: str | Path, n: int, image_size: int = 128, seed: int = 0,
-                             spec: SyntheticFaceSpec | None = None, overwrite: bool = False) -> Path:
+                             spec: SyntheticFaceSpec | None = None, overwrite: bool = False,
+                             progress: bool = True) -> Path:
     """Draw the synthetic faces (`iter_synthetic_faces`) straight into a prepared folder, with
-    their masks; meta.csv also holds each image's pose, lighting and decoy strengths."""
+    their masks; meta.csv also holds each image's pose, lighting and decoy strengths.
+
+    progress: a bar while drawing, shown only on a terminal (tqdm's own test); False: never."""
     spec = spec or SyntheticFaceSpec()
     metas = []
-    with PreparedWriter(root, n, image_size, "synthetic", REGION_NAMES, overwrite) as w:
+    with PreparedWriter(root, n, image_size, "synthetic", REGION_NAMES, overwrite) as w, \
+            tqdm(total=n, desc="drawing faces", unit="face", disable=None if progress else True) as bar:
         start = 0
         for faces in iter_synthetic_faces(n, image_size, seed, spec):
             w.write(start, faces.images, faces.masks)
             metas.append(faces.params.assign(path=[f"synthetic:{i}" for i in range(start, start + len(faces))]))
             start += len(faces)
+            bar.update(len(faces))
         info = {"seed": seed, "generator_version": GENERATOR_VERSION, "spec": asdict(spec)}
         return w.finish(pd.concat(metas, ignore_index=True), info)
 
@@ -224,16 +230,17 @@ def cache_root() -> Path:
 
 
 def default_dataset(image_size: int = 64, n: int = 10_000, seed: int = 0,
-                    cache_dir: str | Path | None = None) -> Path:
+                    cache_dir: str | Path | None = None, progress: bool = True) -> Path:
     """The embedded default: the synthetic set drawn once into ``cache_dir/data`` (default
-    `cache_root`) and reused. Returns the prepared folder; concurrent callers are safe."""
+    `cache_root`) and reused. Returns the prepared folder; concurrent callers are safe.
+    progress: see `write_synthetic_prepared`."""
     name = f"synthetic-s{image_size}-n{n}-seed{seed}-v{GENERATOR_VERSION}"
     root = Path(cache_dir or cache_root()) / "data" / name
     if root.exists():
         load_prepared(root)  # a broken cache entry is an error worth seeing, not silently redrawn
         return root
     try:
-        write_synthetic_prepared(root, n, image_size, seed)
+        write_synthetic_prepared(root, n, image_size, seed, progress=progress)
     except OSError:
         if not root.exists():  # another process finished first: use its folder
             raise
