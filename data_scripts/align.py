@@ -3,7 +3,10 @@
 
 Finds the largest face, fits dlib's 68 landmarks, puts the eye centres at fixed places
 (adpf.data.align.EYE_POSITIONS) and crops to --size. Resumable: crops already in OUT are
-kept. Prints how many were aligned, had no face or could not be read.
+kept. Prints how many were aligned, had no face or could not be read, which photos hold
+several faces and which alignments look doubtful (adpf.data.align.alignment_doubts).
+Beyond the photo's edge the crops are mirrored (adpf.data.align.FILL). OUT may not be
+inside SOURCE (its crops would be read as sources next time).
 
 Example:  python data_scripts/align.py photos/ --out data/aligned-photos --size 128
 """
