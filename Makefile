@@ -19,8 +19,11 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(PY) -m pytest -q -n auto --ignore=tests/book
 
-# Execute every chapter (papermill) and build the HTML (warnings are errors): _build/book-src/_build/html.
-# BOOK_ARGS passes options to book/build.py, e.g. `make book BOOK_ARGS="--only 02"`.
+# Train the models the chapters share (once, in the cache), execute every chapter (papermill, two at a
+# time) and build the HTML (warnings are errors): _build/book-src/_build/html. Prints the wall time of
+# every step and writes it to _build/book-times.json. Chapter 10 reads recorded runs from
+# benchmarks/results/ (the `adpf experiments ... --record` commands it names).
+# BOOK_ARGS passes options to book/build.py, e.g. `make book BOOK_ARGS="--only 02 --workers 1"`.
 book: $(STAMP)
 	$(PY) book/build.py $(BOOK_ARGS)
 

@@ -458,7 +458,7 @@ def cmd_experiments(args) -> int:
     else:
         table = heads_table(data, split, recipe, heads, preset=args.preset, attention=args.attention, **runs,
                             **changes)
-    shown = table.drop(columns=["history", "config_digest", "device"])
+    shown = table.drop(columns=["history", "stage_keys", "config_digest", "device"])
     with pd.option_context("display.width", 200, "display.max_columns", 30):
         text = shown.to_string(index=False, float_format=lambda v: f"{v:.3f}")
     print(text)

@@ -24,7 +24,8 @@ where it stopped::
                     region_share, region_share_p1, region_area (attention variants with
                     ``--attention``; region_* on data with region masks), test_on_mae and
                     test_on_cs5 (with ``--test-on``), history (per stage, per epoch: epoch,
-                    train_mae, val_mae, seconds)
+                    train_mae, val_mae, seconds), stage_keys (the cache keys of its stages:
+                    a row with a chapter's key is that chapter's model)
 
 A record resumes only from rows made by the same code on the same data, split and recipe; a
 record of other code is started afresh. Records that the book reads are made from the
@@ -33,7 +34,6 @@ repository's root, with the commands of `BOOK_RECORDS`.
 from __future__ import annotations
 
 import datetime
-import math
 import shlex
 import subprocess
 import sys
@@ -183,7 +183,7 @@ def measure(configs: dict[str, ADPFConfig], data, split, recipe: Recipe | str = 
             if other is not None:
                 row.update(test_on_columns(result, other))
             row.update(device=result.hardware["device"], history=learning_history(result),
-                       config_digest=digest(config.to_dict()))
+                       stage_keys=result.stage_keys, config_digest=digest(config.to_dict()))
             rows.append(row)
             if state is not None:
                 _write_rows(Path(record), state, row)
@@ -332,13 +332,59 @@ def learning_curves(record: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def rerun(record: dict, root: str | Path = RESULTS.parents[1]) -> int:
-    """Run the command a record was made with again, from the repository's root (``root``);
-    returns its exit status. Finished rows of the same code are kept, the rest are trained."""
-    argv = shlex.split(record["command"])
+def run_command(command: str, root: str | Path = RESULTS.parents[1]) -> int:
+    """Run an ``adpf experiments`` command line (a record's ``command``, or one of
+    `BOOK_RECORDS`) from the repository's root (``root``); return its exit status. A record's
+    finished rows of the same code are kept, the rest are trained."""
+    argv = shlex.split(command)
     if argv[:2] != ["adpf", "experiments"]:
-        raise ValueError(f"not an adpf experiments command: {record['command']!r}")
+        raise ValueError(f"not an adpf experiments command: {command!r}")
     return subprocess.call([sys.executable, "-m", "adpf.cli", *argv[1:]], cwd=root)
+
+
+def book_records(folder: str | Path = RESULTS, rerun: bool = False,
+                 required: Sequence[str] = ("ablation-synthetic", "heads-synthetic")) -> dict[str, dict]:
+    """The records of `BOOK_RECORDS` found in ``folder`` (``<name>.json``), by name.
+
+    With ``rerun`` each is first made again by its own command (a missing one by the book's
+    command for it). A missing ``required`` record is a FileNotFoundError that gives the
+    command to make it.
+    """
+    folder, found = Path(folder), {}
+    for name, command in BOOK_RECORDS.items():
+        path = folder / f"{name}.json"
+        if rerun:
+            run_command(read_record(path)["command"] if path.exists() else command)
+        if path.exists():
+            found[name] = read_record(path)
+        elif name in required:
+            raise FileNotFoundError(f"{path}: missing; make it from the repository's root with: {command}")
+    return found
+
+
+def records_overview(records: dict[str, dict]) -> pd.DataFrame:
+    """One line per record: when, on what, how long, how many seeds and rows, and whether the
+    code that made it is the current one."""
+    return pd.DataFrame([{
+        "record": f"{name}.json", "made": r["date"][:10],
+        "data": f"{r['data']['name']}, {r['data']['count']:,} faces of {r['data']['image_size']} px",
+        "train / val / test": " / ".join(f"{r['split']['sizes'][k]:,}" for k in ("train", "val", "test")),
+        "epochs": f"{r['recipe']['attention_epochs']} + {r['recipe']['fusion_epochs']}",
+        "seeds": len(r["seeds"]), "rows": len(r["rows"]),
+        "code": "current" if is_current(r) else "changed since"} for name, r in records.items()])
+
+
+def record_notes(records: dict[str, dict], folder: str | Path = RESULTS) -> str:
+    """MyST admonitions for a page: a warning for every record made by other code than the
+    current one, a note with the command for every book record that is missing."""
+    notes = [f"```{{warning}}\n`{name}.json` was made by code version `{r['code_version']}`; the model "
+             f"or training code has changed since (now `{code_version()}`), so its numbers are those of "
+             f"the older code. Make it again with `{r['command']}`.\n```\n"
+             for name, r in records.items() if not is_current(r)]
+    notes += [f"```{{note}}\n`{name}.json` is not in `{Path(folder).name}/`: its part of the page is left "
+              f"out. Make it from the repository's root with `{command}`.\n```\n"
+              for name, command in BOOK_RECORDS.items() if name not in records]
+    return "".join(notes)
 
 
 # --- statistics over seeds --------------------------------------------------------------------
@@ -352,6 +398,22 @@ def seed_summary(rows: pd.DataFrame, columns: Sequence[str] = ("mae", "cs5"), by
         out[f"{column}_mean"] = groups[column].mean()
         out[f"{column}_std"] = groups[column].std(ddof=1)
     return out.reset_index()
+
+
+def seed_table(rows: pd.DataFrame, columns: dict[str, str], by: str = "model",
+               digits: dict[str, int] | None = None) -> pd.DataFrame:
+    """A table for a page: one line per ``by`` (in order of appearance), one column per
+    ``label: column`` of ``columns``, each cell "mean ± std" over the seeds (`mean_pm_std`,
+    ``digits[column]`` decimals, default 2; "—" where the column is missing or empty)."""
+    digits = digits or {}
+    out = {by: list(dict.fromkeys(rows[by]))}
+    for label, column in columns.items():
+        cells = []
+        for key in out[by]:
+            values = rows.loc[rows[by] == key, column].dropna() if column in rows else []
+            cells.append(mean_pm_std(values, digits.get(column, 2)) if len(values) else "—")
+        out[label] = cells
+    return pd.DataFrame(out)
 
 
 def verdict(better: Sequence[float], worse: Sequence[float], higher_is_better: bool = False) -> str:
@@ -376,9 +438,9 @@ def verdict(better: Sequence[float], worse: Sequence[float], higher_is_better: b
 
 
 def mean_pm_std(values: Sequence[float], digits: int = 2) -> str:
-    """``"8.12 ± 0.30"`` (sample std over seeds)."""
+    """``"8.12 ± 0.30"`` (sample std over seeds; one value alone has no ± part)."""
     v = np.asarray(values, dtype=np.float64)
-    return f"{v.mean():.{digits}f} ± {v.std(ddof=1) if v.size > 1 else math.nan:.{digits}f}"
+    return f"{v.mean():.{digits}f}" + (f" ± {v.std(ddof=1):.{digits}f}" if v.size > 1 else "")
 
 
 class Claim(NamedTuple):
@@ -399,24 +461,25 @@ class Claim(NamedTuple):
 
 #: The paper's claims about its ablations and heads, as reported by the paper (MORPH II,
 #: Setting I), and the project's own questions.
+_PAPER = "as reported by the paper"
 CLAIMS = [Claim(*c) for c in [
-    ("hybrid attention beats self-attention summed over channels", "paper, Table VII",
-     "ADPF", "ADPF w/SA", "mae", False),
-    ("ranking the patches helps", "paper, Table VII", "ADPF", "ADPF w/o ranking", "mae", False),
-    ("the diversity loss helps", "paper, Table VII", "ADPF", "ADPF w/o diversity loss", "mae", False),
-    ("FusionNet adds to AttentionNet alone", "paper, Table VII", "ADPF", "AttentionNet alone", "mae", False),
-    ("AttentionNet alone drops the most of the Table VII variants", "paper, Table VII",
-     "worst of Table VII", "AttentionNet alone", "mae", False),
-    ("the diversity loss keeps the heads' maps apart", "paper, Fig. 10",
-     "ADPF", "ADPF w/o diversity loss", "head_overlap", False),
-    ("self-attention strays to unimportant regions", "paper, Fig. 9",
+    ("hybrid attention beats self-attention summed over channels", f"{_PAPER} (Table VII)",
+     "ADPF", "ADPF w/SA", "mae"),
+    ("ranking the patches helps", f"{_PAPER} (Table VII)", "ADPF", "ADPF w/o ranking", "mae"),
+    ("the diversity loss helps", f"{_PAPER} (Table VII)", "ADPF", "ADPF w/o diversity loss", "mae"),
+    ("FusionNet adds to AttentionNet alone", f"{_PAPER} (Table VII)", "ADPF", "AttentionNet alone", "mae"),
+    ("AttentionNet alone drops the most of the Table VII variants", f"{_PAPER} (Table VII)",
+     "worst of Table VII", "AttentionNet alone", "mae"),
+    ("the diversity loss keeps the heads' maps apart", f"{_PAPER} (Fig. 10)",
+     "ADPF", "ADPF w/o diversity loss", "head_overlap"),
+    ("self-attention strays to unimportant regions", f"{_PAPER} (Fig. 9)",
      "ADPF", "ADPF w/SA", "region_lift", True),
-    ("dynamic patches beat the fixed ones of the authors' prior work", "paper, Table VIII",
-     "ADPF", "fixed patches", "mae", False),
-    ("5 or 6 heads are best", "paper, Table IX", "best of 5, 6 heads", "best of the other heads", "mae", False,
-     "heads"),
+    ("dynamic patches beat the fixed ones of the authors' prior work", f"{_PAPER} (Table VIII)",
+     "ADPF", "fixed patches", "mae"),
+    ("5 or 6 heads are best", f"{_PAPER} (Table IX)", "best of 5, 6 heads", "best of the other heads", "mae",
+     False, "heads"),
     ("attention and patches help: ADPF beats the same main stream without them", "this project's baseline",
-     "ADPF", "plain CNN", "mae", False),
+     "ADPF", "plain CNN", "mae"),
     ("with the diversity loss more attention lands on the true age regions", "this project's question",
      "ADPF", "ADPF w/o diversity loss", "region_lift", True),
 ]]

@@ -125,7 +125,8 @@ class Setting:
         people = {name: meta["subject"].iloc[getattr(self.split, name)].nunique() for name in SPLIT_SHARES}
         rows = {
             "profile": f"{self.profile} (preset {self.config_preset}, recipe {self.recipe_name})",
-            "model": f"{c.image_size}×{c.image_size} input, {c.heads} heads, X = {c.x_size}×{c.x_size}×{c.x_channels}",
+            "model": f"{c.image_size}×{c.image_size} input, {c.heads} heads, "
+                     f"X = {c.x_size}×{c.x_size}×{c.x_channels}",
             "data": f"{len(self.data):,} {self.data.info.get('name', '')} faces "
                     f"of {meta['subject'].nunique():,} people, ages {meta['age'].min():.0f}–{meta['age'].max():.0f}",
             "split (by person)": " / ".join(f"{len(getattr(self.split, n)):,} {n} ({people[n]} people)"

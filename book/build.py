@@ -1,32 +1,47 @@
 """Execute the book's chapters with papermill, then build the HTML with Jupyter Book.
 
-    python book/build.py                    # execute every chapter, then build the HTML
-    python book/build.py --only 02          # execute one chapter (number or file stem), then the HTML
+    python book/build.py                    # train the shared models, execute every chapter, build the HTML
+    python book/build.py --only 02          # execute one chapter (number or file stem; repeatable)
+    python book/build.py --workers 1        # one chapter at a time (default: 2 at a time)
     python book/build.py --profile paper    # pass profile="paper" to the chapters that declare it
+    python book/build.py --param rerun=true # set any parameter of the chapters that declare it
     python book/build.py --no-execute       # rebuild the HTML from the chapters executed before
 
 Each chapter is a MyST Markdown notebook ``book/NN_name.md`` listed in ``_toc.yml``. To add one:
 write it with a cell tagged ``parameters``, list it in ``_toc.yml``, glue the numbers its prose
-quotes (``myst_nb.glue``), and check them in ``tests/book/``. The build
-converts it to ``_build/book-src/book/NN_name.ipynb`` (with ``_config.yml``, ``_toc.yml`` and every
-other file of ``book/`` copied beside it), executes it there with papermill on the kernel of the
-Python running this script, and finally runs ``jupyter-book build`` with warnings as errors on the
-staging tree; the HTML lands in ``_build/book-src/_build/html``. Chapters share trained models
-through the library's train-or-load cache in ``.adpf-cache/`` (``ADPF_CACHE_DIR``).
+quotes (``myst_nb.glue``), and check them in ``tests/book/``. The build converts it to
+``_build/book-src/book/NN_name.ipynb`` (with ``_config.yml``, ``_toc.yml`` and every other
+file of ``book/`` copied beside it), executes it there with papermill on the kernel of the
+Python running this script, and finally runs ``jupyter-book build`` with warnings as errors
+on the staging tree; the HTML lands in ``_build/book-src/_build/html``.
 
-A cell that raises stops its chapter; the remaining chapters still run, the HTML is still built
-(so the error can be read there), and the script exits with status 1.
+Every model is trained once. Chapters share trained models through the library's
+train-or-load cache in ``.adpf-cache/`` (``ADPF_CACHE_DIR``): before a chapter that loads a
+model runs (`NEEDS`), the build trains that model in the chapter's setting (``adpf.setting``,
+from the chapter's parameters), once, so chapters that do not depend on each other run side by
+side (``--workers``, each with its share of the CPU threads) without racing to train the same
+model. Chapters that need many trainings read a recorded run instead (``adpf.experiments``).
+
+At the end the build prints the wall time of every step and writes it to
+``_build/book-times.json`` (step, seconds, status; total, workers, threads per worker and the
+load average at start and end). A cell that raises stops its chapter; the remaining chapters
+still run, the HTML is still built (so the error can be read there), and the script exits
+with status 1.
 """
 from __future__ import annotations
 
 import argparse
 import ast
+import datetime
 import hashlib
+import json
+import multiprocessing
 import os
 import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
 import jupytext
@@ -35,11 +50,28 @@ import papermill
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's library, installed or not
+from adpf.setting import PROFILES, book_setting  # noqa: E402
 BOOK = ROOT / "book"
 STAGE = ROOT / "_build" / "book-src"
 HTML = STAGE / "_build" / "html"
+TIMES = ROOT / "_build" / "book-times.json"
 CACHE = ROOT / ".adpf-cache"
 SKIP = {"build.py", "__pycache__", ".ipynb_checkpoints"}
+
+#: The models a chapter loads from the cache (``config.variant`` in the chapter's setting), so
+#: the build trains them before the chapter runs. AttentionNet is trained with its weights kept
+#: after every epoch (``Setting.attention_snapshots``, which chapter 7 shows); ADPF's stage 1 is
+#: that AttentionNet, so ADPF waits for it.
+NEEDS: dict[str, tuple[str, ...]] = {
+    "07_training_attention": ("attention_only",),
+    "08_patches_fusion": ("attention_only",),
+    "09_training_adpf": ("attention_only", "adpf", "plain_cnn"),
+    "12_explorer": ("adpf",),
+}
+TRAINING_NEEDS = {"adpf": ("attention_only",)}
+#: The chapter parameters that make up a setting (``adpf.setting.book_setting``).
+SETTING_PARAMETERS = ("profile", "n_faces", "epochs", "device", "seed")
 
 
 def toc_files(toc: Path = ROOT / "_toc.yml") -> list[str]:
@@ -111,15 +143,73 @@ def staged(path: Path) -> Path:
     return STAGE / "book" / f"{path.stem}.ipynb"
 
 
-def declared_parameters(nb: nbformat.NotebookNode) -> set[str]:
-    """Names assigned in the cell tagged ``parameters``."""
+def parameters_cell(nb: nbformat.NotebookNode) -> ast.Module | None:
     for cell in nb.cells:
         if "parameters" in cell.get("metadata", {}).get("tags", []):
-            tree = ast.parse(cell.source)
-            return {t.id for node in tree.body if isinstance(node, (ast.Assign, ast.AnnAssign))
-                    for t in (node.targets if isinstance(node, ast.Assign) else [node.target])
-                    if isinstance(t, ast.Name)}
-    return set()
+            return ast.parse(cell.source)
+    return None
+
+
+def declared_parameters(nb: nbformat.NotebookNode) -> dict:
+    """The names assigned in the cell tagged ``parameters`` (``a = 1``, ``a = b = None``,
+    ``a, b = 1, 2``), with their values (None where a value is not a literal)."""
+    tree = parameters_cell(nb)
+    values = {}
+    for node in tree.body if tree else []:
+        if not isinstance(node, (ast.Assign, ast.AnnAssign)):
+            continue
+        try:
+            value = ast.literal_eval(node.value)
+        except ValueError:
+            value = None
+        for target in node.targets if isinstance(node, ast.Assign) else [node.target]:
+            if isinstance(target, ast.Name):
+                values[target.id] = value
+            elif isinstance(target, ast.Tuple):
+                fits = isinstance(value, tuple) and len(value) == len(target.elts)
+                parts = value if fits else [None] * len(target.elts)
+                values.update({t.id: v for t, v in zip(target.elts, parts) if isinstance(t, ast.Name)})
+    return values
+
+
+def chapter_setting(path: Path, overrides: dict) -> dict:
+    """The setting parameters a chapter runs with: its own values, then the build's overrides."""
+    declared = declared_parameters(jupytext.read(path))
+    return {k: overrides.get(k, declared[k]) for k in SETTING_PARAMETERS if k in declared}
+
+
+def plan(paths: list[Path], overrides: dict) -> tuple[dict, dict]:
+    """The trainings the chapters in ``paths`` wait for, and what each chapter waits for.
+
+    Returns ``trainings``: {training id: (variant, setting parameters, ids it waits for)} and
+    ``waits``: {chapter stem: training ids}. Chapters that declare the same setting share a
+    training.
+    """
+    trainings: dict[str, tuple] = {}
+
+    def add(variant: str, setting: dict) -> str:
+        tid = f"train {variant} ({', '.join(f'{k}={v!r}' for k, v in setting.items())})"
+        if tid not in trainings:
+            after = tuple(add(v, setting) for v in TRAINING_NEEDS.get(variant, ()))
+            trainings[tid] = (variant, setting, after)
+        return tid
+
+    waits = {}
+    for path in paths:
+        setting = chapter_setting(path, overrides)
+        waits[path.stem] = tuple(add(variant, setting) for variant in NEEDS.get(path.stem, ()))
+    return trainings, waits
+
+
+def train_shared(variant: str, setting: dict) -> float:
+    """Train (or load) one shared model in a chapter's setting; return the seconds it took."""
+    start = time.perf_counter()
+    chosen = book_setting(**setting)
+    if variant == "attention_only":
+        chosen.attention_snapshots()
+    else:
+        chosen.train(variant)
+    return time.perf_counter() - start
 
 
 def execute(path: Path, overrides: dict) -> float:
@@ -144,6 +234,57 @@ def execute(path: Path, overrides: dict) -> float:
     if executed.metadata.pop("widgets", None) is not None:
         nbformat.write(executed, out)
     return seconds
+
+
+def run_step(kind: str, *args) -> dict:
+    """One step of the build in a worker process: a shared training or a chapter."""
+    start = time.perf_counter()
+    try:
+        if kind == "train":
+            train_shared(*args)
+        else:
+            execute(*args)
+        return {"status": "ok", "seconds": time.perf_counter() - start}
+    except papermill.PapermillExecutionError as err:
+        return {"status": "failed", "seconds": time.perf_counter() - start,
+                "error": f"cell {err.exec_count}: {err.ename}: {err.evalue}"}
+    except Exception as err:  # a failed step is reported; the other steps still run
+        return {"status": "failed", "seconds": time.perf_counter() - start,
+                "error": f"{type(err).__name__}: {err}"}
+
+
+def run_steps(trainings: dict, waits: dict, chapter_paths: dict, overrides: dict, workers: int) -> list[dict]:
+    """Run the trainings and chapters, ``workers`` at a time, each as soon as what it waits for
+    is done (trainings first, then chapters in reading order); return one row per step."""
+    pending = {tid: ("train", (variant, setting), after) for tid, (variant, setting, after) in trainings.items()}
+    pending.update({stem: ("chapter", (chapter_paths[stem], overrides), waits[stem]) for stem in waits})
+    done, rows, running = {}, [], {}
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        while pending or running:
+            for name in list(pending):
+                kind, args, after = pending[name]
+                if any(done.get(a) == "failed" for a in after):
+                    del pending[name]
+                    done[name] = "failed"
+                    rows.append({"step": name, "kind": kind, "seconds": 0.0, "status": "not run",
+                                 "error": f"waited for {[a for a in after if done.get(a) == 'failed']}"})
+                    print(f"  {name}: not run (a training it needs failed)", flush=True)
+                elif all(done.get(a) == "ok" for a in after) and len(running) < workers:
+                    del pending[name]
+                    print(f"{'training' if kind == 'train' else 'executing'} {name} ...", flush=True)
+                    running[pool.submit(run_step, kind, *args)] = (name, kind)
+            if not running:
+                continue
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                name, kind = running.pop(future)
+                row = {"step": name, "kind": kind, **future.result()}
+                done[name] = "ok" if row["status"] == "ok" else "failed"
+                rows.append(row)
+                detail = f" ({row['error']})" if "error" in row else ""
+                print(f"  {name}: {row['status']} in {row['seconds']:.1f} s{detail}", flush=True)
+    return rows
 
 
 def stand_in(path: Path) -> None:
@@ -172,39 +313,69 @@ def build_html(strict: bool) -> int:
     return subprocess.call(cmd)
 
 
+def write_times(rows: list[dict], total: float, workers: int, threads: int, load_start, load_end) -> dict:
+    """Print the table of wall times and write it to ``_build/book-times.json``."""
+    times = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+             "total_seconds": total, "workers": workers, "threads_per_worker": threads,
+             "cpu_count": os.cpu_count(), "load_average_start": load_start, "load_average_end": load_end,
+             "steps": rows}
+    TIMES.parent.mkdir(parents=True, exist_ok=True)
+    TIMES.write_text(json.dumps(times, indent=1))
+    width = max([len(r["step"]) for r in rows] + [10])
+    print(f"\n{'step':<{width}}  {'seconds':>8}  status")
+    for r in rows:
+        print(f"{r['step']:<{width}}  {r['seconds']:>8.1f}  {r['status']}")
+    print(f"{'total':<{width}}  {total:>8.1f}  ({total / 60:.1f} min wall, {workers} workers × {threads} threads, "
+          f"load average {load_start[0]:.2f} at start, {load_end[0]:.2f} at end)")
+    print(f"times: {TIMES}")
+    return times
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", help="execute only this chapter (number or file stem)")
-    parser.add_argument("--profile", choices=["cpu", "paper"], help="config preset for the chapters")
+    parser.add_argument("--only", action="append", help="execute only this chapter (number or file stem; repeatable)")
+    parser.add_argument("--profile", choices=sorted(PROFILES), help="the chapters' profile (adpf.setting.PROFILES)")
     parser.add_argument("--device", help="torch device for the chapters (e.g. cuda)")
-    parser.add_argument("--seed", type=int, help="random seed for the chapters")
+    parser.add_argument("--seed", type=int, help="training seed for the chapters")
+    parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                        help="set a parameter of the chapters that declare it (JSON value, else text), "
+                             "e.g. --param n_faces=1000 --param rerun=true; repeatable")
+    parser.add_argument("--workers", type=int, default=2, help="chapters and trainings run at a time (default: 2)")
     parser.add_argument("--no-execute", action="store_true", help="rebuild the HTML only")
     args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error("--workers must be >= 1")
 
+    start, load_start = time.perf_counter(), os.getloadavg()
     paths = chapters()
     stage_tree(paths)
+    threads = max(1, (os.cpu_count() or 1) // args.workers)
     os.environ.setdefault("ADPF_CACHE_DIR", str(CACHE))
+    # the workers, their kernels and the trainings share the cores instead of each taking all
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(name, str(threads))
     # the chapters import this checkout's library, installed or not
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     overrides = {k: v for k, v in {"profile": args.profile, "device": args.device,
                                    "seed": args.seed}.items() if v is not None}
+    for item in args.param:
+        name, sep, text = item.partition("=")
+        if not sep or not name.isidentifier():
+            parser.error(f"--param {item!r}: expected NAME=VALUE")
+        try:
+            overrides[name] = json.loads(text)
+        except json.JSONDecodeError:
+            overrides[name] = text
 
     if args.no_execute:
         todo = []
     elif args.only:
-        todo = [select(paths, args.only)]
+        todo = [select(paths, only) for only in args.only]
     else:
         todo = paths
-    failed = []
-    for path in todo:
-        print(f"executing {path.relative_to(ROOT)} ...", flush=True)
-        try:
-            seconds = execute(path, overrides)
-            print(f"  {path.stem}: {seconds:.1f} s", flush=True)
-        except papermill.PapermillExecutionError as err:
-            failed.append(path.stem)
-            print(f"  {path.stem}: FAILED in cell {err.exec_count}: {err.ename}: {err.evalue}",
-                  flush=True)
+    trainings, waits = plan(todo, overrides)
+    rows = run_steps(trainings, waits, {p.stem: p for p in todo}, overrides, args.workers) if todo else []
+    failed = [r["step"] for r in rows if r["kind"] == "chapter" and r["status"] != "ok"]
 
     stale = [p.stem for p in paths if p not in todo and not is_current(p)]
     for path in paths:
@@ -212,7 +383,12 @@ def main(argv: list[str] | None = None) -> int:
             stand_in(path)
     if stale:
         print(f"not executed from their present source (built without -W): {stale}", flush=True)
+    html_start = time.perf_counter()
     status = build_html(strict=not stale)
+    rows.append({"step": "HTML (jupyter-book)", "kind": "html", "seconds": time.perf_counter() - html_start,
+                 "status": "ok" if status == 0 else f"exit {status}"})
+    write_times(rows, time.perf_counter() - start, args.workers, int(os.environ["OMP_NUM_THREADS"]),
+                load_start, os.getloadavg())
     if status:
         print(f"jupyter-book build failed with status {status}", flush=True)
     if failed:

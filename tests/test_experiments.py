@@ -12,8 +12,9 @@ from adpf.cli import main
 from adpf.config import ADPFConfig, get_preset
 from adpf.data.prepared import load_prepared, write_prepared
 from adpf.data.protocols import kfold_subjects
-from adpf.experiments import (ABLATIONS, CLAIMS, ablation_table, check_claims, heads_table, learning_curves,
-                              mean_pm_std, mean_std, read_record, record_rows, run_protocol, seed_summary, verdict)
+from adpf.experiments import (ABLATIONS, CLAIMS, ablation_table, book_records, check_claims, heads_table,
+                              learning_curves, mean_pm_std, mean_std, read_record, record_notes, record_rows,
+                              records_overview, run_command, run_protocol, seed_summary, seed_table, verdict)
 from adpf.networks import build_model, count_parameters
 from adpf.train import Recipe
 
@@ -267,6 +268,20 @@ def test_claims_on_attention_shares():
     assert claims["FusionNet adds to AttentionNet alone"] == "not measured"
 
 
+def test_a_record_is_made_again_by_its_own_command(data, cache, tmp_path):
+    command = shlex.join(["adpf", "experiments", "ablation", *TINY_ARGS, "--data", str(data.root), "--rows",
+                          "plain CNN", "--epochs", "1", "--batch-size", "8", "--no-progress", "--seeds", "0",
+                          "--record", "results/plain.json"])
+    assert run_command(command, root=tmp_path) == 0
+    record = read_record(tmp_path / "results" / "plain.json")
+    assert record["command"] == command and [(r["model"], r["seed"]) for r in record["rows"]] == [("plain CNN", 0)]
+    # made again: its finished row is kept
+    assert run_command(command, root=tmp_path) == 0
+    assert read_record(tmp_path / "results" / "plain.json")["rows"] == record["rows"]
+    with pytest.raises(ValueError, match="not an adpf experiments command"):
+        run_command("rm -rf /", root=tmp_path)
+
+
 def test_the_command_line_writes_a_record(data, cache, tmp_path, capsys):
     path = tmp_path / "record.json"
     argv = ["experiments", "ablation", *TINY_ARGS, "--data", str(data.root), "--rows", "plain CNN",
@@ -282,3 +297,37 @@ def test_the_command_line_writes_a_record(data, cache, tmp_path, capsys):
     assert "--seed and --seeds" in capsys.readouterr().err
     assert main(["experiments", "heads", "--test-on", str(data.root)]) == 2
     assert "--test-on goes with the ablation table" in capsys.readouterr().err
+
+
+def test_seed_table_gives_mean_and_std_per_model_and_a_dash_where_nothing_was_measured():
+    rows = pd.DataFrame({"model": ["b", "b", "a", "a"], "mae": [1.0, 3.0, 2.0, 2.0],
+                         "overlap": [np.nan, np.nan, 0.5, 0.7], "cs5": [0.1, 0.2, 0.3, 0.3]})
+    table = seed_table(rows, {"MAE": "mae", "overlap": "overlap", "CS(5)": "cs5", "none": "missing"},
+                       digits={"cs5": 3})
+    assert table.to_dict("list") == {"model": ["b", "a"], "MAE": ["2.00 ± 1.41", "2.00 ± 0.00"],
+                                     "overlap": ["—", "0.60 ± 0.14"], "CS(5)": ["0.150 ± 0.071", "0.300 ± 0.000"],
+                                     "none": ["—", "—"]}
+    assert mean_pm_std([4.0]) == "4.00"
+
+
+def test_book_records_notes_and_overview(data, cache, tmp_path, monkeypatch):
+    with pytest.raises(FileNotFoundError, match="make it from the repository's root with: adpf experiments ablation"):
+        book_records(tmp_path)
+    for name in ("ablation-synthetic", "heads-synthetic"):
+        ablation_table(get_preset("cpu", **TINY), data, VAL_SPLIT, RECIPE, rows=["plain CNN"], seeds=[0, 1],
+                       record=tmp_path / f"{name}.json", command=f"adpf experiments ablation # {name}",
+                       progress=False)
+    found = book_records(tmp_path)
+    assert list(found) == ["ablation-synthetic", "heads-synthetic"]
+    overview = records_overview(found)
+    assert overview["rows"].tolist() == [2, 2] and overview["code"].tolist() == ["current"] * 2
+    assert overview["train / val / test"].iloc[0] == "26 / 6 / 8"
+    notes = record_notes(found, tmp_path)
+    assert "{warning}" not in notes
+    # the optional records are missing: a note with the command of each
+    assert notes.count("```{note}") == 2 and experiments.BOOK_RECORDS["cross-dataset-aaf"] in notes
+    # after a change of the code every record warns
+    monkeypatch.setattr(experiments, "code_version", lambda: "0.0+changed")
+    notes = record_notes(found, tmp_path)
+    assert notes.count("```{warning}") == 2 and "adpf experiments ablation # heads-synthetic" in notes
+    assert records_overview(found)["code"].tolist() == ["changed since"] * 2

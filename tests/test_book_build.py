@@ -1,0 +1,92 @@
+"""book/build.py's plan: every shared model is trained once, before the chapters that load it,
+in the setting those chapters declare; and its time table."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("book_build", REPO / "book" / "build.py")
+build = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(build)
+
+HEADER = """---
+jupytext:
+  text_representation:
+    extension: .md
+    format_name: myst
+    format_version: 0.13
+kernelspec:
+  display_name: Python 3
+  language: python
+  name: python3
+---
+
+# A chapter
+
+```{{code-cell}} ipython3
+:tags: [parameters]
+{parameters}
+```
+"""
+
+
+def chapter(folder: Path, stem: str, parameters: str) -> Path:
+    path = folder / f"{stem}.md"
+    path.write_text(HEADER.format(parameters=parameters))
+    return path
+
+
+def test_parameters_of_every_assignment_form(tmp_path):
+    path = chapter(tmp_path, "07_training_attention",
+                   'profile = "cpu"  # a comment\nn_faces = epochs = None\ndevice, seed = "auto", 3\nrows = list()')
+    declared = build.declared_parameters(build.jupytext.read(path))
+    assert declared == {"profile": "cpu", "n_faces": None, "epochs": None, "device": "auto", "seed": 3, "rows": None}
+    assert build.chapter_setting(path, {"device": "cuda"}) == {"profile": "cpu", "n_faces": None, "epochs": None,
+                                                               "device": "cuda", "seed": 3}
+
+
+def test_each_model_is_trained_once_per_setting_and_adpf_after_its_attention_net(tmp_path):
+    same = 'profile = "cpu"\nn_faces = epochs = None\ndevice, seed = "auto", 0'
+    paths = [chapter(tmp_path, "07_training_attention", same), chapter(tmp_path, "08_patches_fusion", same),
+             chapter(tmp_path, "09_training_adpf", same),
+             chapter(tmp_path, "12_explorer", same.replace("seed = \"auto\", 0", "seed = \"auto\", 1")),
+             chapter(tmp_path, "02_self_attention", 'profile = "cpu"')]
+    trainings, waits = build.plan(paths, {})
+    variants = sorted((variant, setting["seed"]) for variant, setting, _ in trainings.values())
+    # seed 0: AttentionNet, ADPF, plain CNN for chapters 7-9; seed 1: ADPF and its AttentionNet for chapter 12
+    assert variants == [("adpf", 0), ("adpf", 1), ("attention_only", 0), ("attention_only", 1), ("plain_cnn", 0)]
+    assert waits["07_training_attention"] == waits["08_patches_fusion"]
+    assert len(set(waits["09_training_adpf"])) == 3 and waits["02_self_attention"] == ()
+    for tid, (variant, setting, after) in trainings.items():
+        expected = [("attention_only", setting["seed"])] if variant == "adpf" else []
+        assert [(trainings[a][0], trainings[a][1]["seed"]) for a in after] == expected
+    # the build's overrides reach the trainings
+    trainings, _ = build.plan(paths[:1], {"device": "cuda", "seed": 2})
+    assert [s for _, s, _ in trainings.values()] == [{"profile": "cpu", "n_faces": None, "epochs": None,
+                                                      "device": "cuda", "seed": 2}]
+
+
+def test_every_chapter_that_loads_a_model_exists_and_declares_its_setting():
+    stems = {p.stem: p for p in build.chapters()}
+    for stem in build.NEEDS:
+        assert stem in stems, stem
+        assert set(build.chapter_setting(stems[stem], {})) == set(build.SETTING_PARAMETERS), stem
+
+
+def test_the_time_table(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(build, "TIMES", tmp_path / "book-times.json")
+    rows = [{"step": "01_task", "kind": "chapter", "seconds": 12.5, "status": "ok"},
+            {"step": "HTML (jupyter-book)", "kind": "html", "seconds": 30.0, "status": "ok"}]
+    build.write_times(rows, 50.0, 2, 1, (1.0, 0.5, 0.25), (2.0, 1.0, 0.5))
+    times = json.loads((tmp_path / "book-times.json").read_text())
+    assert times["steps"] == rows and times["total_seconds"] == 50.0 and times["workers"] == 2
+    assert times["load_average_start"] == [1.0, 0.5, 0.25] and times["load_average_end"][0] == 2.0
+    out = capsys.readouterr().out
+    assert "01_task" in out and "12.5" in out and "0.8 min wall" in out
+
+
+def test_workers_must_be_positive():
+    with pytest.raises(SystemExit):
+        build.main(["--workers", "0"])
