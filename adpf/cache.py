@@ -50,7 +50,7 @@ FUSION_ONLY_FIELDS = ("fusion_channels", "patch_size", "patch_channels", "patch_
 #: Source files that do not change what a training produces (their edits keep the cache). The
 #: code that draws or prepares a dataset reaches a training only through the data, whose
 #: content hash is part of every key.
-_NOT_SHAPING = {"cli.py", "experiments.py", "benchmark.py", "plotting.py", "cache.py",
+_NOT_SHAPING = {"cli.py", "experiments.py", "plotting.py", "cache.py",
                 "checkpoint.py", "align.py", "readers.py", "protocols.py", "__init__.py",
                 "synthetic.py", "scripts_common.py"}
 

@@ -1,4 +1,4 @@
-"""The ``adpf`` command: train, evaluate, predict, info, experiments, benchmark.
+"""The ``adpf`` command: train, evaluate, predict, info, experiments.
 
     adpf train --data synthetic --recipe book --out runs/adpf
     adpf evaluate runs/adpf --data synthetic
@@ -16,8 +16,6 @@ under ``torchrun`` as it is (DistributedDataParallel, one process per GPU).
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import json
 import os
 import shlex
@@ -493,14 +491,12 @@ def provenance(args, data: Prepared, split, recipe) -> str:
     return "".join(f"# {line}\n" for line in lines)
 
 
-def cmd_benchmark_missing(args) -> int:
-    raise UsageError("benchmarks are not part of this installation (adpf/benchmark.py is missing)")
-
-
 # --- the parser -------------------------------------------------------------------------------
 
 def build_parser() -> Parser:
-    parser = Parser(prog="adpf", description="Attention-based Dynamic Patch Fusion for face-based age estimation.")
+    parser = Parser(prog="adpf", description="Attention-based Dynamic Patch Fusion for face-based age estimation.",
+                    epilog="Speed, memory and FLOPs are measured by scripts beside the library, in a source "
+                           "checkout: python benchmarks/benchmark.py --help (benchmarks/README.md).")
     parser.add_argument("--version", action="version", version=f"adpf {adpf.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -567,14 +563,6 @@ def build_parser() -> Parser:
                    help="ablation: also test every model on all faces of this prepared dataset")
     p.add_argument("--out", help="also write the table (.csv, else text)")
     p.set_defaults(run=cmd_experiments)
-
-    p = sub.add_parser("benchmark", help="speed and memory benchmarks")
-    if importlib.util.find_spec("adpf.benchmark") is not None:
-        benchmark = importlib.import_module("adpf.benchmark")
-        benchmark.add_arguments(p)
-        p.set_defaults(run=benchmark.run)
-    else:
-        p.set_defaults(run=cmd_benchmark_missing)
     return parser
 
 

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from adpf import benchmark  # noqa: E402
+import benchmark  # noqa: E402  (benchmarks/benchmark.py, beside this script)
 
 PRESET = "paper"
 # MORPH II Setting I as the paper trains it: 200 + 200 epochs over ~80% of 55,134 images.
@@ -40,7 +40,7 @@ def settings(args, compile_: bool = False) -> benchmark.Settings:
 
 
 def part_measure(args) -> None:
-    """The card's bf16 matmul rate and the paper preset beside its baselines (adpf.benchmark), eager."""
+    """The card's bf16 matmul rate and the paper preset beside its baselines (benchmark.py), eager."""
     s = settings(args)
     ns = argparse.Namespace(presets=[PRESET], device=str(s.device), batch_size=s.batch_size, warmup=s.warmup,
                             repeats=s.repeats, calls=s.calls, clock="wall", bf16=s.bf16, channels_last=s.channels_last,

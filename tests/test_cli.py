@@ -105,7 +105,7 @@ def test_errors_in_process_name_the_problem(env, capsys):
     assert exit_.value.code == 2 and len(err.strip().splitlines()) == 1 and "invalid choice: 'huge'" in err
 
 
-@pytest.mark.parametrize("command", ["train", "evaluate", "predict", "info", "experiments", "benchmark"])
+@pytest.mark.parametrize("command", ["train", "evaluate", "predict", "info", "experiments"])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_:
         main([command, "--help"])

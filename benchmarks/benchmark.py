@@ -1,6 +1,9 @@
 """Speed, memory and FLOPs of ADPF beside its baselines, measured on the machine it runs on.
 
-    adpf benchmark [--presets paper cpu] [--device cuda] [--bf16] [--channels-last] [--compile]
+    python benchmarks/benchmark.py [--presets paper cpu] [--device cuda] [--bf16] [--channels-last] [--compile]
+
+A script beside the library, not part of it (run it from a checkout; it imports the checkout's
+``adpf``): it registers FLOP formulas with torch's counter, which importing ``adpf`` must not do.
 
 For each preset three networks are measured in the same run:
 
@@ -41,20 +44,23 @@ import json
 import math
 import platform
 import statistics
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import torch
-from torch.utils.flop_counter import (FlopCounterMode, register_flop_formula, sdpa_backward_flop_count,
-                                      sdpa_flop_count, flop_registry)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's adpf, installed or not
 
-from adpf.config import PRESETS, ADPFConfig, get_preset
-from adpf.data.synthetic import make_synthetic_faces
-from adpf.networks import build_model
-from adpf.train import Stage, stage_loss, trained_parameters
+import torch  # noqa: E402
+from torch.utils.flop_counter import (FlopCounterMode, flop_registry, register_flop_formula,  # noqa: E402
+                                      sdpa_backward_flop_count, sdpa_flop_count)
+
+from adpf.config import PRESETS, ADPFConfig, get_preset  # noqa: E402
+from adpf.data.synthetic import make_synthetic_faces  # noqa: E402
+from adpf.networks import build_model  # noqa: E402
+from adpf.train import Stage, stage_loss, trained_parameters  # noqa: E402
 
 CASES = {"adpf": {}, "plain attention": {"attention_impl": "plain"}, "plain_cnn": {"variant": "plain_cnn"}}
 
@@ -152,8 +158,8 @@ def _host_memory_reader() -> tuple[Callable[[], int], str]:
 
     glibc's ``mallinfo2`` (bytes malloc has handed out and not taken back, every arena): torch's
     CPU tensors come from malloc, and the count falls when they are freed, so it shows each step's
-    own peak. Without glibc, the resident set size (psutil), which freed memory kept for reuse
-    hides, so its growth is only a lower bound.
+    own peak. Without glibc, the resident set size (psutil, the ``bench`` extra), which freed
+    memory kept for reuse hides, so its growth is only a lower bound.
     """
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL("libc.so.6")
@@ -436,7 +442,7 @@ def machine() -> str:
 # --- the command --------------------------------------------------------------------------------
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``adpf benchmark`` (and ``benchmarks/run_benchmark.py``)."""
+    """The options of this script."""
     parser.add_argument("--presets", nargs="+", choices=sorted(PRESETS), default=["cpu", "paper"],
                         help="presets to measure (default: cpu paper)")
     parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:N")
@@ -514,3 +520,13 @@ def run(args: argparse.Namespace) -> int:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
