@@ -70,6 +70,19 @@ def test_lr_schedules():
         get_recipe("nope")
 
 
+def test_the_named_recipes_keep_what_was_measured():
+    for name in ("cpu", "book"):  # SGD lr 0.02 clipped at norm 1, cosine, no warm-up (see RECIPES)
+        r = RECIPES[name]
+        assert (r.optimizer, r.lr, r.clip_grad_norm, r.schedule, r.warmup_epochs, r.batch_size) == \
+            ("sgd", 0.02, 1.0, "cosine", 0, 32)
+    gpu, cpu = RECIPES["gpu"], RECIPES["cpu"]
+    assert (gpu.batch_size, gpu.amp, gpu.channels_last, gpu.schedule) == (256, True, True, "step")
+    assert gpu.lr == pytest.approx(cpu.lr * gpu.batch_size / cpu.batch_size)  # the linear scaling rule
+    assert gpu.warmup_epochs > 0 and gpu.clip_grad_norm == cpu.clip_grad_norm
+    # the paper's four phases (x0.1 every 50 of 200 epochs), compressed
+    assert gpu.attention_epochs == gpu.fusion_epochs == 4 * gpu.lr_step
+
+
 def test_adpf_trains_attention_net_then_fusion_net_with_attention_frozen(data, cache):
     result, trained = run(tiny(), data)
     assert trained == [("attention", 1), ("attention", 2), ("fusion", 1), ("fusion", 2)]
