@@ -47,12 +47,13 @@ from adpf.data.prepared import Prepared, cache_root
 FUSION_ONLY_FIELDS = ("fusion_channels", "patch_size", "patch_channels", "patch_stream", "ranking", "rank_by",
                       "patch_threshold", "patch_min_frac", "patch_max_frac")
 
-#: Source files that do not change what a training produces (their edits keep the cache). The
-#: code that draws or prepares a dataset reaches a training only through the data, whose
-#: content hash is part of every key.
-_NOT_SHAPING = {"cli.py", "experiments.py", "plotting.py", "cache.py",
-                "checkpoint.py", "align.py", "readers.py", "protocols.py", "__init__.py",
-                "synthetic.py", "scripts_common.py"}
+#: The source files that shape what a training produces: the model, its losses, the patch rule,
+#: the config, the training loop and the prepared data's augmentation. Their hash is part of
+#: every cache key and of every recorded experiment (``code_version``); an edit to any other
+#: file (the command line, evaluation, plotting, data preparation, the book's setting) keeps
+#: the cache and the records current. The data itself is identified by its content hash.
+SHAPING_FILES = ("attention.py", "rmhha.py", "losses.py", "patches.py", "networks.py", "config.py",
+                 "train.py", "data/prepared.py")
 
 
 def attention_config(config: ADPFConfig) -> ADPFConfig:
@@ -74,13 +75,16 @@ def digest(obj) -> str:
 
 @functools.lru_cache(maxsize=1)
 def code_version() -> str:
-    """adpf's version and a hash of the source files that shape a training."""
-    root = Path(adpf.__file__).parent
+    """adpf's version and a hash of the model and training code (``SHAPING_FILES``)."""
+    return source_version(Path(adpf.__file__).parent)
+
+
+def source_version(root: Path) -> str:
+    """``version+hash`` of ``SHAPING_FILES`` under the package folder ``root``."""
     h = hashlib.sha256(adpf.__version__.encode())
-    for path in sorted(root.rglob("*.py")):
-        if path.name not in _NOT_SHAPING:
-            h.update(path.relative_to(root).as_posix().encode())
-            h.update(path.read_bytes())
+    for name in SHAPING_FILES:
+        h.update(name.encode())
+        h.update((root / name).read_bytes())
     return f"{adpf.__version__}+{h.hexdigest()[:12]}"
 
 

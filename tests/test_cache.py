@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -130,14 +131,50 @@ def test_fusion_only_fields_are_config_fields(field):
     assert field in ADPFConfig.__dataclass_fields__
 
 
-def test_code_that_only_makes_data_is_not_part_of_the_code_version():
-    # the data's content hash is in every key, so the code that draws or prepares it need not be
+def test_code_version_follows_the_model_and_training_code_only(tmp_path):
+    # a copy of the package: editing a shaping file changes the version, anything else keeps it
+    import shutil
+
+    import adpf
     from adpf import cache
 
-    assert {"synthetic.py", "scripts_common.py"} <= cache._NOT_SHAPING
-    assert not {"train.py", "networks.py", "losses.py", "prepared.py", "patches.py"} & cache._NOT_SHAPING
+    root = tmp_path / "adpf"
+    shutil.copytree(Path(adpf.__file__).parent, root, ignore=shutil.ignore_patterns("__pycache__"))
+    assert cache.source_version(Path(adpf.__file__).parent) == cache.code_version()
+    before = cache.source_version(root)
+    for name in ("cli.py", "evaluate.py", "plotting.py", "data/synthetic.py", "data/align.py", "setting.py"):
+        (root / name).write_text((root / name).read_text() + "\n# edited\n")
+        assert cache.source_version(root) == before, name
+    for name in cache.SHAPING_FILES:
+        text = (root / name).read_text()
+        (root / name).write_text(text + "\n# edited\n")
+        assert cache.source_version(root) != before, name
+        (root / name).write_text(text)
+    assert cache.source_version(root) == before
 
 
+def test_every_module_the_training_imports_is_shaping_or_known_not_to_be():
+    # a new module that the training loop imports must be classified, not silently left out
+    import ast
+
+    import adpf
+    from adpf import cache
+
+    root = Path(adpf.__file__).parent
+    not_shaping = {"cache.py", "checkpoint.py", "evaluate.py", "data/synthetic.py", "__init__.py"}
+    seen, todo = set(), ["train.py"]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        for node in ast.walk(ast.parse((root / name).read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("adpf"):
+                parts = node.module.split(".")[1:]
+                for candidate in ("/".join(parts) + ".py", "/".join(parts) + "/__init__.py"):
+                    if parts and (root / candidate).exists():
+                        todo.append(candidate)
+    assert seen - not_shaping <= set(cache.SHAPING_FILES), seen - not_shaping - set(cache.SHAPING_FILES)
 def dead_pid() -> int:
     """The id of a process that has ended."""
     done = subprocess.Popen([sys.executable, "-c", "pass"])
