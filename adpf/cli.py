@@ -336,38 +336,65 @@ def check_device(text: str, auto: bool = False) -> str:
 
 
 
+#: Faces drawn by ``adpf predict --save-patches`` (the first ones).
+PATCH_FIGURE_FACES = 24
+
+
 def cmd_predict(args) -> int:
-    from adpf.data.align import AlignmentError, align_face, load_image, square_resize
-    from adpf.evaluate import ranked_boxes
-    from adpf.losses import predict_age
+    from tqdm.auto import tqdm
+
+    from adpf import photos
 
     if args.save_patches:  # checked (and a folder resolved to the file in it) before any work
         args.save_patches = patch_figure_path(args.save_patches)
-    model = load_model(checkpoint_path(args.checkpoint), device_from_args(args))
-    config = model.config
-    if args.save_patches and config.variant == "plain_cnn":
+    for option in ("csv", "json"):
+        if getattr(args, option):
+            check_output(getattr(args, option), f"--{option}")
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size {args.batch_size}: expected at least 1")
+    if not args.photos and not args.list:
+        raise UsageError("name the photos (files or folders) or a --list FILE of them")
+    path = checkpoint_path(args.checkpoint)
+    model = load_model(path, device_from_args(args))
+    if args.save_patches and model.config.variant == "plain_cnn":
         raise UsageError("--save-patches needs a model with patches or attention (not plain_cnn)")
-    size, device = config.image_size, next(model.parameters()).device
-    faces, failed = [], 0
-    for photo in args.photos:
-        try:
-            face = square_resize(load_image(photo), size) if args.no_align else align_face(photo, size).image
-        except AlignmentError as e:
-            print(f"{photo}: skipped: {e.reason}", file=sys.stderr)
+    trained = (trained_on.read(load_checkpoint(path)) or {}).get("alignment")
+    alignment = photos.choose_alignment("resize" if args.no_align else args.align, trained)
+    if trained == "synthetic":
+        print(f"adpf predict: warning: {path} was trained on the drawn (synthetic) faces, not on photos of "
+              "people: its ages for real photos mean little. Train it on real faces first (README, "
+              "'A model of real faces').", file=sys.stderr)
+    elif trained in ("dlib", "resize") and alignment != trained:
+        print(f"adpf predict: note: {path} was trained on faces prepared with alignment '{trained}'; "
+              f"these photos get '{alignment}'", file=sys.stderr)
+    paths, problems = photos.photo_paths(args.photos, args.list)
+    for problem in problems:
+        print(f"adpf predict: {problem}", file=sys.stderr)
+    if not paths:
+        raise UsageError("no photos found in " + ", ".join(map(str, [*args.photos, *args.list])))
+    rows, failed = [], 0
+    for row in photos.predict_photos(model, paths, alignment, args.batch_size, all_faces=args.all_faces,
+                                     keep_images=PATCH_FIGURE_FACES if args.save_patches else 0,
+                                     progress=progress_disabled(args)):
+        rows.append(row)
+        if row.error:
             failed += 1
+            tqdm.write(f"{row.file}: skipped: {row.error}", file=sys.stderr)
             continue
-        x = torch.from_numpy(face).permute(2, 0, 1).float().div(255)[None].to(device)
-        with torch.no_grad():
-            out = model(x)
-        age, std = (float(v) for v in predict_age(out.logits, config))
-        print(f"{photo}: {age:.1f} ± {std:.1f} years")
-        boxes = out.boxes if out.boxes is not None else (
-            ranked_boxes(out.attention, config) if out.attention is not None else None)
-        faces.append((photo, face, age, std, boxes))
+        which = f" [face {row.face + 1} of {row.faces_found}]" if args.all_faces and row.faces_found > 1 else ""
+        notes = [f"alignment doubtful: {row.doubts}"] if row.doubts else []
+        if row.faces_found > 1 and not args.all_faces:
+            notes.append(f"{row.faces_found} faces found; the largest, at {row.box}, is used (--all-faces: each)")
+        tqdm.write(f"{row.file}{which}: {row.age:.1f} ± {row.std:.1f} years" + "".join(f" ({n})" for n in notes),
+                   file=sys.stdout)
+    for fmt in ("csv", "json"):
+        if getattr(args, fmt):
+            photos.write_rows(rows, getattr(args, fmt), fmt)
+    faces = [(r.file, r.image, r.age, r.std, r.patch_boxes[None]) for r in rows if r.image is not None]
     if args.save_patches and faces:
         save_patch_figure(faces, Path(args.save_patches))
-        print(f"patches drawn in {args.save_patches}")
-    return 1 if failed else 0
+        print(f"patches of the first {len(faces)} faces drawn in {args.save_patches}")
+    return 1 if failed or problems else 0
 
 
 FIGURE_FORMATS = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
@@ -531,11 +558,24 @@ def build_parser() -> Parser:
                        description="Align each photo with dlib (68 landmarks, eyes), then print the "
                                    "predicted age ± the standard deviation of the predicted distribution.",
                        epilog="Exit status: 0 every photo was predicted; 1 some photos were skipped (each named "
-                              "on stderr with the reason), the others predicted; 2 usage error (a bad option, "
-                              "a missing or unreadable checkpoint: one line on stderr); 130 interrupted.")
-    p.add_argument("photos", nargs="+", metavar="PHOTO")
+                              "on stderr with the reason, and in --csv/--json with its error), the others "
+                              "predicted; 2 usage error (a bad option, a missing or unreadable checkpoint, no "
+                              "photos: one line on stderr); 130 interrupted.")
+    p.add_argument("photos", nargs="*", metavar="PATH", help="photos, or folders (searched recursively for images)")
+    p.add_argument("--list", action="append", default=[], metavar="FILE",
+                   help="a text file naming one photo per line (relative to the file's folder); repeatable")
     p.add_argument("--checkpoint", required=True, help="a checkpoint file, or a folder written by adpf train --out")
-    p.add_argument("--no-align", action="store_true", help="the photos are already aligned crops: only resize")
+    p.add_argument("--align", choices=["auto", "dlib", "resize"], default="auto",
+                   help="dlib: detect the face and crop it aligned on the eyes; resize: the photos are aligned "
+                        "crops, take the central square; auto (default): as the training faces were made")
+    p.add_argument("--no-align", action="store_true", help="the same as --align resize")
+    p.add_argument("--all-faces", action="store_true",
+                   help="predict every face dlib finds (default: the largest face of each photo)")
+    p.add_argument("--csv", metavar="FILE", help="write one row per face: file, face, age, std, box x0,y0,x1,y1, "
+                   "aligned, faces_found, doubts, error")
+    p.add_argument("--json", metavar="FILE", help="the same rows as a JSON list")
+    p.add_argument("--batch-size", type=int, default=32, help="faces per forward pass (default: 32)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--save-patches", metavar="OUT.png|DIR", help="draw each face with its ranked patches P1..Pn "
                    "into OUT.png (or .pdf, .svg, .jpg), or into DIR/patches.png")
     p.add_argument("--device", help="default: cuda when available, else cpu")

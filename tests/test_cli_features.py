@@ -5,6 +5,7 @@ import fcntl
 import json
 import os
 import pty
+import re
 import struct
 import subprocess
 import sys
@@ -14,10 +15,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
+from PIL import Image
+from torch import nn
 
 import adpf
-from adpf.checkpoint import load_checkpoint
+from adpf.checkpoint import load_checkpoint, load_model, save_checkpoint
+from adpf.data.align import load_image, square_resize
 from adpf.data.prepared import write_prepared
+from adpf.losses import predict_age
+from adpf.photos import predict_photos
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--set", "image_size=16", "--set", "x_size=4", "--set", "stem_channels=[4,4,4]", "--set", "x_channels=6",
@@ -145,3 +152,156 @@ def test_progress_bar_on_a_terminal_only(env, trained):
     assert status == 0 and "evaluating" not in err
     piped = run_adpf(env, "evaluate", trained, "--batch-size", "4")
     assert piped.returncode == 0 and "evaluating" not in piped.stderr
+
+
+# --- adpf predict on folders and lists ----------------------------------------------------------
+
+AAF = REPO.parent / "shared" / "data" / "aaf-wild-sample" / "images"
+
+
+def noise_photo(path, h, w, seed):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def photo_folder(env):
+    folder = env["root"] / "photos"
+    noise_photo(folder / "b.png", 30, 40, 1)
+    noise_photo(folder / "a.jpg", 50, 20, 2)
+    noise_photo(folder / "sub" / "c.png", 16, 16, 3)
+    noise_photo(folder / ".hidden" / "d.png", 16, 16, 4)
+    (folder / "notes.txt").write_text("not a photo")
+    return folder
+
+
+def expected_ages(checkpoint, files):
+    """Ages and stds of the in-process model on the central squares of ``files``, one forward each."""
+    model = load_model(checkpoint)
+    out = []
+    for f in files:
+        face = square_resize(load_image(f), model.config.image_size)
+        with torch.no_grad():
+            logits = model(torch.from_numpy(face).permute(2, 0, 1).float().div(255)[None]).logits
+        out.append(tuple(float(v) for v in predict_age(logits, model.config)))
+    return out
+
+
+def test_predict_a_folder_to_csv_and_json(env, trained, photo_folder):
+    csv, js = env["root"] / "ages.csv", env["root"] / "ages.json"
+    done = run_adpf(env, "predict", photo_folder, "--checkpoint", trained, "--csv", csv, "--json", js,
+                    "--batch-size", "2")
+    assert done.returncode == 0, done.stderr
+    files = [photo_folder / "a.jpg", photo_folder / "b.png", photo_folder / "sub" / "c.png"]  # sorted, no hidden
+    table = pd.read_csv(csv)
+    assert list(table.columns) == ["file", "face", "age", "std", "x0", "y0", "x1", "y1", "aligned", "faces_found",
+                                   "doubts", "error"]
+    assert table["file"].tolist() == [str(f) for f in files]
+    for (_, row), (age, std) in zip(table.iterrows(), expected_ages(trained / "model.pt", files)):
+        assert row["age"] == pytest.approx(age, abs=2e-3) and row["std"] == pytest.approx(std, abs=2e-3)
+    # the training faces were resized crops (recorded), so the photos are too: the central square
+    assert table[["x0", "y0", "x1", "y1"]].values.tolist() == [[0, 15, 20, 35], [5, 0, 35, 30], [0, 0, 16, 16]]
+    assert not table["aligned"].any() and (table["faces_found"] == 1).all() and (table["face"] == 0).all()
+    assert table["error"].isna().all() and table["doubts"].isna().all()
+    rows = json.loads(js.read_text())
+    assert [r["file"] for r in rows] == table["file"].tolist()
+    assert [r["age"] for r in rows] == pytest.approx(table["age"].tolist(), abs=1e-3)
+    assert rows[0]["error"] == "" and rows[0]["x1"] == 20
+    for f, (age, std) in zip(files, zip(table["age"], table["std"])):
+        assert f"{f}: {age:.1f} ± {std:.1f} years" in done.stdout
+
+
+def test_predict_a_list_reports_bad_photos_and_goes_on(env, trained, photo_folder, tmp_path):
+    (tmp_path / "empty.png").write_bytes(b"")
+    listed = tmp_path / "photos.txt"
+    listed.write_text(f"# my photos\n{photo_folder / 'b.png'}\nempty.png\n\nmissing.jpg\n")
+    csv = tmp_path / "ages.csv"
+    done = run_adpf(env, "predict", "--list", listed, "--checkpoint", trained, "--csv", csv, "--no-align")
+    assert done.returncode == 1  # some skipped, the rest predicted (documented in --help)
+    table = pd.read_csv(csv, keep_default_na=False)
+    assert table["file"].tolist() == [str(photo_folder / "b.png"), str(tmp_path / "empty.png"),
+                                      str(tmp_path / "missing.jpg")]
+    assert table["error"].tolist()[0] == "" and table["age"].tolist()[1:] == ["", ""]
+    assert "no such file" in table["error"][2]
+    errors = [line for line in done.stderr.splitlines() if "skipped" in line]
+    assert len(errors) == 2 and errors[1] == f"{tmp_path / 'missing.jpg'}: skipped: no such file"
+    helped = run_adpf(env, "predict", "--help")
+    assert "1 some photos were skipped" in helped.stdout.replace("\n", " ").replace("  ", " ")
+
+
+def test_predict_without_photos_is_a_usage_error(env, trained, tmp_path):
+    (tmp_path / "nothing").mkdir()
+    done = run_adpf(env, "predict", tmp_path / "nothing", "--checkpoint", trained)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == f"adpf predict: error: no photos found in {tmp_path / 'nothing'}"
+    assert run_adpf(env, "predict", "--checkpoint", trained).returncode == 2
+
+
+class CountingModel(nn.Module):
+    """A model that records the batch size of every forward."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.config, self.calls = inner, inner.config, []
+
+    def forward(self, x):
+        self.calls.append(len(x))
+        return self.inner(x)
+
+
+def test_predict_photos_batches_the_forward_passes(trained, photo_folder, tmp_path):
+    files = [photo_folder / "a.jpg", photo_folder / "b.png", tmp_path / "none.png", photo_folder / "sub" / "c.png",
+             photo_folder / "b.png"]
+    model = CountingModel(load_model(trained / "model.pt"))
+    rows = list(predict_photos(model, files, alignment="resize", batch_size=2, progress=True))
+    assert model.calls == [2, 2]  # 4 readable photos, 2 per forward; the missing one never reaches the model
+    assert [r.file for r in rows] == list(map(str, files)) and rows[2].error == "no such file"
+    good = [f for f in files if f.exists()]
+    for row, (age, std) in zip([r for r in rows if not r.error], expected_ages(trained / "model.pt", good)):
+        assert row.age == pytest.approx(age, abs=1e-4) and row.std == pytest.approx(std, abs=1e-4)
+
+
+def set_alignment(checkpoint, alignment, out):
+    state = load_checkpoint(checkpoint)
+    state["meta"]["trained_on"]["alignment"] = alignment
+    save_checkpoint(state, out)
+    return out
+
+
+def test_predict_aligns_like_the_training_and_warns_about_drawn_faces(env, trained, photo_folder, tmp_path):
+    dlib_model = set_alignment(trained / "model.pt", "dlib", tmp_path / "dlib.pt")
+    done = run_adpf(env, "predict", photo_folder / "b.png", "--checkpoint", dlib_model)
+    assert done.returncode == 1 and "b.png: skipped: no face found" in done.stderr  # dlib looked for a face
+    drawn = set_alignment(trained / "model.pt", "synthetic", tmp_path / "drawn.pt")
+    done = run_adpf(env, "predict", photo_folder, "--checkpoint", drawn, "--align", "resize")
+    assert done.returncode == 0, done.stderr
+    warnings = [line for line in done.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "trained on the drawn (synthetic) faces" in warnings[0]  # once, for 3 photos
+    assert len(re.findall(r"years", done.stdout)) == 3
+
+
+def test_predict_every_face_of_a_photo(env, trained, tmp_path):
+    """Two real faces side by side: the largest by default (and said so), each with --all-faces."""
+    if not AAF.is_dir():
+        pytest.fail(f"the real faces for this test are missing: {AAF}")
+    left, right = Image.open(AAF / "00028A02.jpg"), Image.open(AAF / "00034A02.jpg").resize((260, 292))
+    pair = Image.new("RGB", (left.width + right.width + 40, left.height), (90, 90, 90))
+    pair.paste(left, (0, 0))
+    pair.paste(right, (left.width + 40, 20))
+    pair.save(tmp_path / "pair.png")
+    dlib_model = set_alignment(trained / "model.pt", "dlib", tmp_path / "dlib.pt")
+    csv = tmp_path / "one.csv"
+    done = run_adpf(env, "predict", tmp_path / "pair.png", "--checkpoint", dlib_model, "--csv", csv)
+    assert done.returncode == 0, done.stderr
+    one = pd.read_csv(csv)
+    assert len(one) == 1 and one["faces_found"][0] == 2 and one["face"][0] == 0 and one["aligned"][0]
+    assert "2 faces found; the largest, at (" in done.stdout
+    assert one["x1"][0] <= left.width + 5  # the larger face is the left one
+    done = run_adpf(env, "predict", tmp_path / "pair.png", "--checkpoint", dlib_model, "--csv", csv, "--all-faces")
+    assert done.returncode == 0, done.stderr
+    both = pd.read_csv(csv)
+    assert both["face"].tolist() == [0, 1] and (both["faces_found"] == 2).all()
+    assert both["x0"][1] >= left.width and both["x1"][0] <= left.width + 5
+    assert "[face 1 of 2]" in done.stdout and "[face 2 of 2]" in done.stdout
+    assert both["age"][0] == pytest.approx(one["age"][0], abs=1e-3)
