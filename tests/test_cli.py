@@ -356,20 +356,25 @@ def test_ctrl_c_names_the_last_checkpoint_and_the_same_command_resumes(env, slow
     command = ["train", *TINY, "--data", slow_data, "--recipe", "book", "--epochs", "3,1", "--batch-size", "8",
                "--no-progress"]
     process = start(env, cache, *command)
-    checkpoint = wait_for(lambda: next(cache.glob("runs/attention-*/checkpoint.pt"), None), process)
+    wait_for(lambda: next(cache.glob("runs/attention-*/checkpoint.pt"), None), process)
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=240)
-    assert process.returncode == 130
-    assert one_line(err) == (f"adpf train: interrupted; the last checkpoint is {checkpoint}; "
-                             "the same command resumes from it")
+    assert process.returncode == 130, err
+    named = re.fullmatch(r"adpf train: interrupted; the last checkpoint is (\S+); the same command resumes from it",
+                         one_line(err))
+    assert named, err
+    checkpoint = Path(named[1])
+    assert checkpoint == max(cache.glob("runs/*/checkpoint.pt"), key=lambda p: p.stat().st_mtime_ns)
     assert not temporaries(cache)
     state = load_checkpoint(checkpoint)
-    assert 1 <= state["epoch"] < 3
+    done = [row["seconds"] for row in state["meta"]["history"]]
+    assert len(done) == state["epoch"] >= 1
     again = adpf({**env, "env": {**env["env"], "ADPF_CACHE_DIR": str(cache)}}, *command)
     assert again.returncode == 0, again.stderr
     result = json.loads(next(cache.glob("runs/fusion-*/result.json")).read_text())
-    seconds = [row["seconds"] for row in result["history"]["attention"]]
-    assert len(seconds) == 3 and seconds[:state["epoch"]] == [row["seconds"] for row in state["meta"]["history"]]
+    assert [len(result["history"][s]) for s in ("attention", "fusion")] == [3, 1]
+    seconds = [row["seconds"] for row in result["history"][state["stage"]]]
+    assert seconds[:len(done)] == done  # the epochs before the interruption were kept, not trained again
 
 
 def test_sigterm_while_training_ends_with_status_143_and_no_temporaries(env, slow_data, tmp_path):
