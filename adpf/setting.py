@@ -120,7 +120,7 @@ class Setting:
         return PROFILES[self.profile].recipe
 
     def describe(self) -> pd.DataFrame:
-        """The setting as a two-column table (what, value) for a chapter's page."""
+        """The setting as a table for a chapter's page: one row per part (index), its value."""
         c, r, meta = self.config, self.recipe, self.data.meta
         people = {name: meta["subject"].iloc[getattr(self.split, name)].nunique() for name in SPLIT_SHARES}
         rows = {
@@ -129,8 +129,8 @@ class Setting:
                      f"X = {c.x_size}×{c.x_size}×{c.x_channels}",
             "data": f"{len(self.data):,} {self.data.info.get('name', '')} faces "
                     f"of {meta['subject'].nunique():,} people, ages {meta['age'].min():.0f}–{meta['age'].max():.0f}",
-            "split (by person)": " / ".join(f"{len(getattr(self.split, n)):,} {n} ({people[n]} people)"
-                                            for n in SPLIT_SHARES),
+            "train / val / test": " / ".join(f"{len(getattr(self.split, n)):,}" for n in SPLIT_SHARES)
+                                  + " faces; " + " / ".join(str(people[n]) for n in SPLIT_SHARES) + " people",
             "epochs": f"{r.attention_epochs} (stage 1) + {r.fusion_epochs} (stage 2)",
             "optimiser": f"{r.optimizer}, lr {r.lr:g}, {r.schedule}, batch {r.batch_size}"
                          + (f", warm-up {r.warmup_epochs}" if r.warmup_epochs else "")
@@ -139,7 +139,7 @@ class Setting:
             "device": self.device,
             "code version": code_version(),
         }
-        return pd.DataFrame({"value": rows}).rename_axis("setting")
+        return pd.DataFrame({"value": rows})
 
 
 def book_setting(profile: str = "cpu", n_faces: int | None = None, epochs: int | None = None,

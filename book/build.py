@@ -272,14 +272,18 @@ def run_steps(trainings: dict, waits: dict, chapter_paths: dict, overrides: dict
                     print(f"  {name}: not run (a training it needs failed)", flush=True)
                 elif all(done.get(a) == "ok" for a in after) and len(running) < workers:
                     del pending[name]
-                    print(f"{'training' if kind == 'train' else 'executing'} {name} ...", flush=True)
+                    print(f"{name if kind == 'train' else 'executing ' + name} ...", flush=True)
                     running[pool.submit(run_step, kind, *args)] = (name, kind)
             if not running:
                 continue
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in finished:
                 name, kind = running.pop(future)
-                row = {"step": name, "kind": kind, **future.result()}
+                try:
+                    outcome = future.result()
+                except Exception as err:  # the worker itself died (killed, out of memory)
+                    outcome = {"status": "failed", "seconds": 0.0, "error": f"{type(err).__name__}: {err}"}
+                row = {"step": name, "kind": kind, **outcome}
                 done[name] = "ok" if row["status"] == "ok" else "failed"
                 rows.append(row)
                 detail = f" ({row['error']})" if "error" in row else ""

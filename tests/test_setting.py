@@ -78,3 +78,28 @@ def test_attention_snapshots_keep_every_epoch_and_come_back_the_same(cache):
     assert [p.name for p in again] == [p.name for p in kept]
     weights = load_checkpoint(again[-1])["model"]
     assert all(torch.equal(weights[k], last[k]) for k in last)
+
+
+@pytest.fixture(scope="module")
+def book_cache(tmp_path_factory):
+    """One cache for the book's 3,000 faces, drawn once for the tests that need them."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ADPF_CACHE_DIR", str(tmp_path_factory.mktemp("book-cache")))
+        yield
+
+
+@pytest.mark.parametrize("name", ["ablation-synthetic", "heads-synthetic"])
+def test_the_book_records_are_made_at_the_book_setting(book_cache, name):
+    from adpf.experiments import BOOK_RECORDS
+
+    setting = book_setting()
+    argv = shlex.split(BOOK_RECORDS[name])
+    assert argv[:2] == ["adpf", "experiments"] and f"benchmarks/results/{name}.json" in argv
+    args = build_parser().parse_args(argv[1:])
+    config = config_from_args(args)
+    data = data_from_args(args, config.image_size)
+    split = split_from_args(args, data)
+    assert config == setting.config and data.root == setting.data.root
+    assert recipe_from_args(args) == setting.recipe
+    assert all(np.array_equal(getattr(split, k), getattr(setting.split, k)) for k in ("train", "val", "test"))
+    assert args.seeds and 0 in args.seeds
