@@ -325,7 +325,7 @@ def test_book_records_notes_and_overview(data, cache, tmp_path, monkeypatch):
     notes = record_notes(found, tmp_path)
     assert "{warning}" not in notes
     # the optional records are missing: a note with the command of each
-    assert notes.count("```{note}") == 2 and experiments.BOOK_RECORDS["cross-dataset-aaf"] in notes
+    assert notes.count("```{note}") == 1 and experiments.BOOK_RECORDS["ablation-utkface"] in notes
     # after a change of the code every record warns
     monkeypatch.setattr(experiments, "code_version", lambda: "0.0+changed")
     notes = record_notes(found, tmp_path)
