@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[book,dlib,test]"
+	$(PY) -m pip install -q -e ".[book,dlib,test,export]"
 	touch $(STAMP)
 
 test: $(STAMP)

@@ -431,6 +431,26 @@ def save_patch_figure(faces, path: Path) -> None:
     plt.close(fig)
 
 
+def cmd_export(args) -> int:
+    from adpf.export import export
+
+    out = check_output(args.out, "--out")
+    if args.check < 2:
+        raise UsageError(f"--check {args.check}: expected at least 2 faces")
+    path = checkpoint_path(args.checkpoint)
+    model = load_model(path, "cpu")
+    faces, what = trained_on.sample_faces(trained_on.read(load_checkpoint(path)), args.check, model.config.image_size)
+    try:
+        difference = export(model, out, args.format, faces)
+    except ValueError as e:
+        print(f"adpf export: {e}", file=sys.stderr)
+        return 1
+    size = model.config.image_size
+    print(f"wrote {out} ({args.format}): images (B, 3, {size}, {size}) float32 in [0, 1] -> age (B,), std (B,)")
+    print(f"checked on {len(faces)} {what}: ages and stds within {difference:.2g} years of the PyTorch model")
+    return 0
+
+
 def cmd_info(args) -> int:
     from adpf.networks import parameter_table
 
@@ -580,6 +600,20 @@ def build_parser() -> Parser:
                    "into OUT.png (or .pdf, .svg, .jpg), or into DIR/patches.png")
     p.add_argument("--device", help="default: cuda when available, else cpu")
     p.set_defaults(run=cmd_predict)
+
+    p = sub.add_parser("export", help="export a checkpoint to TorchScript or ONNX (faces in, ages out)",
+                       description="Write the network and the reading of its age distribution as one graph: "
+                                   "images (B, 3, S, S) float32 in [0, 1] -> age (B,) and std (B,) in years. "
+                                   "The file is kept only if it gives the PyTorch model's ages on --check faces "
+                                   "of the training data.",
+                       epilog="Exit status: 0 written and checked; 1 the export's ages differ (nothing written); "
+                              "2 usage error. ONNX needs the export extra: pip install 'adpf[export]'.")
+    p.add_argument("checkpoint", help="a checkpoint file, or a folder written by adpf train --out")
+    p.add_argument("--format", choices=["torchscript", "onnx"], required=True)
+    p.add_argument("--out", required=True, metavar="FILE", help="the file to write (.pt for TorchScript, .onnx)")
+    p.add_argument("--check", type=int, default=8, metavar="N",
+                   help="faces to compare the export with the PyTorch model on (default: 8)")
+    p.set_defaults(run=cmd_export)
 
     p = sub.add_parser("info", help="parameter counts of every preset and variant")
     p.add_argument("--preset", choices=sorted(PRESETS))

@@ -4,6 +4,7 @@
 the checkpoint still loads with ``weights_only=True``):
 
 ``data``         "synthetic", or the prepared folder's absolute path
+``root``         the prepared folder's absolute path (for the synthetic set, its cache folder)
 ``synthetic_n``  the number of drawn faces (synthetic data only, else None)
 ``name``, ``image_size``, ``count``   from the prepared folder's info.json
 ``alignment``    how the training faces were made (`alignment_of`)
@@ -18,7 +19,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from adpf.data.prepared import Prepared
+import numpy as np
+import torch
+
+from adpf.data.prepared import Prepared, PreparedFormatError, load_prepared
 
 #: The data and split options of ``adpf train``/``adpf evaluate`` and their built-in defaults.
 DATA_DEFAULTS = {"data": "synthetic", "synthetic_n": 10_000, "test": 0.2, "val": 0.1, "split_seed": 0, "fold": None}
@@ -48,7 +52,7 @@ def record(args: argparse.Namespace, data: Prepared) -> dict:
     """The ``trained_on`` record of a training run from its options and its loaded data."""
     synthetic = args.data == "synthetic"
     return {"data": "synthetic" if synthetic else str(Path(data.root).resolve()),
-            "synthetic_n": args.synthetic_n if synthetic else None,
+            "root": str(Path(data.root).resolve()), "synthetic_n": args.synthetic_n if synthetic else None,
             "name": data.info.get("name"), "image_size": data.image_size, "count": len(data),
             "alignment": alignment_of(data.info), "info": dict(data.info),
             "split": {"test": args.test, "val": args.val, "split_seed": args.split_seed, "fold": args.fold}}
@@ -93,3 +97,19 @@ def describe(trained: dict | None) -> str:
         f"test {split.get('test')}, val {split.get('val')}, split seed {split.get('split_seed')}"
     return (f"trained on {trained.get('name')} ({trained.get('data')}, {trained.get('count')} images, "
             f"{trained.get('image_size')} px, alignment {trained.get('alignment')}; {how})")
+
+
+def sample_faces(trained: dict | None, count: int, image_size: int, seed: int = 0) -> tuple[torch.Tensor, str]:
+    """``count`` faces ``(count, 3, S, S)`` in [0, 1] spread evenly over the recorded training
+    folder, and what they are; where that folder is gone (or not recorded), uniform noise images
+    of the model's size (with a description that says so)."""
+    try:
+        data = load_prepared(trained["root"]) if trained and trained.get("root") else None
+    except PreparedFormatError:
+        data = None
+    if data is not None and data.image_size == image_size:
+        rows = np.unique(np.linspace(0, len(data) - 1, count).round().astype(int))
+        faces = torch.from_numpy(np.array(data.images[rows])).permute(0, 3, 1, 2).float().div(255)
+        return faces, f"faces of {data.root}"
+    noise = torch.rand(count, 3, image_size, image_size, generator=torch.Generator().manual_seed(seed))
+    return noise, "noise images (the training faces are not here)"
