@@ -451,6 +451,32 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_protocol(args) -> int:
+    from adpf import folds
+
+    config, recipe = config_from_args(args), recipe_from_args(args)
+    out = check_output(args.out, "--out", files=("protocol.json",))
+    for name in ("partitions", "folds", "max_folds", "subset_size"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} {getattr(args, name)}: expected at least 1")
+    if args.images < 0:
+        raise UsageError(f"--images {args.images}: expected a count, or 0 for all")
+    data = data_from_args(args, config.image_size)
+    if data.image_size != config.image_size:
+        raise UsageError(f"{data.root}: images are {data.image_size} px, the model takes {config.image_size} px")
+    options = {name: getattr(args, name) for name in folds.DEFAULTS}
+    try:
+        record = folds.run_folds(args.name, config, data, recipe, out, options, command=shlex.join(args.argv),
+                                 max_folds=args.max_folds, restart=args.restart, progress=progress_disabled(args),
+                                 train_progress=not args.no_progress and sys.stderr.isatty(),
+                                 use_cache=not args.no_cache)
+    except folds.RecordMismatch as e:
+        raise UsageError(str(e)) from None
+    print(folds.report(record))
+    print(f"record: {out / 'protocol.json'}")
+    return 0
+
+
 def cmd_info(args) -> int:
     from adpf.networks import parameter_table
 
@@ -614,6 +640,32 @@ def build_parser() -> Parser:
     p.add_argument("--check", type=int, default=8, metavar="N",
                    help="faces to compare the export with the PyTorch model on (default: 8)")
     p.set_defaults(run=cmd_export)
+
+    p = sub.add_parser("protocol", help="a paper protocol fold by fold (FG-NET LOPO, MORPH II Settings I-III, CACD)",
+                       description="Train and test every fold of one of the paper's protocols, recording each "
+                                   "fold's result in OUT/protocol.json as it finishes; a rerun skips the finished "
+                                   "folds. Prints MAE and CS(5) per fold and their mean ± std over folds.",
+                       epilog="Protocols: fgnet-lopo (leave one person out), morph-setting1 (--partitions random "
+                              "80/20 splits by subject), morph-setting2 (S1/S2/S3; needs race and gender), "
+                              "morph-setting3 (White subjects, --folds folds; needs race), cacd (1,800/120/80 "
+                              "celebrities; --cacd-train val trains on the 120). Exit status: 0 done (or "
+                              "stopped at --max-folds); 2 usage error, or OUT holds a run of other settings.")
+    p.add_argument("name", choices=["cacd", "fgnet-lopo", "morph-setting1", "morph-setting2", "morph-setting3"])
+    add_model_options(p)
+    p.add_argument("--data", required=True, help="a prepared dataset folder (meta.csv: subject; race and gender "
+                                                 "for MORPH II), or 'synthetic'")
+    add_recipe_options(p)
+    p.add_argument("--out", required=True, metavar="DIR", help="folder of the record protocol.json")
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the random splits (default: 0)")
+    p.add_argument("--partitions", type=int, default=20, help="Setting I: random partitions (default: 20)")
+    p.add_argument("--folds", type=int, default=5, help="Setting III: cross-validation folds (default: 5)")
+    p.add_argument("--images", type=int, default=5492, help="Setting III: images of White subjects (default: "
+                                                            "5492, as the paper; 0: all)")
+    p.add_argument("--subset-size", type=int, help="Setting II: images in S1 and in S2 (default: the most possible)")
+    p.add_argument("--cacd-train", choices=["train", "val"], default="train", help="CACD: the part to train on")
+    p.add_argument("--max-folds", type=int, metavar="N", help="stop once N folds are recorded (a rerun goes on)")
+    p.add_argument("--restart", action="store_true", help="start the record in OUT afresh")
+    p.set_defaults(run=cmd_protocol, synthetic_n=10_000)
 
     p = sub.add_parser("info", help="parameter counts of every preset and variant")
     p.add_argument("--preset", choices=sorted(PRESETS))

@@ -305,3 +305,65 @@ def test_predict_every_face_of_a_photo(env, trained, tmp_path):
     assert both["x0"][1] >= left.width and both["x1"][0] <= left.width + 5
     assert "[face 1 of 2]" in done.stdout and "[face 2 of 2]" in done.stdout
     assert both["age"][0] == pytest.approx(one["age"][0], abs=1e-3)
+
+
+# --- adpf protocol ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def subjects_data(env):
+    """Six people, four faces each, with MORPH-like race and gender columns."""
+    rng = np.random.default_rng(5)
+    images = rng.integers(0, 256, (24, 16, 16, 3), dtype=np.uint8)
+    person = np.arange(24) // 4
+    meta = pd.DataFrame({"age": rng.integers(0, 10, 24).astype(float), "subject": person,
+                         "race": np.where(person % 3 == 0, "B", "W"), "gender": np.where(person % 2, "M", "F")})
+    return write_prepared(env["root"] / "people", images, meta, name="people", info={"alignment": "resize"})
+
+
+def test_protocol_resumes_fold_by_fold(env, subjects_data):
+    out = env["root"] / "lopo"
+    first = run_adpf(env, "protocol", "fgnet-lopo", *TINY, "--data", subjects_data, *QUICK, "--out", out,
+                     "--max-folds", "2")
+    assert first.returncode == 0, first.stderr
+    record = json.loads((out / "protocol.json").read_text())
+    assert [f["split"] for f in record["folds"]] == ["lopo-0", "lopo-1"] and record["finished"] is None
+    assert "2 of 6 folds" in first.stdout
+    rest = run_adpf(env, "protocol", "fgnet-lopo", *TINY, "--data", subjects_data, *QUICK, "--out", out)
+    assert rest.returncode == 0, rest.stderr
+    again = json.loads((out / "protocol.json").read_text())
+    assert again["folds"][:2] == record["folds"]  # the finished folds were kept, not trained again
+    assert [f["split"] for f in again["folds"]] == [f"lopo-{i}" for i in range(6)] and again["finished"]
+    assert all(f["test"] == 4 and f["train"] == 20 and not f["cached"] for f in again["folds"][2:])
+    maes = [f["mae"] for f in again["folds"]]
+    mean, std = np.mean(maes), np.std(maes, ddof=1)
+    pooled = sum(f["mae"] * f["test"] for f in again["folds"]) / sum(f["test"] for f in again["folds"])
+    assert f"6 of 6 folds: MAE {mean:.3f} ± {std:.3f}" in rest.stdout
+    assert f"MAE over all test images {pooled:.3f}" in rest.stdout
+    # another recipe: the record is not overwritten, one line says why
+    other = run_adpf(env, "protocol", "fgnet-lopo", *TINY, "--data", subjects_data, *QUICK, "--lr", "0.5",
+                     "--out", out)
+    assert other.returncode == 2 and "holds a run with another recipe" in other.stderr
+    assert len(other.stderr.strip().splitlines()) == 1
+    assert json.loads((out / "protocol.json").read_text()) == again
+
+
+def test_protocol_morph_and_cacd_splits(env, subjects_data):
+    out = env["root"] / "setting3"
+    done = run_adpf(env, "protocol", "morph-setting3", *TINY, "--data", subjects_data, *QUICK, "--out", out,
+                    "--folds", "2", "--images", "0")
+    assert done.returncode == 0, done.stderr
+    folds = json.loads((out / "protocol.json").read_text())["folds"]
+    assert len(folds) == 2 and sum(f["test"] for f in folds) == 16  # the 4 White people's 16 faces, once each
+    done = run_adpf(env, "protocol", "cacd", *TINY, "--data", subjects_data, *QUICK, "--out", env["root"] / "cacd")
+    assert done.returncode == 0, done.stderr
+    assert "cacd: 1 of 1 folds" in done.stdout
+    bad = run_adpf(env, "protocol", "morph-setting2", *TINY, "--data", env["data"], *QUICK, "--out",
+                   env["root"] / "s2")
+    assert bad.returncode == 2 and "need a 'race' column" in bad.stderr
+
+
+def test_protocol_progress_bar_counts_folds(env, subjects_data):
+    bars = [a for a in QUICK if a != "--no-progress"]
+    status, out, err = run_on_terminal(env, "protocol", "fgnet-lopo", *TINY, "--data", subjects_data, *bars,
+                                       "--out", env["root"] / "lopo")  # finished: every fold is skipped
+    assert status == 0 and "fgnet-lopo: 100%" in err and "6/6" in err and "6 of 6 folds" in out
