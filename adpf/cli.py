@@ -358,15 +358,10 @@ def cmd_predict(args) -> int:
     model = load_model(path, device_from_args(args))
     if args.save_patches and model.config.variant == "plain_cnn":
         raise UsageError("--save-patches needs a model with patches or attention (not plain_cnn)")
-    trained = (trained_on.read(load_checkpoint(path)) or {}).get("alignment")
-    alignment = photos.choose_alignment("resize" if args.no_align else args.align, trained)
-    if trained == "synthetic":
-        print(f"adpf predict: warning: {path} was trained on the drawn (synthetic) faces, not on photos of "
-              "people: its ages for real photos mean little. Train it on real faces first (README, "
-              "'A model of real faces').", file=sys.stderr)
-    elif trained in ("dlib", "resize") and alignment != trained:
-        print(f"adpf predict: note: {path} was trained on faces prepared with alignment '{trained}'; "
-              f"these photos get '{alignment}'", file=sys.stderr)
+    trained = trained_on.read(load_checkpoint(path))
+    alignment = photos.choose_alignment("resize" if args.no_align else args.align, (trained or {}).get("alignment"))
+    for note in photos.training_notes(trained, alignment, path):
+        print(f"adpf predict: {note}", file=sys.stderr)
     paths, problems = photos.photo_paths(args.photos, args.list)
     for problem in problems:
         print(f"adpf predict: {problem}", file=sys.stderr)
@@ -432,11 +427,16 @@ def save_patch_figure(faces, path: Path) -> None:
 
 
 def cmd_export(args) -> int:
+    from importlib.util import find_spec
+
     from adpf.export import export
 
     out = check_output(args.out, "--out")
     if args.check < 2:
         raise UsageError(f"--check {args.check}: expected at least 2 faces")
+    missing = [m for m in ("onnx", "onnxscript", "onnxruntime") if args.format == "onnx" and find_spec(m) is None]
+    if missing:
+        raise UsageError(f"--format onnx needs {', '.join(missing)}: pip install 'adpf[export]'")
     path = checkpoint_path(args.checkpoint)
     model = load_model(path, "cpu")
     faces, what = trained_on.sample_faces(trained_on.read(load_checkpoint(path)), args.check, model.config.image_size)

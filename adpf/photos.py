@@ -221,3 +221,26 @@ def choose_alignment(requested: str, trained: str | None) -> str:
     if requested != "auto":
         return requested
     return "resize" if trained == "resize" else "dlib"
+
+
+def training_notes(trained: dict | None, alignment: str, checkpoint: str | Path) -> list[str]:
+    """What to tell the user, once, about photos prepared for a model trained on ``trained``
+    (``adpf.trained_on``) with ``alignment``: a warning when the model learned from the drawn
+    faces, a note when the photos are prepared otherwise than its training faces were (alignment,
+    or the fill beyond the photo's edge, ``align.FILL``)."""
+    from adpf.data.align import FILL
+
+    trained = trained or {}
+    mode, fill = trained.get("alignment"), (trained.get("info") or {}).get("fill")
+    if mode == "synthetic":
+        return [f"warning: {checkpoint} was trained on the drawn (synthetic) faces, not on photos of people: "
+                "its ages for real photos mean little. Train it on real faces first (README, 'A model of real "
+                "faces')."]
+    if mode in ("dlib", "resize") and alignment != mode:
+        return [f"note: {checkpoint} was trained on faces prepared with alignment '{mode}'; these photos get "
+                f"'{alignment}'"]
+    if mode == "dlib" and fill != FILL:
+        said = f"filled '{fill}'" if fill else "prepared without a record of their fill"
+        return [f"note: the training faces of {checkpoint} were {said} beyond the photo's edge; these crops are "
+                f"filled '{FILL}'"]
+    return []

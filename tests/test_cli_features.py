@@ -94,7 +94,7 @@ def test_version(env):
 
 def test_the_checkpoint_records_its_data_and_split(env, trained):
     record = load_checkpoint(trained / "model.pt")["meta"]["trained_on"]
-    assert record["data"] == str(Path(env["data"]).resolve()) and record["name"] == "tiny"
+    assert record["data"] == record["root"] == str(Path(env["data"]).resolve()) and record["name"] == "tiny"
     assert record["image_size"] == 16 and record["count"] == 60 and record["alignment"] == "resize"
     assert record["info"]["aligned"] is False and record["synthetic_n"] is None
     assert record["split"] == {"test": 0.3, "val": 0.1, "split_seed": 3, "fold": None}
@@ -273,6 +273,12 @@ def test_predict_aligns_like_the_training_and_warns_about_drawn_faces(env, train
     dlib_model = set_alignment(trained / "model.pt", "dlib", tmp_path / "dlib.pt")
     done = run_adpf(env, "predict", photo_folder / "b.png", "--checkpoint", dlib_model)
     assert done.returncode == 1 and "b.png: skipped: no face found" in done.stderr  # dlib looked for a face
+    assert "were prepared without a record of their fill beyond the photo's edge; these crops are filled" in done.stderr
+    state = load_checkpoint(dlib_model)
+    state["meta"]["trained_on"]["info"]["fill"] = "black"
+    save_checkpoint(state, tmp_path / "black.pt")
+    done = run_adpf(env, "predict", photo_folder / "b.png", "--checkpoint", tmp_path / "black.pt")
+    assert "training faces of" in done.stderr and "were filled 'black' beyond the photo's edge" in done.stderr
     drawn = set_alignment(trained / "model.pt", "synthetic", tmp_path / "drawn.pt")
     done = run_adpf(env, "predict", photo_folder, "--checkpoint", drawn, "--align", "resize")
     assert done.returncode == 0, done.stderr
