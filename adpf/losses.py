@@ -237,7 +237,12 @@ def attention_net_loss(logits: Tensor, age: Tensor, maps: Tensor, config: ADPFCo
     Raw maps make L_div the main objective (and it can fall without bound by flipping a map's
     sign); maps that sum to one make it vanish; mean-one maps still outweigh the age loss.
     Unit maps (the default) give a pull of a few per cent of the age loss's, and a loss with a
-    meaning: n(n−1) times the mean head overlap that ``evaluate.head_overlap`` reports.
+    meaning: n(n−1) times the mean head overlap that ``evaluate.head_overlap`` reports. It acts:
+    AttentionNet alone (cpu preset, book recipe, 4 epochs, 2,100 drawn faces, seeds 0–2) ends with
+    a validation head overlap of 0.872 ± 0.001 with λ = 0.01 and 0.896 ± 0.018 with λ = 0 (lower
+    with the loss for every seed, by 0.010–0.047; 0.91 at initialisation), and puts slightly more
+    attention on the true age regions (0.099 ± 0.001 vs 0.095 ± 0.003, uniform 0.093);
+    ``benchmarks/diversity_overlap.py``.
     """
     ae = age_estimation_loss(logits, age, config)
     div = diversity_loss(DIVERSITY_MAPS[config.diversity_maps](maps))
