@@ -15,8 +15,8 @@ __all__ = [
     "relative_logits", "RelativeSelfAttention", "ChannelAttention", "HybridAttention",
     "RMHHA", "AttentionOutput",
     "diversity_loss", "unit_maps", "normalize_maps", "age_distribution", "log_age_distribution", "expected_age",
-    "age_std", "predict_age", "mae_loss", "gaussian_label_distribution", "kl_loss", "age_estimation_loss", "attention_net_loss",
-    "age_classes", "Losses",
+    "age_std", "predict_age", "mae_loss", "gaussian_label_distribution", "kl_loss", "age_estimation_loss",
+    "attention_net_loss", "age_classes", "Losses",
     "maps_to_boxes", "crop_patches", "fixed_boxes",
     "AttentionNet", "FusionNet", "ADPF", "FixedPatchFusion", "ModelOutput", "build_model", "count_parameters",
 ]
