@@ -119,7 +119,8 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
 
 def data_from_args(args, image_size: int) -> Prepared:
     if args.data == "synthetic":
-        return load_prepared(default_dataset(image_size=image_size, n=args.synthetic_n))
+        return load_prepared(default_dataset(image_size=image_size, n=args.synthetic_n,
+                                             progress=not getattr(args, "no_progress", False)))
     return load_prepared(args.data)
 
 
@@ -198,7 +199,7 @@ def cmd_train(args) -> int:
     data = data_from_args(args, config.image_size)
     split = split_from_args(args, data)
     try:
-        result = train(config, data, split, recipe, use_cache=not args.no_cache, progress=not args.no_progress)
+        result = train(config, data, split, recipe, use_cache=not args.no_cache, progress=progress_enabled(args))
     except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: main says where to resume from
         stop.args = (resume_note(config, data, split, recipe, fresh=args.no_cache),)
         raise
@@ -309,6 +310,11 @@ def cmd_evaluate(args) -> int:
 def progress_disabled(args) -> bool | None:
     """tqdm's ``disable``: True with ``--no-progress``, else None (bars only on a terminal)."""
     return True if args.no_progress else None
+
+
+def progress_enabled(args) -> bool:
+    """Whether to draw progress bars: not with ``--no-progress``, and only on a terminal."""
+    return not args.no_progress and sys.stderr.isatty()
 
 
 def device_from_args(args) -> str:
@@ -468,7 +474,7 @@ def cmd_protocol(args) -> int:
     try:
         record = folds.run_folds(args.name, config, data, recipe, out, options, command=shlex.join(args.argv),
                                  max_folds=args.max_folds, restart=args.restart, progress=progress_disabled(args),
-                                 train_progress=not args.no_progress and sys.stderr.isatty(),
+                                 train_progress=progress_enabled(args),
                                  use_cache=not args.no_cache)
     except folds.RecordMismatch as e:
         raise UsageError(str(e)) from None
@@ -522,7 +528,7 @@ def cmd_experiments(args) -> int:
     data = data_from_args(args, config.image_size)
     split = split_from_args(args, data)
     runs = {"seeds": args.seeds, "record": args.record, "command": shlex.join(args.argv),
-            "progress": not args.no_progress}
+            "progress": progress_enabled(args)}
     if args.table == "ablation":
         test_on = load_prepared(args.test_on) if args.test_on else None
         table = ablation_table(config, data, split, recipe, rows, attention=args.attention, test_on=test_on, **runs)

@@ -373,3 +373,12 @@ def test_protocol_progress_bar_counts_folds(env, subjects_data):
     status, out, err = run_on_terminal(env, "protocol", "fgnet-lopo", *TINY, "--data", subjects_data, *bars,
                                        "--out", env["root"] / "lopo")  # finished: every fold is skipped
     assert status == 0 and "fgnet-lopo: 100%" in err and "6/6" in err and "6 of 6 folds" in out
+
+
+def test_training_bars_on_a_terminal_only(env, tmp_path):
+    bars = [a for a in QUICK if a != "--no-progress"]
+    args = ["train", *TINY, "--data", env["data"], *bars, "--no-cache", "--split-seed", "7"]
+    status, _, err = run_on_terminal(env, *args)
+    assert status == 0 and "attention (attention_only)" in err and "fusion (adpf)" in err
+    piped = run_adpf(env, *args)
+    assert piped.returncode == 0 and "attention (" not in piped.stderr and "it/s" not in piped.stderr
