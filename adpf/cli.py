@@ -34,6 +34,7 @@ from adpf.checkpoint import CheckpointError, load_checkpoint, load_model, save_c
 from adpf.config import PRESETS, ADPFConfig, get_preset
 from adpf.data.prepared import Prepared, PreparedFormatError, default_dataset, load_prepared
 from adpf.data.protocols import kfold_subjects, subject_split
+from adpf.losses import NonFiniteOutputError
 from adpf.train import RECIPES, get_recipe
 
 MODEL_FILE = "model.pt"
@@ -716,6 +717,9 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # a file or folder that cannot be read or written, a full disk
         message = f"{e.filename}: {e.strerror}" if e.filename is not None else e
         print(f"adpf {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except NonFiniteOutputError as e:  # a diverged or corrupted model: name its checkpoint
+        print(f"adpf {args.command}: error: {getattr(args, 'checkpoint', 'the model')}: {e}", file=sys.stderr)
         return 2
     except (UsageError, CheckpointError, PreparedFormatError, KeyError, ValueError) as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else e
