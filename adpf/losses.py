@@ -79,7 +79,9 @@ def unit_maps(maps: Tensor) -> Tensor:
     disjoint, the same at every map resolution, and unchanged by adding a constant to a map or
     scaling it by a positive factor (it cannot be lowered by shrinking or by flipping the sign).
     A map with no contrast (its spread below float rounding of its values) becomes the uniform
-    unit map 1/√(h·w) and passes no gradient: its direction is undefined.
+    unit map 1/√(h·w) and passes no gradient: its direction is undefined. Exactly disjoint maps
+    (L_div = 0) need ties at a map's minimum, where autograd returns a subgradient of the min
+    that is not zero; real maps have no such ties.
     """
     shifted = maps - maps.amin(dim=(-2, -1), keepdim=True)
     norm = torch.linalg.vector_norm(shifted, dim=(-2, -1), keepdim=True)
