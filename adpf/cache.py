@@ -28,12 +28,15 @@ what a killed process left, ``sweep_temporaries`` removes at the start of the ne
 """
 from __future__ import annotations
 
+import ast
 import functools
 import hashlib
+import io
 import json
 import os
 import shutil
 import time
+import tokenize
 from pathlib import Path
 
 import numpy as np
@@ -80,12 +83,37 @@ def code_version() -> str:
 
 
 def source_version(root: Path) -> str:
-    """``version+hash`` of ``SHAPING_FILES`` under the package folder ``root``."""
+    """``version+hash`` of the code of ``SHAPING_FILES`` under the package folder ``root``.
+
+    What is hashed is each file's code without its comments and docstrings (`code_tokens`), so
+    an edit to the documentation keeps the cache and the records current; any edit to the code
+    changes the version.
+    """
     h = hashlib.sha256(adpf.__version__.encode())
     for name in SHAPING_FILES:
         h.update(name.encode())
-        h.update((root / name).read_bytes())
+        h.update("\0".join(code_tokens((root / name).read_text())).encode())
     return f"{adpf.__version__}+{h.hexdigest()[:12]}"
+
+
+def code_tokens(source: str) -> list[str]:
+    """The tokens of Python ``source`` that make its code: no comments, blank lines or docstrings
+    (the string that opens a module, class or function); indentation kept as markers."""
+    docstrings = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) \
+                    and isinstance(first.value.value, str):
+                docstrings.add((first.lineno, first.col_offset))
+    skip = {tokenize.COMMENT, tokenize.NL, tokenize.ENCODING, tokenize.ENDMARKER}
+    tokens = []
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type in skip or (tok.type == tokenize.STRING and tok.start in docstrings):
+            continue
+        tokens.append({tokenize.INDENT: "<indent>", tokenize.DEDENT: "<dedent>",
+                       tokenize.NEWLINE: "<newline>"}.get(tok.type, tok.string))
+    return tokens
 
 
 def data_identity(data: Prepared) -> dict:

@@ -174,8 +174,9 @@ def measure(configs: dict[str, ADPFConfig], data, split, recipe: Recipe | str = 
                              configs, seeds, attention, other)
     done = {(row["model"], row["seed"]): row for row in (state["rows"] if state else [])}
     rows = []
-    for name, config in configs.items():
-        for seed in seeds:
+    # seed after seed, so that a record stopped early holds whole tables for its first seeds
+    for seed in seeds:
+        for name, config in configs.items():
             if (name, seed) in done and done[(name, seed)]["config_digest"] == digest(config.to_dict()):
                 rows.append(done[(name, seed)])
                 continue

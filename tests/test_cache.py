@@ -147,10 +147,25 @@ def test_code_version_follows_the_model_and_training_code_only(tmp_path):
         assert cache.source_version(root) == before, name
     for name in cache.SHAPING_FILES:
         text = (root / name).read_text()
-        (root / name).write_text(text + "\n# edited\n")
+        (root / name).write_text(text + "\n# a comment\n")
+        assert cache.source_version(root) == before, name
+        (root / name).write_text(text + "\nEDITED = 1\n")
         assert cache.source_version(root) != before, name
         (root / name).write_text(text)
     assert cache.source_version(root) == before
+
+
+def test_the_code_version_ignores_documentation_but_not_code():
+    from adpf.cache import code_tokens
+
+    code = 'def f(x):\n    """Eq. 1."""\n    return x + 1  # add\n'
+    assert code_tokens(code) == code_tokens('def f(x):\n    """Eq. 1, reworded."""\n\n    return x + 1\n')
+    assert code_tokens(code) != code_tokens(code.replace("x + 1", "x + 2"))
+    assert code_tokens(code) != code_tokens(code.replace("    return", "    y = 0\n    return"))
+    # a string that is not a docstring is code
+    assert code_tokens('x = "a"\n') != code_tokens('x = "b"\n')
+    # indentation is structure
+    assert code_tokens("if a:\n    b()\nc()\n") != code_tokens("if a:\n    b()\n    c()\n")
 
 
 def test_every_module_the_training_imports_is_shaping_or_known_not_to_be():
