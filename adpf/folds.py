@@ -74,9 +74,10 @@ def identity(name: str, options: dict, data: Prepared, splits: list[Split], conf
              recipe: Recipe) -> dict:
     """What every fold's result depends on; a record is resumed only under the same identity."""
     learned = {k: v for k, v in recipe.to_dict().items() if k not in SPEED_FIELDS}
+    splits_hash = digest([[s.name, s.train.tolist(), s.test.tolist(), s.val.tolist()] for s in splits])
     return _as_json({"protocol": name, "options": {**DEFAULTS, **options}, "data": data_identity(data)["content"],
-            "config": config.to_dict(), "recipe": learned, "code_version": code_version(),
-            "splits": digest([[s.name, s.train.tolist(), s.test.tolist(), s.val.tolist()] for s in splits])})
+                     "config": config.to_dict(), "recipe": learned, "code_version": code_version(),
+                     "splits": splits_hash})
 
 
 def _as_json(obj):
@@ -157,11 +158,13 @@ def report(record: dict) -> str:
     folds = pd.DataFrame(record["folds"])
     columns = ["split", "train", "test", "mae", "cs5", "train_seconds", "cached"]
     s = summary(record).iloc[0]
-    lines = [folds[columns].to_string(index=False, float_format=lambda v: f"{v:.3f}"),
-             f"{record['identity']['protocol']}: {int(s['folds'])} of {int(s['of'])} folds: MAE {s['mae_mean']:.3f} ± "
-             f"{s['mae_std']:.3f}, CS(5) {s['cs5_mean']:.3f} ± {s['cs5_std']:.3f} (mean ± std over folds); "
-             f"MAE over all test images {s['mae_pooled']:.3f}"]
-    return "\n".join(lines)
+    head = f"{record['identity']['protocol']}: {int(s['folds'])} of {int(s['of'])} folds: "
+    if s["folds"] > 1:
+        head += (f"MAE {s['mae_mean']:.3f} ± {s['mae_std']:.3f}, CS(5) {s['cs5_mean']:.3f} ± {s['cs5_std']:.3f} "
+                 f"(mean ± std over folds); MAE over all test images {s['mae_pooled']:.3f}")
+    else:
+        head += f"MAE {s['mae_mean']:.3f}, CS(5) {s['cs5_mean']:.3f}"
+    return folds[columns].to_string(index=False, float_format=lambda v: f"{v:.3f}") + "\n" + head
 
 
 def _now() -> str:

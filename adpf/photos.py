@@ -38,7 +38,7 @@ class FaceRow:
     face: which face of the photo, 0 the largest (-1 for a photo without a face).
     age, std: the predicted age and the std of the predicted distribution (Eq. 9-10; NaN with an error).
     box: the face in the photo's pixels, upright as its EXIF orientation says: (x0, y0, x1, y1),
-        x1/y1 exclusive; dlib's detection box, or the central square without dlib.
+        dlib's detection box (its edges, rounded), or the central square (x1/y1 exclusive) without dlib.
     aligned: True when dlib aligned the face on the eyes, False when the central square was resized.
     faces_found: how many faces dlib found in the photo; 1 without dlib.
     doubts: why the alignment may be wrong ("; "-joined, ``align.alignment_doubts``; "" when plausible).

@@ -362,7 +362,7 @@ def test_protocol_morph_and_cacd_splits(env, subjects_data):
     assert len(folds) == 2 and sum(f["test"] for f in folds) == 16  # the 4 White people's 16 faces, once each
     done = run_adpf(env, "protocol", "cacd", *TINY, "--data", subjects_data, *QUICK, "--out", env["root"] / "cacd")
     assert done.returncode == 0, done.stderr
-    assert "cacd: 1 of 1 folds" in done.stdout
+    assert "cacd: 1 of 1 folds: MAE" in done.stdout and "nan" not in done.stdout
     bad = run_adpf(env, "protocol", "morph-setting2", *TINY, "--data", env["data"], *QUICK, "--out",
                    env["root"] / "s2")
     assert bad.returncode == 2 and "need a 'race' column" in bad.stderr
