@@ -1,25 +1,38 @@
-"""The parts of ``gpu_run.sh``: each writes a JSON file into the output folder, ``summary`` reads them.
+"""The parts of ``gpu_run.sh``, one GPU session: each part writes one JSON file into ``--out``, and
+``summary`` reads them all into one Markdown table.
 
-    python benchmarks/gpu_bench.py --part measure --out OUT   # card's bf16 matmul + paper preset, eager
-    python benchmarks/gpu_bench.py --part profile --out OUT   # the kernels adpf's training steps spend time in
-    python benchmarks/gpu_bench.py --part compile --out OUT   # adpf's training steps under torch.compile
-    python benchmarks/gpu_bench.py --part train --out OUT     # real training: both stages, synthetic faces
-    python benchmarks/gpu_bench.py --part syncs --out OUT     # host syncs: none in box finding, per step
-    python benchmarks/gpu_bench.py --part summary --out OUT   # the table (stdout and OUT/gpu_table.md)
+    python benchmarks/gpu_bench.py --part matmul   --out OUT  # the card's bf16 matmul TFLOP/s
+    python benchmarks/gpu_bench.py --part measure  --out OUT  # paper preset beside its baselines, batch 32 and 256
+    python benchmarks/gpu_bench.py --part profile  --out OUT  # what limits a step: kernels, attention, box finding
+    python benchmarks/gpu_bench.py --part train    --out OUT  # adpf.train, gpu recipe, 10,000 drawn faces
+    python benchmarks/gpu_bench.py --part syncs    --out OUT  # host syncs: box finding, a step, adpf.train's step
+    python benchmarks/gpu_bench.py --part chapters --out OUT  # book/build.py --only 07 --only 09 --profile paper
+    python benchmarks/gpu_bench.py --part summary  --out OUT  # the table (stdout and OUT/gpu_table.md)
 
-``--tiny`` runs every part on the CPU at a few pixels, to check the script without a GPU.
+The networks are the ``paper`` preset (128×128 faces) in bf16 autocast with channels-last memory,
+eager; ``--tiny`` runs every part on the CPU with the preset shrunk to a few pixels and a few
+faces (``benchmark.TINY``), and the chapters at the ``paper`` profile on a few faces, to check
+the script without a GPU.
+
+The target: ≥ 5,000 training images/s in each stage, i.e. the paper's 200 + 200 epochs on
+MORPH II Setting I (≈ 44,000 training images) in under an hour, against the paper's ≈ 23 hours.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
-import statistics
+import os
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
+import warnings
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
@@ -27,126 +40,287 @@ import benchmark  # noqa: E402  (benchmarks/benchmark.py, beside this script)
 
 PRESET = "paper"
 # MORPH II Setting I as the paper trains it: 200 + 200 epochs over ~80% of 55,134 images.
-PAPER_IMAGES, PAPER_EPOCHS = 44_000, 200
+PAPER_IMAGES, PAPER_EPOCHS, PAPER_HOURS = 44_000, 200, 23
+TARGET = 5_000  # training images/s per stage: the paper's schedule in under an hour
+FALLBACK_EPOCHS = 6  # the training part's epochs per stage when the measure part left no rates
+STAGES = ("attention", "fusion")
+#: the JSON file each part writes (the summary reads them; eight files in all with the table and log)
+FILES = {"matmul": "matmul.json", "measure": "measure.json", "profile": "profile.json", "train": "train.json",
+         "syncs": "syncs.json", "chapters": "chapters.json"}
 
 
-def settings(args, compile_: bool = False) -> benchmark.Settings:
+def settings(args, batch_size: int | None = None) -> benchmark.Settings:
     cuda = not args.tiny
-    # on the CPU smoke run, dynamo traces the networks but nothing is compiled (C++ builds take minutes)
-    return benchmark.Settings(device=torch.device("cuda" if cuda else "cpu"), batch_size=args.batch_size,
-                              bf16=cuda, channels_last=cuda, compile=compile_,
-                              compile_backend="inductor" if cuda else "eager", warmup=3 if cuda else 1,
-                              repeats=5 if cuda else 2, calls=5 if cuda else 1)
+    return benchmark.Settings(device=torch.device("cuda" if cuda else "cpu"), batch_size=batch_size or args.batch_size,
+                              bf16=cuda, channels_last=cuda, warmup=3 if cuda else 1, repeats=5 if cuda else 1,
+                              calls=5 if cuda else 1)
 
+
+def write(args, part: str, record: dict) -> None:
+    text = json.dumps(record, indent=2, default=str)
+    print(text, flush=True)
+    (args.out / FILES[part]).write_text(text + "\n")
+
+
+def read(args, part: str) -> dict:
+    try:
+        return json.loads((args.out / FILES[part]).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def batch_of(config, s: benchmark.Settings) -> tuple[torch.Tensor, torch.Tensor]:
+    images, ages = benchmark.sample_batch(config, s.batch_size, s.device)
+    return (images.contiguous(memory_format=torch.channels_last) if s.channels_last else images), ages
+
+
+def seconds_of(fn, s: benchmark.Settings) -> float:
+    return benchmark.median_seconds({"fn": fn}, s)["fn"]
+
+
+# --- matmul -------------------------------------------------------------------------------------
+
+def part_matmul(args) -> None:
+    """The card's practical ceiling: an n×n×n bf16 matrix product on random data."""
+    device = torch.device("cpu" if args.tiny else "cuda")
+    n = 256 if args.tiny else 8192
+    write(args, "matmul", {"n": n, "device": str(device), "machine": benchmark.machine(), "torch": torch.__version__,
+                           "bf16_tflops": benchmark.matmul_tflops(device, n=n, repeats=10)})
+
+
+# --- measure ------------------------------------------------------------------------------------
 
 def part_measure(args) -> None:
-    """The card's bf16 matmul rate and the paper preset beside its baselines (benchmark.py), eager."""
+    """benchmark.py's table of the paper preset at the large batch (its record: chapter 11 reads it),
+    then the three networks' training steps at the paper's batch of 32: images/s and peak memory."""
     s = settings(args)
+    scratch = args.cache / "measure.md"
     ns = argparse.Namespace(presets=[PRESET], device=str(s.device), batch_size=s.batch_size, warmup=s.warmup,
                             repeats=s.repeats, calls=s.calls, clock="wall", bf16=s.bf16, channels_last=s.channels_last,
-                            compile=False, no_align=not args.tiny, matmul=True, tiny=args.tiny,
-                            out=str(args.out / "eager.md"), json=str(args.out / "eager.json"))
+                            compile=False, no_align=True, matmul=False, tiny=args.tiny, out=str(scratch),
+                            json=str(args.cache / "measure.json"))
     benchmark.run(ns)
-    # the paper's own batch of 32: how much of the card a step of that size uses
-    small = benchmark.Settings(**{**s.__dict__, "batch_size": 32})
-    config = benchmark.case_config(PRESET, "adpf", args.tiny)
-    images, ages = benchmark.sample_batch(config, small.batch_size, small.device)
-    images = images.contiguous(memory_format=torch.channels_last) if small.channels_last else images
-    steps = {stage: benchmark.train_step(config, stage, images, ages, small) for stage in ("attention", "fusion")}
-    rates = {stage: small.batch_size / t for stage, t in benchmark.median_seconds(steps, small).items()}
-    print(f"adpf at batch 32 (eager): {rates}", flush=True)
-    record = json.loads((args.out / "eager.json").read_text())
-    record["adpf_batch_32"] = rates
-    (args.out / "eager.json").write_text(json.dumps(record, indent=2) + "\n")
+    record = json.loads((args.cache / "measure.json").read_text())
+    record["table"], record["batch_size"] = scratch.read_text(), s.batch_size
+    write(args, "measure", record)  # kept if the small batch runs past the part's limit
+    small = settings(args, args.small_batch)
+    configs = {case: benchmark.case_config(PRESET, case, args.tiny) for case in benchmark.CASES}
+    images, ages = batch_of(configs["adpf"], small)
+    steps = {(case, stage): benchmark.train_step(config, stage, images, ages, small)
+             for case, config in configs.items() for stage in benchmark.stages_of(config)}
+    rows = {case: {} for case in configs}
+    for (case, stage), seconds in benchmark.median_seconds(steps, small).items():
+        rows[case][stage] = {"images_per_s": small.batch_size / seconds,
+                             "peak_mib": benchmark.peak_memory_mib(steps[case, stage], small.device)}
+    record["small_batch"] = {"settings": small.describe(), "batch_size": small.batch_size, "results": rows}
+    write(args, "measure", record)
+
+
+# --- profile ------------------------------------------------------------------------------------
+
+def kernel_times(prof, device: torch.device) -> list[tuple[str, float]]:
+    """(name, time in ms) of every kernel (GPU: the device's kernels, copies and fills, not the
+    host operators that launched them) or operator (CPU: self time) the profiler saw, longest first."""
+    from torch.autograd import DeviceType
+
+    if device.type == "cuda":
+        rows = [(e.key, e.self_device_time_total / 1e3) for e in prof.key_averages()
+                if getattr(e, "device_type", None) == DeviceType.CUDA]
+    else:
+        rows = [(e.key, e.self_cpu_time_total / 1e3) for e in prof.key_averages()]
+    return sorted(((k, t) for k, t in rows if t > 0), key=lambda r: -r[1])
 
 
 def part_profile(args) -> None:
-    """The kernels that take adpf's training steps' time (torch.profiler), to say what limits them."""
+    """Where adpf's training steps spend their time, at the large batch.
+
+    Per stage: the step's wall time; the kernels' device time over the step (busy share < 1 means
+    the GPU waits for the host to launch work); the top kernels. Stage 1: RMHHA forward + backward
+    alone (the attention). Stage 2: the frozen AttentionNet's forward, box finding and cropping
+    alone; the rest is FusionNet's forward + backward and the update.
+    """
     from torch.profiler import ProfilerActivity, profile
+
+    from adpf.patches import crop_patches, maps_to_boxes
 
     s = settings(args)
     config = benchmark.case_config(PRESET, "adpf", args.tiny)
-    images, ages = benchmark.sample_batch(config, s.batch_size, s.device)
-    images = images.contiguous(memory_format=torch.channels_last) if s.channels_last else images
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if s.device.type == "cuda" else [])
-    sort = "self_cuda_time_total" if s.device.type == "cuda" else "self_cpu_time_total"
-    text = []
-    for stage in ("attention", "fusion"):
+    images, ages = batch_of(config, s)
+    cuda = s.device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    record = {"settings": s.describe(), "device": s.device.type, "stages": {}}
+    for stage in STAGES:
         step = benchmark.train_step(config, stage, images, ages, s)
-        for _ in range(3):
-            step()
-        benchmark.synchronize(s.device)
+        step_s = seconds_of(step, s)
         with profile(activities=activities) as prof:
             for _ in range(3):
                 step()
             benchmark.synchronize(s.device)
-        text.append(f"## {stage}: 3 steps of batch {s.batch_size}\n\n"
-                    + prof.key_averages().table(sort_by=sort, row_limit=25, max_name_column_width=60))
+        kernels = kernel_times(prof, s.device)
+        # on a GPU the kernels run one after another on one stream; on a CPU the operators nest,
+        # so their self times still add up to the time spent, without the Python between them
+        busy_ms = sum(t for _, t in kernels) / 3
+        record["stages"][stage] = {"step_ms": 1e3 * step_s, "images_per_s": s.batch_size / step_s,
+                                   "kernel_ms_per_step": busy_ms, "busy_share": busy_ms / (1e3 * step_s),
+                                   "top": [{"name": k, "ms_per_step": t / 3, "share": t / 3 / (1e3 * step_s)}
+                                           for k, t in kernels[:12]], "parts_ms": {}}
         del step
-    print("\n\n".join(text), flush=True)
-    (args.out / "profile.txt").write_text("\n\n".join(text) + "\n")
+    parts = record["stages"]["attention"]["parts_ms"]
+    parts["RMHHA forward + backward"] = 1e3 * seconds_of(benchmark.attention_step(config, s.batch_size, s), s)
+    model = benchmark.network(config, s).freeze_attention()
+    with torch.no_grad(), benchmark.autocast(s):
+        att = model.attention_net(images)
+        maps = att.attention.ranked.detach()
+        boxes = maps_to_boxes(maps, config.image_size, config.patch_threshold, config.patch_min_frac,
+                              config.patch_max_frac)
+        parts = record["stages"]["fusion"]["parts_ms"]
+        parts["AttentionNet forward (frozen)"] = 1e3 * seconds_of(lambda: model.attention_net(images), s)
+        parts["box finding (maps_to_boxes)"] = 1e3 * seconds_of(
+            lambda: maps_to_boxes(maps, config.image_size, config.patch_threshold, config.patch_min_frac,
+                                  config.patch_max_frac), s)
+        parts["crops (crop_patches)"] = 1e3 * seconds_of(lambda: crop_patches(images, boxes, config.patch_size), s)
+    for stage, r in record["stages"].items():
+        r["parts_share"] = {k: v / r["step_ms"] for k, v in r["parts_ms"].items()}
+    write(args, "profile", record)
 
 
-def part_compile(args) -> None:
-    """adpf's two training steps under torch.compile (the eager numbers are in eager.json)."""
-    s = settings(args, compile_=True)
-    torch.backends.cudnn.benchmark = s.device.type == "cuda"
-    config = benchmark.case_config(PRESET, "adpf", args.tiny)
-    images, ages = benchmark.sample_batch(config, s.batch_size, s.device)
-    images = images.contiguous(memory_format=torch.channels_last) if s.channels_last else images
-    result = {"settings": s.describe()}
-    for stage in ("attention", "fusion"):
-        start = time.perf_counter()
-        try:
-            step = benchmark.train_step(config, stage, images, ages, s)
-            step()  # compiles
-            compile_s = time.perf_counter() - start
-            result[stage] = {"images_per_s": len(images) / benchmark.median_seconds({stage: step}, s)[stage],
-                             "compile_s": compile_s}
-        except Exception as e:  # a compile failure is a result too; eager numbers stand
-            result[stage] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
-        print(stage, result[stage], flush=True)
-        (args.out / "compile.json").write_text(json.dumps(result, indent=2) + "\n")
+# --- train --------------------------------------------------------------------------------------
+
+def drawn(image_size: int, n: int):
+    """The ``n`` drawn faces of seed 0 at ``image_size`` (the book's, from the cache), split by person as
+    the book splits them (``adpf.setting.SPLIT_SHARES``, seed 0)."""
+    from adpf.data.prepared import default_dataset, load_prepared
+    from adpf.data.protocols import subject_split
+    from adpf.setting import SPLIT_SHARES
+
+    data = load_prepared(default_dataset(image_size, n=n, seed=0, progress=False))
+    return data, subject_split(data.meta, **SPLIT_SHARES, seed=0)
+
+
+def loader_rate(data, indices, recipe, device: torch.device, seconds: float) -> float:
+    """Images/s of adpf.train's training loader alone (augmentation, collation, pinning, the copy to the device)."""
+    from adpf.train import Process, make_loader
+
+    loader = make_loader(data, indices, recipe, Process(device=device), train=True,
+                         generator=torch.Generator().manual_seed(0))
+    seen, start = -1, None  # the clock starts after the first batch (workers starting up)
+    while start is None or time.perf_counter() - start < seconds:
+        for batch in loader:
+            batch["image"].to(device, non_blocking=True)
+            if start is None:
+                seen, start = 0, time.perf_counter()
+                continue
+            seen += len(batch["image"])
+            if time.perf_counter() - start >= seconds:
+                break
+    benchmark.synchronize(device)
+    return seen / (time.perf_counter() - start)
+
+
+def fitted(recipe, epochs: int):
+    """``recipe`` with ``epochs`` per stage, its step schedule and warm-up shrunk in proportion."""
+    full = recipe.attention_epochs
+    changes = {"attention_epochs": epochs, "fusion_epochs": epochs,
+               "warmup_epochs": min(recipe.warmup_epochs, epochs // 4)}
+    if recipe.schedule == "step":
+        changes["lr_step"] = max(1, round(recipe.lr_step * epochs / full))
+    return recipe.replace(**changes)
+
+
+def trained(config, data, split, recipe) -> dict:
+    from adpf.train import train
+
+    start = time.perf_counter()
+    result = train(config, data, split, recipe, use_cache=False, progress=False)
+    return {"wall_s": time.perf_counter() - start, "stage_seconds": result.timings, "images_per_s": result.throughput,
+            "test_mae": result.mae, "test_cs5": result.metrics["test"]["cs"][5],
+            "val_mae": result.metrics.get("val", {}).get("mae"),
+            "val_mae_per_epoch": {k: [r.get("val_mae") for r in rows] for k, rows in result.history.items()},
+            "recipe": recipe.to_dict()}
+
+
+def epochs_that_fit(recipe, n_train: int, step_rates: dict, loader_rate: float, seconds: float) -> tuple[int, float]:
+    """Epochs per stage (at most the recipe's, at least 2) whose two stages take about ``seconds``, and the
+    estimated seconds of one epoch of each stage: the bare steps' rates, plus the loader's time where it
+    runs in the training process (``num_workers=0``), plus 20 % (validation, checkpoints, the host)."""
+    loading = 1 / loader_rate if recipe.num_workers == 0 else 0.0
+    epoch_s = 1.2 * n_train * sum(1 / step_rates[s] + loading for s in STAGES)
+    return max(2, min(recipe.attention_epochs, int(seconds / epoch_s))), epoch_s
 
 
 def part_train(args) -> None:
-    """A few hundred real optimiser steps of stage 1 and stage 2 with adpf.train on synthetic faces."""
-    from adpf.data.prepared import load_prepared, write_synthetic_prepared
-    from adpf.data.protocols import subject_split
-    from adpf.train import Recipe, train
+    """A real two-stage training of the paper preset with the ``gpu`` recipe (``adpf.train.train``) on
+    ``--images`` drawn faces, and the ``cpu`` preset with its ``cpu`` recipe on as many faces beside it.
 
+    The gpu recipe's epochs are kept when they fit ``--train-seconds`` (`epochs_that_fit`, at the
+    step rates the measure part found and the loader's rate measured here); otherwise fewer, with
+    the step schedule and warm-up shrunk in proportion (the record says which). The record is
+    written after each training, so a part stopped at its limit keeps what it finished.
+    """
+    from adpf.train import get_recipe
+
+    device = "cpu" if args.tiny else "cuda"
     config = benchmark.case_config(PRESET, "adpf", args.tiny)
     start = time.perf_counter()
-    root = write_synthetic_prepared(args.cache / "synthetic", args.images, config.image_size, overwrite=True)
-    data = load_prepared(root)
-    data_s = time.perf_counter() - start
-    split = subject_split(data.meta, train=0.9, val=0.0, test=0.1)
-    steps = len(split.train) // args.batch_size
-    epochs = max(2, math.ceil(args.steps / max(steps, 1)))
-    recipe = Recipe(attention_epochs=epochs, fusion_epochs=epochs, batch_size=args.batch_size, lr=0.05,
-                    schedule="cosine", warmup_epochs=1, num_workers=0 if args.tiny else 8,
-                    device="cpu" if args.tiny else "cuda", amp=not args.tiny, channels_last=not args.tiny)
-    result = train(config, data, {"train": split.train, "test": split.test}, recipe, use_cache=False, progress=False)
-    out = {"images": len(data), "data_seconds": data_s, "batch_size": args.batch_size, "epochs": epochs,
-           "steps_per_epoch": steps, "stages": {}}
-    for stage, rows in result.history.items():
-        rates = [r["images_per_s"] for r in rows[1:]] or [rows[0]["images_per_s"]]  # epoch 1 warms up
-        out["stages"][stage] = {"steps": steps * len(rows), "median_images_per_s": statistics.median(rates),
-                                "seconds": result.timings[stage], "last_loss": rows[-1]["loss"],
-                                "last_train_mae": rows[-1]["train_mae"]}
-    print(json.dumps(out, indent=2), flush=True)
-    (args.out / "train.json").write_text(json.dumps(out, indent=2) + "\n")
+    data, split = drawn(config.image_size, args.images)
+    record = {"images": len(data), "image_size": config.image_size, "draw_seconds": time.perf_counter() - start,
+              "split": {k: len(getattr(split, k)) for k in ("train", "val", "test")}}
+    recipe = get_recipe("gpu", device=device, **({"batch_size": args.batch_size} if args.tiny else {}))
+    record["loader_images_per_s"] = {f"num_workers={w}": loader_rate(data, split.train, recipe.replace(num_workers=w),
+                                                                    torch.device(device), 0.5 if args.tiny else 3)
+                                     for w in sorted({recipe.num_workers, 0 if args.tiny else 8})}
+    rates = read(args, "measure").get("presets", {}).get(PRESET, {}).get("results", {}).get("adpf", {}).get("train", {})
+    epochs, epoch_s, why = FALLBACK_EPOCHS, None, "the measure part left no step rates"
+    if args.tiny:
+        epochs, why = 1, "a rehearsal"
+    elif all(rates.get(s) for s in STAGES):
+        epochs, epoch_s = epochs_that_fit(recipe, len(split.train), rates,
+                                          record["loader_images_per_s"][f"num_workers={recipe.num_workers}"],
+                                          args.train_seconds)
+        why = f"to fit the part's {args.train_seconds:.0f} s"
+    record["epochs"] = {"gpu_recipe": recipe.attention_epochs, "run": epochs, "why": why,
+                        "estimated_epoch_seconds": epoch_s}
+    recipe = fitted(recipe, epochs) if epochs != recipe.attention_epochs else recipe
+    print(f"training the {PRESET} preset, {epochs} + {epochs} epochs of {len(split.train)} faces", flush=True)
+    record["paper_preset"] = trained(config, data, split, recipe)
+    write(args, "train", record)
+    cpu = benchmark.case_config("cpu", "adpf", args.tiny)
+    cpu_data, cpu_split = drawn(cpu.image_size, args.images)
+    cpu_recipe = get_recipe("cpu", device=device, **({"attention_epochs": 1, "fusion_epochs": 1} if args.tiny else {}))
+    print(f"training the cpu preset, {cpu_recipe.attention_epochs} + {cpu_recipe.fusion_epochs} epochs", flush=True)
+    record["cpu_preset"] = trained(cpu, cpu_data, cpu_split, cpu_recipe)
+    write(args, "train", record)
+
+
+# --- syncs --------------------------------------------------------------------------------------
+
+def counted_syncs(fn, cuda: bool) -> tuple[int | None, list[str]]:
+    """Host syncs while ``fn`` runs (``torch.cuda.set_sync_debug_mode("warn")``); None on a CPU."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if cuda:
+            torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            if cuda:
+                torch.cuda.set_sync_debug_mode("default")
+    syncs = [str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message)]
+    return (len(syncs) if cuda else None), syncs[:5]
 
 
 def part_syncs(args) -> None:
-    """Host syncs (``torch.cuda.set_sync_debug_mode``): box finding must make none; a training step's are counted.
+    """Host syncs (``torch.cuda.set_sync_debug_mode``): box finding must make none; a step's are counted.
 
     Box finding (``maps_to_boxes``, torch path) runs under mode "error", so one sync fails the
-    part; each stage's whole training step runs under "warn" and its warnings are counted.
+    part. Each stage's bare training step (``benchmark.train_step``) runs under "warn" and its
+    warnings are counted. ``adpf.train``'s own step is counted by difference: one epoch of 8 steps
+    minus one of 4 (everything but the steps cancels), for AttentionNet alone (stage 1) and for
+    ADPF (both stages). On a CPU there is no device to wait for: the counts are left empty (the
+    tests run the box path on the meta device instead, where any read of a value fails).
     """
-    import warnings
-
     from adpf.patches import maps_to_boxes
+    from adpf.train import get_recipe, train
 
     s = settings(args)
     config = benchmark.case_config(PRESET, "adpf", args.tiny)
@@ -162,127 +336,220 @@ def part_syncs(args) -> None:
     finally:
         if cuda:
             torch.cuda.set_sync_debug_mode("default")
-    # on a CPU there is no device to wait for: the counts are left empty (the tests run the box
-    # path on the meta device instead, where any read of a value fails)
     result = {"box_finding_syncs": 0 if cuda else None, "boxes": list(boxes.shape), "checked_on": str(s.device),
-              "per_step": {}}
-    images, ages = benchmark.sample_batch(config, s.batch_size, s.device)
-    for stage in ("attention", "fusion"):
+              "per_step": {}, "adpf_train_per_step": {}}
+    images, ages = batch_of(config, s)
+    for stage in STAGES:
         step = benchmark.train_step(config, stage, images, ages, s)
         step()
         benchmark.synchronize(s.device)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            if cuda:
-                torch.cuda.set_sync_debug_mode("warn")
-            try:
-                step()
-            finally:
-                if cuda:
-                    torch.cuda.set_sync_debug_mode("default")
-        syncs = [str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message)]
-        result["per_step"][stage] = {"syncs": len(syncs) if cuda else None, "first": syncs[:5]}
-    print(json.dumps(result, indent=2), flush=True)
-    (args.out / "syncs.json").write_text(json.dumps(result, indent=2) + "\n")
+        syncs, first = counted_syncs(step, cuda)
+        result["per_step"][stage] = {"syncs": syncs, "first": first}
+    data, split = drawn(config.image_size, args.images)
+    batch = s.batch_size if cuda else args.small_batch  # a few faces: 8 steps of 2 on the rehearsal
+    recipe = get_recipe("gpu", device=str(s.device), batch_size=batch, attention_epochs=1, fusion_epochs=1)
+    counts = {}
+    for variant in ("attention_only", "adpf"):
+        for steps in (4, 8):
+            subset = {"train": split.train[:steps * batch], "val": split.val[:0], "test": split.test[:1]}
+            counts[variant, steps] = counted_syncs(lambda: train(config.replace(variant=variant), data, subset, recipe,
+                                                                 use_cache=False, progress=False), cuda)
+    if cuda:
+        stage1 = (counts["attention_only", 8][0] - counts["attention_only", 4][0]) / 4
+        both = (counts["adpf", 8][0] - counts["adpf", 4][0]) / 4
+        result["adpf_train_per_step"] = {"attention": stage1, "fusion": both - stage1,
+                                         "first": counts["adpf", 8][1]}
+    write(args, "syncs", result)
 
 
-def _read(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
+# --- chapters -----------------------------------------------------------------------------------
+
+def part_chapters(args) -> None:
+    """Chapters 7 and 9 executed by ``book/build.py`` with the ``paper`` profile on the device, one at a
+    time (their shared trainings first), with ``--chapter-epochs`` per stage; their wall times.
+
+    The HTML is not the point here: where ``jupyter-book`` is not installed (the GPU machine), a
+    stand-in that only says so takes its place, so the build reaches its table of times.
+    """
+    device = "cpu" if args.tiny else "cuda"
+    command = [sys.executable, "book/build.py", "--only", "07", "--only", "09", "--profile", PRESET,
+               "--device", device, "--workers", "1", "--param", f"epochs={args.chapter_epochs}"]
+    if args.tiny:
+        command += ["--param", f"n_faces={args.images}"]
+    env = dict(os.environ)
+    stand_in = None
+    if not (Path(sys.executable).with_name("jupyter-book").exists() or shutil.which("jupyter-book")):
+        stand_in = Path(tempfile.mkdtemp())
+        (stand_in / "jupyter-book").write_text("#!/bin/sh\necho 'jupyter-book is not installed here: no HTML'\n")
+        (stand_in / "jupyter-book").chmod(0o755)
+        env["PATH"] = f"{stand_in}{os.pathsep}{env.get('PATH', '')}"
+    times = ROOT / "_build" / "book-times.json"
+    times.unlink(missing_ok=True)
+    record = {"command": " ".join(["python", *command[1:]]), "status": "stopped before the build ended",
+              "wall_s": None, "html": "stand-in (no jupyter-book)" if stand_in else "built"}
+    write(args, "chapters", record)  # what a part stopped at its limit leaves (the log has build.py's lines)
+    start = time.perf_counter()
+    record["status"] = subprocess.call(command, cwd=ROOT, env=env)
+    record["wall_s"] = time.perf_counter() - start
+    if times.is_file():
+        record["book_times"] = json.loads(times.read_text())
+    write(args, "chapters", record)
+
+
+# --- summary ------------------------------------------------------------------------------------
+
+def _f(value, spec: str) -> str:
+    return "—" if value is None or not isinstance(value, (int, float)) or not math.isfinite(value) else format(value, spec)
+
+
+def schedule_hours(rates: dict) -> float | None:
+    """Hours of the paper's 200 + 200 epochs on MORPH II Setting I at these per-stage rates."""
+    if not all(rates.get(s) for s in STAGES):
+        return None
+    return PAPER_EPOCHS * PAPER_IMAGES * sum(1 / rates[s] for s in STAGES) / 3600
 
 
 def part_summary(args) -> None:
-    """One table: rates, FLOPs, achieved TFLOP/s against the card's matmul rate, the paper schedule's hours."""
-    eager, comp, real = (_read(args.out / f) for f in ("eager.json", "compile.json", "train.json"))
-    measured = eager.get("presets", {}).get(PRESET, {})
-    lines = [f"# ADPF on {eager.get('machine', '?')}, {eager.get('date', '?')}", "",
-             f"torch {eager.get('torch', '?')}; preset {PRESET}{' (tiny, CPU smoke run)' if args.tiny else ''}; "
-             f"{measured.get('settings', '?')}"]
-    peak = eager.get("matmul_bf16_tflops")
-    if peak:
-        lines.append(f"Measured bf16 matmul: {peak:.0f} TFLOP/s.")
-    results = measured.get("results", {})
-    lines += ["", "| network, stage | images/s | train GFLOP/image | achieved TFLOP/s | of matmul rate "
-              "| card-limited images/s |", "|---|---|---|---|---|---|"]
+    """One Markdown table of every part's numbers, the target and, when short of it, what limits it."""
+    matmul, measure, prof, real, syncs, chapters = (read(args, p) for p in FILES)
+    peak = matmul.get("bf16_tflops")
+    results = measure.get("presets", {}).get(PRESET, {}).get("results", {})
+    small = measure.get("small_batch", {})
+    lines = [f"# ADPF on one GPU: {measure.get('machine') or matmul.get('machine', '?')}, "
+             f"{measure.get('date', time.strftime('%Y-%m-%d'))}", "",
+             f"torch {measure.get('torch') or matmul.get('torch', '?')}; preset {PRESET}"
+             f"{' (tiny: a few pixels, CPU rehearsal)' if args.tiny else ''}; "
+             f"{measure.get('presets', {}).get(PRESET, {}).get('settings', 'measure part missing')}.", ""]
+    lines.append(f"Measured bf16 matmul ({matmul.get('n', '?')}³, random data): {_f(peak, '.1f')} TFLOP/s." if peak
+                 else "Measured bf16 matmul: — (matmul part missing).")
+    lines += ["", "## Training steps (bare steps: no data loading)", "",
+              "| network, stage | batch | images/s | ms/step | peak MiB | train GFLOP/image | achieved TFLOP/s "
+              "| share of matmul rate |", "|---|---|---|---|---|---|---|---|"]
 
-    def row(label: str, ips: float | None, flops: float | None) -> None:
+    def row(label: str, batch, ips, mib, flops) -> None:
         achieved = ips * flops / 1e12 if ips and flops else None
-        ceiling = peak * 1e12 / flops if peak and flops else None
         share = achieved / peak if achieved and peak else None
-        lines.append(f"| {label} | {_f(ips, '.0f')} | {_f(flops and flops / 1e9, '.2f')} | {_f(achieved, '.1f')} | "
-                     f"{_f(share and 100 * share, '.1f')} % | {_f(ceiling, '.0f')} |")
+        lines.append(f"| {label} | {batch} | {_f(ips, ',.0f')} | {_f(ips and 1e3 * batch / ips, '.1f')} | "
+                     f"{_f(mib, ',.1f')} | {_f(flops and flops / 1e9, '.3g')} | {_f(achieved, '.3g')} | "
+                     f"{_f(share and 100 * share, '.2g')} % |")
 
     for case, m in results.items():
         for stage, ips in m["train"].items():
-            row(f"{case}, {stage} (eager)", ips, m["train_flops"].get(stage))
-    adpf_flops = results.get("adpf", {}).get("train_flops", {})
-    for stage, ips in eager.get("adpf_batch_32", {}).items():
-        row(f"adpf, {stage} (eager, batch 32 as in the paper)", ips, adpf_flops.get(stage))
-    for stage in ("attention", "fusion"):
-        if "images_per_s" in comp.get(stage, {}):
-            row(f"adpf, {stage} ({comp['settings'].split('; ')[0].split(', ')[-1]}, "
-                f"{comp[stage]['compile_s']:.0f} s to compile)",
-                comp[stage]["images_per_s"], adpf_flops.get(stage))
-        elif "error" in comp.get(stage, {}):
-            lines.append(f"| adpf, {stage} (torch.compile) | failed: {comp[stage]['error'][:80]} | | | | |")
-    for stage, r in real.get("stages", {}).items():
-        row(f"adpf, {stage}: adpf.train, {r['steps']} real steps with data loading", r["median_images_per_s"],
-            adpf_flops.get(stage))
-
-    def schedule(r1: float | None, r2: float | None) -> str:
-        if not r1 or not r2:
-            return "—"
-        return f"{PAPER_EPOCHS * PAPER_IMAGES * (1 / r1 + 1 / r2) / 3600:.2f} h"
-
-    best = {s: max([v for v in (results.get("adpf", {}).get("train", {}).get(s),
-                                comp.get(s, {}).get("images_per_s")) if v] or [0]) for s in ("attention", "fusion")}
-    real_rates = {s: r["median_images_per_s"] for s, r in real.get("stages", {}).items()}
-    lines += ["", f"Paper schedule (MORPH II Setting I: {PAPER_EPOCHS} + {PAPER_EPOCHS} epochs of "
-                  f"{PAPER_IMAGES:,} images; the paper: ~23 h on one GPU):",
-              f"- at the best step rates above: {schedule(best['attention'], best['fusion'])}",
-              f"- at the real training rates (adpf.train, data loading included): "
-              f"{schedule(real_rates.get('attention'), real_rates.get('fusion'))}"]
+            flops = m["train_flops"].get(stage)
+            label = f"{case}, {'both (one stage)' if stage == 'single' else stage}"
+            for batch, rate, mib in ((small.get("batch_size"), small.get("results", {}).get(case, {}).get(stage, {})
+                                      .get("images_per_s"), small.get("results", {}).get(case, {}).get(stage, {})
+                                      .get("peak_mib")),
+                                     (measure.get("batch_size") or args.batch_size, ips, m["train_memory"].get(stage))):
+                row(label, batch, rate, mib, flops)
+    best = {s: results.get("adpf", {}).get("train", {}).get(s) for s in STAGES}
+    paper = real.get("paper_preset", {})
+    lines += ["", "## Real training (adpf.train: data loading, validation each epoch, checkpoints)", ""]
     if real:
-        lines.append(f"- the real run: {real['images']} synthetic faces drawn in {real['data_seconds']:.0f} s, "
-                     f"{real['epochs']} epochs per stage of {real['steps_per_epoch']} steps; "
-                     + "; ".join(f"{s}: final loss {r['last_loss']:.3f}, train MAE {r['last_train_mae']:.2f}"
-                                 for s, r in real["stages"].items()))
-    syncs = _read(args.out / "syncs.json")
-    if syncs.get("box_finding_syncs") is not None:
-        lines.append(f"- host syncs: box finding {syncs['box_finding_syncs']} (mode \"error\"); per training step "
-                     + ", ".join(f"{st}: {v['syncs']}" for st, v in syncs["per_step"].items()))
-    eager_md = args.out / "eager.md"
-    text = "\n".join(lines) + ("\n\n## The benchmark table (eager)\n\n" + eager_md.read_text()
-                               if eager_md.is_file() else "\n")
+        ep = real["epochs"]
+        lines += [f"{real['images']:,} drawn {real['image_size']}×{real['image_size']} faces (drawn in "
+                  f"{real['draw_seconds']:.0f} s), split by person {real['split']['train']:,} / {real['split']['val']:,} "
+                  f"/ {real['split']['test']:,}; the gpu recipe's {ep['gpu_recipe']} + {ep['gpu_recipe']} epochs"
+                  + ("" if ep["run"] == ep["gpu_recipe"] else
+                     f", run as {ep['run']} + {ep['run']} ({ep['why']}; step schedule and warm-up shrunk in "
+                     "proportion)") + ". Loader alone: "
+                  + ", ".join(f"{k}: {v:,.0f} images/s" for k, v in real["loader_images_per_s"].items()) + ".", "",
+                  "| model | recipe | epochs | stage 1 s | stage 2 s | stage 1 images/s | stage 2 images/s "
+                  "| test MAE | wall s |", "|---|---|---|---|---|---|---|---|---|"]
+        for name, r in (("paper preset", paper), ("cpu preset (64×64)", real.get("cpu_preset", {}))):
+            if r:
+                rec, sec, ips = r["recipe"], r["stage_seconds"], r["images_per_s"]
+                lines.append(f"| {name} | batch {rec['batch_size']}, lr {rec['lr']:g}, {rec['schedule']} | "
+                             f"{rec['attention_epochs']} + {rec['fusion_epochs']} | {_f(sec.get('attention'), '.1f')} | "
+                             f"{_f(sec.get('fusion'), '.1f')} | {_f(ips.get('attention'), ',.0f')} | "
+                             f"{_f(ips.get('fusion'), ',.0f')} | {_f(r['test_mae'], '.2f')} | {r['wall_s']:.0f} |")
+    else:
+        lines.append("train part missing.")
+    lines += ["", "## Host syncs", ""]
+    if syncs:
+        per = syncs.get("per_step", {})
+        own = syncs.get("adpf_train_per_step", {})
+        lines.append(f"Box finding: {_f(syncs.get('box_finding_syncs'), 'd')} (mode \"error\"; on {syncs['checked_on']}). "
+                     "Per training step, bare: " + ", ".join(f"{st} {_f(v['syncs'], 'd')}" for st, v in per.items())
+                     + "; in adpf.train's loop: " + ", ".join(f"{st} {_f(own.get(st), '.1f')}" for st in STAGES)
+                     + (f" (first: {own['first'][0]})" if own.get("first") else "") + ".")
+    else:
+        lines.append("syncs part missing.")
+    lines += ["", "## Book chapters (book/build.py, paper profile)", ""]
+    if chapters:
+        steps = chapters.get("book_times", {}).get("steps", [])
+        lines.append(f"`{chapters['command']}`: exit {chapters['status']}, {_f(chapters['wall_s'], '.0f')} s in all; "
+                     f"HTML {chapters['html']}.")
+        lines += ["", "| step | seconds | status |", "|---|---|---|"]
+        lines += [f"| {r['step']} | {r['seconds']:.1f} | {r['status']}{': ' + r['error'] if r.get('error') else ''} |"
+                  for r in steps]
+    else:
+        lines.append("chapters part missing.")
+    lines += ["", "## Against the target", ""]
+    real_rates = paper.get("images_per_s", {})
+    lines.append(f"Target: ≥ {TARGET:,} training images/s in each stage, i.e. the paper's {PAPER_EPOCHS} + "
+                 f"{PAPER_EPOCHS} epochs on MORPH II Setting I (≈ {PAPER_IMAGES:,} images) in under an hour "
+                 f"(the paper: ≈ {PAPER_HOURS} h).")
+    for label, rates in ((f"bare steps, batch {args.batch_size}", best), ("adpf.train, gpu recipe", real_rates)):
+        hours = schedule_hours(rates)
+        verdict = "—" if hours is None else "met" if all(rates[s] >= TARGET for s in STAGES) else "short"
+        lines.append(f"- {label}: stage 1 {_f(rates.get('attention'), ',.0f')}, stage 2 "
+                     f"{_f(rates.get('fusion'), ',.0f')} images/s → the paper's schedule in {_f(hours, '.2f')} h: "
+                     f"**{verdict}**.")
+    # a stage is short when its real training is (its bare step where the training part is missing)
+    short = [s for s in STAGES if (real_rates.get(s) or best.get(s) or 0) < TARGET]
+    if short:
+        lines += ["", f"What limits the stages short of the target (profile part, batch {args.batch_size}):"]
+        for stage in short:
+            p = prof.get("stages", {}).get(stage)
+            if p is None:
+                lines.append(f"- {stage}: profile part missing.")
+                continue
+            top = ", ".join(f"{k['name'][:50]} {100 * k['share']:.0f} %" for k in p["top"][:4])
+            parts = ", ".join(f"{k} {100 * v:.0f} %" for k, v in p["parts_share"].items())
+            busy = (f"kernels busy {_f(100 * p['busy_share'], '.0f')} % of it (the rest is the GPU waiting for "
+                    "the host to launch work)" if prof["device"] == "cuda" else "operators' self time on the CPU")
+            lines.append(f"- {stage}: {_f(p['step_ms'], '.1f')} ms/step, {busy}; {parts}; "
+                         f"top {'kernels' if prof['device'] == 'cuda' else 'operators'}: {top}.")
+        loads = real.get("loader_images_per_s", {})
+        if loads:
+            lines.append("- data loading: the training loader alone gives "
+                         + ", ".join(f"{v:,.0f} images/s ({k})" for k, v in loads.items())
+                         + f" against the bare steps' {_f(min(filter(None, best.values()), default=None), ',.0f')}.")
+    if measure.get("table"):
+        lines += ["", "## benchmark.py's table (large batch)", "", measure["table"]]
+    text = "\n".join(lines) + "\n"
     print(text)
     (args.out / "gpu_table.md").write_text(text)
 
 
-def _f(value: float | None, spec: str) -> str:
-    return "—" if value is None or not math.isfinite(value) else format(value, spec)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=["measure", "profile", "compile", "train", "syncs", "summary"],
-                        required=True)
+    parser.add_argument("--part", choices=[*FILES, "summary"], required=True)
     parser.add_argument("--out", type=Path, required=True, help="folder for the JSON files and the table")
-    parser.add_argument("--cache", type=Path, default=Path("/tmp/adpf-gpu-run"), help="scratch folder for data")
-    parser.add_argument("--tiny", action="store_true", help="CPU, a few pixels: checks the script")
-    parser.add_argument("--batch-size", type=int, help="images per step (default 256; 4 with --tiny)")
-    parser.add_argument("--steps", type=int, help="real training steps per stage (default 160; 4 with --tiny)")
-    parser.add_argument("--images", type=int, help="synthetic faces to draw (default 2048; 48 with --tiny)")
+    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "adpf-gpu-run",
+                        help="scratch folder")
+    parser.add_argument("--tiny", action="store_true", help="CPU, a few pixels, a few faces: checks the script")
+    parser.add_argument("--batch-size", type=int, help="the large batch (default 256; 4 with --tiny)")
+    parser.add_argument("--small-batch", type=int, help="the paper's batch (default 32; 2 with --tiny)")
+    parser.add_argument("--images", type=int, help="drawn faces to train on (default 10,000; 60 with --tiny)")
+    parser.add_argument("--train-seconds", type=float, default=110,
+                        help="time the paper preset's training may take (default 110); fewer epochs when short")
+    parser.add_argument("--chapter-epochs", type=int, help="epochs per stage in the chapters (default 3; 2 with --tiny: "
+                        "chapter 9 reads the change over the last epoch)")
     args = parser.parse_args()
     args.batch_size = args.batch_size or (4 if args.tiny else 256)
-    args.steps = args.steps or (4 if args.tiny else 160)
-    args.images = args.images or (48 if args.tiny else 2048)
+    args.small_batch = args.small_batch or (2 if args.tiny else 32)
+    args.images = args.images or (60 if args.tiny else 10_000)
+    args.chapter_epochs = args.chapter_epochs or (2 if args.tiny else 3)
     args.out.mkdir(parents=True, exist_ok=True)
+    args.cache.mkdir(parents=True, exist_ok=True)
     if not args.tiny and not torch.cuda.is_available():
         sys.exit("no CUDA device: run with --tiny to check the script on the CPU")
-    {"measure": part_measure, "profile": part_profile, "compile": part_compile, "train": part_train,
-     "syncs": part_syncs, "summary": part_summary}[args.part](args)
+    if not args.tiny:
+        torch.backends.cudnn.benchmark = True
+    {"matmul": part_matmul, "measure": part_measure, "profile": part_profile, "train": part_train,
+     "syncs": part_syncs, "chapters": part_chapters, "summary": part_summary}[args.part](args)
 
 
 if __name__ == "__main__":

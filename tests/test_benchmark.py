@@ -2,6 +2,7 @@
 its table (no timing assertions); importing adpf registers nothing with torch."""
 import importlib.util
 import json
+import os
 import re
 import subprocess
 import sys
@@ -101,3 +102,78 @@ def test_benchmark_runs_with_cpu_bf16():
     assert "bf16 autocast" in done.stdout
     stage2 = next(line for line in done.stdout.splitlines() if line.startswith("| train stage 2"))
     assert float(stage2.split("|")[2]) > 0  # ADPF's stage 2 (boxes, crops, patch streams) ran and was timed
+
+
+# --- gpu_run.sh's parts (benchmarks/gpu_bench.py), rehearsed on the CPU with --tiny ------------------
+
+GPU_BENCH = ROOT / "benchmarks" / "gpu_bench.py"
+
+
+def load_gpu_bench():
+    sys.path.insert(0, str(GPU_BENCH.parent))  # it imports benchmark.py beside it
+    try:
+        spec = importlib.util.spec_from_file_location("benchmarks_gpu_bench", GPU_BENCH)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(GPU_BENCH.parent))
+
+
+def test_fewer_epochs_keep_the_schedule_in_proportion():
+    """When the gpu recipe's epochs do not fit, the step schedule and warm-up shrink with them."""
+    from adpf.train import Recipe
+
+    fitted = load_gpu_bench().fitted
+    recipe = Recipe(attention_epochs=40, fusion_epochs=40, schedule="step", lr_step=10, warmup_epochs=2)
+    short = fitted(recipe, 12)
+    assert (short.attention_epochs, short.fusion_epochs, short.lr_step, short.warmup_epochs) == (12, 12, 3, 2)
+    assert fitted(recipe, 4).warmup_epochs == 1 and fitted(recipe, 4).lr_step == 1
+    assert short.replace(attention_epochs=40, fusion_epochs=40, lr_step=10) == recipe  # nothing else changed
+    cosine = fitted(recipe.replace(schedule="cosine"), 8)
+    assert cosine.lr_step == 10 and cosine.attention_epochs == 8
+
+
+def test_gpu_run_tiny_parts_write_their_records_and_the_table(tmp_path):
+    """The cheapest parts (matmul, measure, train, summary) run on the CPU at 16 pixels; the table's rates,
+    ms/step and shares of the matmul rate are the records' numbers. The profile, syncs and chapters parts
+    are rehearsed by ``bash benchmarks/gpu_run.sh --tiny`` alone: the chapters take minutes there."""
+    out = tmp_path / "out"
+    env = {**os.environ, "ADPF_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    for part in ("matmul", "measure", "train", "summary"):
+        done = subprocess.run([sys.executable, str(GPU_BENCH), "--part", part, "--out", str(out), "--tiny",
+                               "--cache", str(tmp_path / "scratch")], capture_output=True, text=True, timeout=600,
+                              env=env)
+        assert done.returncode == 0, f"{part}: {done.stderr[-2000:]}"
+    matmul, measure, train = (json.loads((out / f"{p}.json").read_text()) for p in ("matmul", "measure", "train"))
+    peak = matmul["bf16_tflops"]
+    assert peak > 0
+    results = measure["presets"]["paper"]["results"]  # the record chapter 11 reads
+    assert set(results) == {"adpf", "plain attention", "plain_cnn"}
+    small = measure["small_batch"]["results"]
+    table = (out / "gpu_table.md").read_text()
+    for case, m in results.items():
+        for stage, rate in m["train"].items():
+            flops = m["train_flops"][stage]
+            for batch, ips in ((2, small[case][stage]["images_per_s"]), (4, rate)):
+                label = f"{case}, {'both (one stage)' if stage == 'single' else stage}"
+                line = next(row for row in table.splitlines() if row.startswith(f"| {label} | {batch} |"))
+                cells = [c.strip() for c in line.strip("|").split("|")]
+                assert cells[2] == f"{ips:,.0f}" and cells[3] == f"{1e3 * batch / ips:.1f}"
+                assert cells[7] == f"{100 * ips * flops / 1e12 / peak:.2g} %"
+    from adpf.train import get_recipe
+
+    assert (train["epochs"]["gpu_recipe"], train["epochs"]["run"]) == (get_recipe("gpu").attention_epochs, 1)
+    paper = train["paper_preset"]
+    assert paper["recipe"]["batch_size"] == 4 and paper["recipe"]["lr"] == get_recipe("gpu").lr
+    for model in ("paper_preset", "cpu_preset"):
+        assert set(train[model]["stage_seconds"]) == {"attention", "fusion"} and train[model]["test_mae"] > 0
+    assert f"{paper['test_mae']:.2f}" in table
+    # rates short of 5,000 images/s get the verdict "short"; a stage whose training is short gets the
+    # profile's account of what limits it (here: that the part is missing) and the loader's rate
+    bare, real = results["adpf"]["train"].values(), paper["images_per_s"].values()
+    assert ("**short**" in table) == (min(bare) < 5_000 or min(real) < 5_000)
+    short = [s for s, rate in paper["images_per_s"].items() if rate < 5_000]
+    assert ("What limits the stages short of the target" in table) == bool(short)
+    assert all(f"- {stage}: profile part missing." in table for stage in short)
+    assert "syncs part missing." in table and "chapters part missing." in table
