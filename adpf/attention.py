@@ -3,7 +3,7 @@
 Equations refer to Wang, Sanchez, Li, "Improving Face-Based Age Estimation with
 Attention-Based Dynamic Patch Fusion", IEEE TIP 2022.
 
-Open choices made here (``adpf-method.md``, "Open choices"):
+Open choices made here (numbered as in ``book/open_choices.md``, "choice N"):
 
 2. c_K, c_V and the channel-attention bottleneck ratio are constructor arguments
    (``config.key_channels``, ``config.value_channels``, ``config.ca_reduction``); the

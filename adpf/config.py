@@ -1,7 +1,7 @@
 """One config object that names every size of ADPF, and the named presets.
 
-Every open choice of the method (``../shared/paper/adpf-method.md``, "Open choices") that is
-cheap to make configurable is a field here; the docstring of each field says what the paper
+Every open choice of the method (``book/open_choices.md``, choices 1–13) that is cheap to
+make configurable is a field here; the docstring of each field says what the paper
 gives and what this project chose where the paper is silent.
 
 Presets
@@ -32,31 +32,35 @@ class ADPFConfig:
     image_size: side of the square aligned face fed to both networks (paper: 128).
     in_channels: colour channels of the face (3).
     stem_channels: widths of the AttentionNet stem's conv stages; each stage but the first
-        halves the resolution. Open choice 1: the paper only fixes the stem's output X.
+        halves the resolution. Book/open_choices.md, choice 1: the paper only fixes the
+        stem's output X.
     x_size: spatial side of X, the RMHHA input (paper: 32).
     x_channels: channels of X, c_p = c_head · heads (paper: 500).
     heads: number of hybrid-attention heads n (paper: 5; Table IX sweeps it).
-    key_channels: c_K = c_Q of each head's self-attention (open choice 2).
-    value_channels: c_V of each head's self-attention and channel attention (open choice 2).
-    ca_reduction: bottleneck ratio of the channel-attention FC1 (c_V → c_V / r; open choice 2).
+    key_channels: c_K = c_Q of each head's self-attention (book/open_choices.md, choice 2).
+    value_channels: c_V of each head's self-attention and channel attention
+        (book/open_choices.md, choice 2).
+    ca_reduction: bottleneck ratio of the channel-attention FC1 (c_V → c_V / r;
+        book/open_choices.md, choice 2).
     fusion_channels: widths of FusionNet's main-stream stages; stage k (1-based) receives
-        patch P_k, so there is one stage per head (open choice 8).
-    patch_size: side of each patch after cropping and resizing (open choice 7).
-    patch_channels: width of each patch's own short stream of conv blocks (open choice 8).
-    patch_stream: how each patch's stream reaches its joining stage's size (open choice 8;
-        ``networks`` module docstring): "strided" (default), a conv block at the patch size then
-        stride-2 conv blocks, so the downsampling is learned; "resize", two conv blocks at the
-        patch size then an antialiased bilinear resize (the earlier design, kept for comparison:
-        ``benchmarks/results/patch_streams.md``).
+        patch P_k, so there is one stage per head (book/open_choices.md, choice 8).
+    patch_size: side of each patch after cropping and resizing (book/open_choices.md, choice 7).
+    patch_channels: width of each patch's own short stream of conv blocks
+        (book/open_choices.md, choice 8).
+    patch_stream: how each patch's stream reaches its joining stage's size (book/open_choices.md,
+        choice 8; ``networks`` module docstring): "strided" (default), a conv block at the patch
+        size then stride-2 conv blocks, so the downsampling is learned; "resize", two conv blocks
+        at the patch size then an antialiased bilinear resize (the earlier design, kept for
+        comparison: ``benchmarks/results/patch_streams.md``).
 
     Age output
     ----------
     age_min, age_max: the age classes g_p = age_min..age_max, q = age_max - age_min + 1
-        (open choice 5; paper: 0..100).
+        (book/open_choices.md, choice 5; paper: 0..100).
     sigma: standard deviation (years) of the Gaussian label distribution of Eq. 12
-        (open choice 5; DLDL uses 2).
-    eq9: "as_written" applies Eq. 9 after the softmax, where it is a no-op (open choice 4);
-        "raw" applies max(0, ·) and renormalisation to the raw outputs instead.
+        (book/open_choices.md, choice 5; DLDL uses 2).
+    eq9: "as_written" applies Eq. 9 after the softmax, where it is a no-op; "raw" applies
+        max(0, ·) and renormalisation to the raw outputs instead (book/open_choices.md, choice 4).
 
     Switches (the ablations of Table VII and the baselines)
     --------------------------------------------------------
@@ -65,17 +69,18 @@ class ADPFConfig:
         "fixed_patches" (FusionNet fed with patches at the same place in every image).
     attention: "hybrid" (Eq. 5) or "self_sum" (ADPF w/SA: self-attention summed over channels).
     ranking: True ranks heads by a_k (Eq. 6); False feeds patches in head-index order.
-    rank_by: "value" ranks by a_k, "abs" by |a_k| (open choice 6).
+    rank_by: "value" ranks by a_k, "abs" by |a_k| (book/open_choices.md, choice 6).
     diversity_weight: λ of Eq. 14 (paper: 0.01; 0 is the "w/o diversity loss" ablation).
-    diversity_maps: how each head's map is scaled before Eq. 7 (the paper is silent; raw maps
-        let L_div fall by shrinking or flipping a map). "unit" (default): shifted to a minimum
-        of 0 and scaled to unit L2 norm, so each pair's term is the cosine similarity of the two
-        maps and L_div = n(n−1) · head overlap, at any map size (``losses.unit_maps``; why: the
-        measured gradient ratios in ``losses.attention_net_loss``); "normalized": shifted to 0
-        and summing to one (its gradient is 1e-5 of L_AE's at λ = 0.01); "raw": as they are.
+    diversity_maps: how each head's map is scaled before Eq. 7 (book/open_choices.md, choice 11: the
+        paper is silent; raw maps let L_div fall by shrinking or flipping a map). "unit"
+        (default): shifted to a minimum of 0 and scaled to unit L2 norm, so each pair's term is
+        the cosine similarity of the two maps and L_div = n(n−1) · head overlap, at any map size
+        (``losses.unit_maps``; why: the measured gradient ratios in
+        ``losses.attention_net_loss``); "normalized": shifted to 0 and summing to one (its
+        gradient is 1e-5 of L_AE's at λ = 0.01); "raw": as they are.
 
-    From maps to patches (open choice 7)
-    ------------------------------------
+    From maps to patches (book/open_choices.md, choice 7)
+    -----------------------------------------------------
     patch_threshold: a map (min-max normalised to [0, 1]) is thresholded at this value,
         or at its spatial mean when "mean".
     patch_min_frac, patch_max_frac: the box side is clamped to these fractions of the image.

@@ -1,7 +1,7 @@
 """The losses of ADPF and the age read-out: diversity (Eq. 7), age distribution and age (Eq. 9–10),
 MAE + KL (Eq. 11–13), and the AttentionNet objective (Eq. 14).
 
-Open choices made here (``adpf-method.md``, "Open choices"):
+Open choices made here (numbered as in ``book/open_choices.md``, "choice N"):
 
 4. Eq. 9 as written is a no-op after a softmax; ``age_distribution(mode="as_written")``
    applies it anyway, ``mode="raw"`` applies it to the raw outputs (``config.eq9``). The KL
@@ -10,9 +10,11 @@ Open choices made here (``adpf-method.md``, "Open choices"):
 5. The target of Eq. 12 is a Gaussian with σ = ``config.sigma`` years over the classes
    age_min..age_max, renormalised over those classes (so ages at or beyond the edges
    still give a distribution that sums to one).
-
-Every loss is a mean over the batch (Eq. 11 says so; Eq. 7 and 12 are per image and
-are averaged the same way so that λ does not depend on the batch size).
+11. The diversity loss (Eq. 7) compares each head's map shifted to a minimum of zero and
+    scaled to unit L2 norm (``unit_maps``, ``config.diversity_maps="unit"``): each pair's term
+    is a cosine, so L_div = n(n−1) × the head overlap; why, in ``attention_net_loss``.
+12. Every loss is a mean over the batch (Eq. 11 says so; Eq. 7 and 12 are per image and
+    are averaged the same way so that λ does not depend on the batch size).
 """
 from __future__ import annotations
 

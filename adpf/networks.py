@@ -1,6 +1,6 @@
 """The networks: AttentionNet (stem → X → RMHHA → FC), FusionNet (Eq. 8), ADPF, and the baselines.
 
-Open choices made here (``adpf-method.md``, "Open choices"):
+Open choices made here (numbered as in ``book/open_choices.md``, "choice N"):
 
 1. Stems. AttentionNet: one stage per ``config.stem_channels`` entry, each two conv blocks
    (conv 3×3 – BatchNorm – ReLU), every stage but the first halving the resolution, then a
@@ -107,10 +107,11 @@ class AttentionNet(nn.Module):
 
 
 class PatchStream(nn.Module):
-    """Patch P_k's own stream: ``(B, C, p, p)`` → features ``(B, channels, size, size)`` (open choice 8).
+    """Patch P_k's own stream: ``(B, C, p, p)`` → features ``(B, channels, size, size)``.
 
-    ``design`` is ``config.patch_stream`` ("strided" or "resize", see the module docstring);
-    ``side`` is the side its conv blocks leave, before the last step to ``size``.
+    ``design`` is ``config.patch_stream`` ("strided" or "resize", see the module docstring and
+    book/open_choices.md, choice 8); ``side`` is the side its conv blocks leave, before the last
+    step to ``size``.
     """
 
     def __init__(self, in_channels: int, channels: int, patch_size: int, size: int, design: str):

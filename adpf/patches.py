@@ -1,8 +1,9 @@
 """From ranked attention maps to boxes to patches, and the fixed layout of the ``fixed_patches`` baseline.
 
 The paper resizes each ranked map to the image size, "performs contour detection based on the
-boundary" of the highlighted area and crops that area. Open choice 7 is made here, as one rule
-with two implementations that give the same boxes:
+boundary" of the highlighted area and crops that area. The project's rule for this
+(book/open_choices.md, choice 7) is made here, with two implementations that give the same
+boxes:
 
 1. resize the map to the image size (bilinear), then min-max normalise it to [0, 1];
 2. threshold it at ``threshold`` (a value in [0, 1]) or, with ``"mean"``, at its spatial mean;
@@ -20,9 +21,9 @@ with two implementations that give the same boxes:
 A map that is flat, all zero, or holds a NaN/inf has no region: its box is the largest allowed
 square centred on the image.
 
-Boxes are int64 ``(x0, y0, x1, y1)`` in image pixels with x1, y1 exclusive. Open choice 10:
-boxes are integers, so crops pass no gradient to the attention maps (AttentionNet is frozen
-while FusionNet trains, so none is needed).
+Boxes are int64 ``(x0, y0, x1, y1)`` in image pixels with x1, y1 exclusive. Being
+integers, crops pass no gradient to the attention maps (AttentionNet is frozen while
+FusionNet trains, so none is needed; book/open_choices.md, choice 10).
 """
 from __future__ import annotations
 

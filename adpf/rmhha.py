@@ -1,6 +1,6 @@
 """Ranking-guided multi-head hybrid attention, RMHHA (Eq. 6).
 
-Open choices made here (``adpf-method.md``, "Open choices"):
+Open choices made here (numbered as in ``book/open_choices.md``, "choice N"):
 
 3. Head k sees only its own slice of c_head = c_p / n channels of X (the paper's
    multi-head text), and computes Q, K, V and CA from that slice.

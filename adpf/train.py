@@ -84,15 +84,16 @@ class Recipe:
     schedule: "step" multiplies the rate by ``lr_gamma`` every ``lr_step`` epochs (paper:
         ×0.1 every 50 epochs); "cosine" decays it to zero over the stage along a half cosine.
     warmup_epochs: a linear ramp from lr/steps to lr over this many epochs (0: none).
-    momentum, weight_decay: of SGD; the paper gives neither (open choice 9): 0.9 and 5e-4,
-        the usual values for SGD on CNNs of this size. Weight decay applies to every parameter.
+    momentum, weight_decay: of SGD; the paper gives neither (book/open_choices.md,
+        choice 9): 0.9 and 5e-4, the usual values for SGD on CNNs of this size. Weight decay
+        applies to every parameter.
     clip_grad_norm: clip the global gradient norm of the trained parameters to this value
         before each step (None: no clipping, as in the paper). L_MAE (Eq. 11) is in years, so
         its gradients are large (AttentionNet's: norm ≈ 9 at initialisation) and do not shrink
         as the error does; without clipping, SGD on the cpu preset diverged at lr 0.1 and
         collapsed to one age for every face at lr 0.02 (measured in the comment of `RECIPES`).
-    pad: zero padding of the pad-crop-flip augmentation in pixels (open choice 9); None is
-        the dataset's default, image_size / 16 (8 px at 128).
+    pad: zero padding of the pad-crop-flip augmentation in pixels (book/open_choices.md,
+        choice 9); None is the dataset's default, image_size / 16 (8 px at 128).
     num_workers: DataLoader worker processes (workers draw their own augmentation seeds, so
         this is part of what determines a result).
     seed: seeds network initialisation, shuffling and augmentation.

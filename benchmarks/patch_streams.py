@@ -1,10 +1,10 @@
-"""The two patch-stream designs (``config.patch_stream``, open choice 8) against each other.
+"""The two patch-stream designs (``config.patch_stream``; book/open_choices.md, choice 8) against each other.
 
     python benchmarks/patch_streams.py [--seeds 0 1 2] [--repeats 7] [--no-train] [--out FILE]
 
 1. Parameter counts of FusionNet and of ADPF, both presets, both designs.
 2. Forward + backward time of FusionNet with its patches, per batch (CPU, interleaved rounds,
-   median; batch 32 for ``cpu``, 8 for ``paper``, as ``adpf benchmark`` takes on a CPU).
+   median; batch 32 for ``cpu``, 8 for ``paper``, as ``benchmarks/benchmark.py`` takes on a CPU).
 3. ADPF trained with each design on the book's setting (``adpf.setting.book_setting("cpu")``:
    the ``cpu`` preset, the ``book`` recipe, the drawn default faces and their subject-exclusive
    split), one training seed after another. Stage 1 does not read the field, so both designs

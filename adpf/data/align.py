@@ -14,7 +14,8 @@ The paper gives only "crop based on the location of the eyes to 128 × 128"; whe
 land in the crop is this project's choice (`EYE_POSITIONS`): level, 0.33 of the width apart,
 at 0.40 of the height, which keeps forehead, cheeks and chin in the picture. What the crop
 shows beyond the photo's edge is also this project's choice (`FILL`), the same in data
-preparation and in ``adpf predict`` because both crop with `warp_to_crop`.
+preparation and in ``adpf predict`` because both crop with `warp_to_crop`. Both are
+book/open_choices.md, choice 13.
 """
 from __future__ import annotations
 

@@ -329,8 +329,9 @@ class PreparedFaces(Dataset):
 
     indices: rows to expose (a protocol's split); default all.
     augment: apply `pad_crop_flip` with ``pad`` pixels (default image_size // 16; the paper
-        does not give its padding, open choice 9). Random draws use torch's global generator,
-        so ``torch.manual_seed`` and DataLoader worker seeding make them reproducible.
+        does not give its padding: book/open_choices.md, choice 9). Random draws use torch's
+        global generator, so ``torch.manual_seed`` and DataLoader worker seeding make them
+        reproducible.
     """
 
     def __init__(self, root: str | Path | Prepared, indices=None, augment: bool = False, pad: int | None = None):
