@@ -495,7 +495,8 @@ def check_claims(ablation: pd.DataFrame, heads: pd.DataFrame | None = None) -> p
     """Every claim of `CLAIMS` beside what the rows (of `record_rows`) measured.
 
     Columns: claim, where, measured (mean ± std over seeds of both sides), verdict ("held",
-    "did not hold", "tie" from `verdict`; "not measured" where a model or column is missing).
+    "did not hold", "tie" from `verdict`; "one seed" where a side has a single seed so far,
+    so no spread to judge by; "not measured" where a model or column is missing).
     ``region_lift`` is region_share / region_area (1: chance).
     """
     rows = ablation.copy()
@@ -512,7 +513,7 @@ def check_claims(ablation: pd.DataFrame, heads: pd.DataFrame | None = None) -> p
         (b_name, b), (w_name, w) = named
         out.append({"claim": c.claim, "where": c.where,
                     "measured": f"{_UNITS[c.column]}: {b_name} {mean_pm_std(b)} vs {w_name} {mean_pm_std(w)}",
-                    "verdict": verdict(b, w, c.higher_is_better)})
+                    "verdict": verdict(b, w, c.higher_is_better) if min(b.size, w.size) >= 2 else "one seed"})
     return pd.DataFrame(out)
 
 

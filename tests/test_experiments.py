@@ -334,3 +334,13 @@ def test_book_records_notes_and_overview(data, cache, tmp_path, monkeypatch):
     notes = record_notes(found, tmp_path)
     assert notes.count("```{warning}") == 2 and "adpf experiments ablation # heads-synthetic" in notes
     assert records_overview(found)["code"].tolist() == ["changed since"] * 2
+
+
+def test_a_claim_with_one_seed_on_a_side_has_no_verdict():
+    rows = pd.DataFrame({"model": ["ADPF", "ADPF", "plain CNN"], "seed": [0, 1, 0], "mae": [5.0, 5.2, 9.0]})
+    claims = check_claims(rows).set_index("claim")
+    beats_plain = [c for c in claims.index if "plain CNN" in claims.loc[c, "measured"]]
+    assert beats_plain and (claims.loc[beats_plain, "verdict"] == "one seed").all()
+    rows = pd.concat([rows, pd.DataFrame({"model": ["plain CNN"], "seed": [1], "mae": [9.1]})])
+    claims = check_claims(rows).set_index("claim")
+    assert (claims.loc[beats_plain, "verdict"] == "held").all()
