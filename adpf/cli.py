@@ -1,8 +1,10 @@
-"""The ``adpf`` command: train, evaluate, predict, info, experiments.
+"""The ``adpf`` command: train, evaluate, predict, export, protocol, info, experiments.
 
     adpf train --data synthetic --recipe book --out runs/adpf
-    adpf evaluate runs/adpf --data synthetic
-    adpf predict photo.jpg --checkpoint runs/adpf --save-patches patches.png
+    adpf evaluate runs/adpf
+    adpf predict photos/ --checkpoint runs/adpf --csv ages.csv --save-patches patches.png
+    adpf export runs/adpf --format onnx --out adpf.onnx
+    adpf protocol fgnet-lopo --data data/fgnet-128 --out runs/fgnet-lopo
     adpf info
     adpf experiments ablation --data data/utkface-64 --recipe cpu
 
