@@ -344,7 +344,6 @@ def check_device(text: str, auto: bool = False) -> str:
     return text
 
 
-
 #: Faces drawn by ``adpf predict --save-patches`` (the first ones).
 PATCH_FIGURE_FACES = 24
 
