@@ -48,6 +48,7 @@ import jupytext
 import nbformat
 import papermill
 import yaml
+from jupyter_client.manager import KernelManager
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's library, installed or not
@@ -212,6 +213,22 @@ def train_shared(variant: str, setting: dict) -> float:
     return time.perf_counter() - start
 
 
+class IPCKernelManager(KernelManager):
+    """A kernel that talks to its client over Unix sockets instead of TCP ports.
+
+    Chapters execute side by side, and other programs start kernels too: over TCP, a port picked
+    as free by one kernel's client can be taken by another's before it binds, and a chapter then
+    waits forever for replies that never come (seen: a chapter's kernel and its client both idle).
+    Socket files named after each kernel's own connection file cannot collide.
+    """
+
+    transport = "ipc"
+
+
+#: Seconds one cell may run before its chapter fails (a hang becomes an error, not a stuck build).
+CELL_TIMEOUT = 1800
+
+
 def execute(path: Path, overrides: dict) -> float:
     """Execute one chapter into the staging tree; return the seconds it took.
 
@@ -226,7 +243,8 @@ def execute(path: Path, overrides: dict) -> float:
     out.unlink(missing_ok=True)
     start = time.perf_counter()
     papermill.execute_notebook(nb, str(out), parameters=params, kernel_name="python3",
-                               cwd=str(out.parent), progress_bar=False)
+                               cwd=str(out.parent), progress_bar=False, execution_timeout=CELL_TIMEOUT,
+                               kernel_manager_class=IPCKernelManager)
     seconds = time.perf_counter() - start
     # widgets need a live kernel: the page shows static figures, so drop the saved widget
     # state (otherwise the HTML loads the widget manager for nothing)
