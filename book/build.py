@@ -40,6 +40,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
@@ -49,6 +50,7 @@ import nbformat
 import papermill
 import yaml
 from jupyter_client.manager import KernelManager
+from traitlets import default
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's library, installed or not
@@ -219,10 +221,20 @@ class IPCKernelManager(KernelManager):
     Chapters execute side by side, and other programs start kernels too: over TCP, a port picked
     as free by one kernel's client can be taken by another's before it binds, and a chapter then
     waits forever for replies that never come (seen: a chapter's kernel and its client both idle).
-    Socket files named after each kernel's own connection file cannot collide.
+    Each kernel gets its socket files in a folder of its own (chapters share a working folder,
+    where the default relative socket names would collide too); the folder goes with the kernel.
     """
 
     transport = "ipc"
+
+    @default("ip")
+    def _own_socket_folder(self) -> str:
+        return str(Path(tempfile.mkdtemp(prefix="adpf-kernel-")) / "ipc")
+
+    def cleanup_resources(self, restart: bool = False) -> None:
+        super().cleanup_resources(restart=restart)
+        if not restart:
+            shutil.rmtree(Path(self.ip).parent, ignore_errors=True)
 
 
 #: Seconds one cell may run before its chapter fails (a hang becomes an error, not a stuck build).
@@ -243,7 +255,7 @@ def execute(path: Path, overrides: dict) -> float:
     out.unlink(missing_ok=True)
     start = time.perf_counter()
     papermill.execute_notebook(nb, str(out), parameters=params, kernel_name="python3",
-                               cwd=str(out.parent), progress_bar=False, execution_timeout=CELL_TIMEOUT,
+                               cwd=str(out.parent), progress_bar=False, execution_timeout=CELL_TIMEOUT, start_timeout=300,
                                kernel_manager_class=IPCKernelManager)
     seconds = time.perf_counter() - start
     # widgets need a live kernel: the page shows static figures, so drop the saved widget
