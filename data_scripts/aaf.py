@@ -19,23 +19,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from adpf.data.align import read_keypoints_49  # noqa: E402
 from adpf.data.readers import read_aaf  # noqa: E402
-from adpf.data.scripts_common import common_parser, measure, run  # noqa: E402
+from adpf.data.scripts_common import common_parser, run_and_measure  # noqa: E402
 
 
 def main(argv=None) -> int:
     parser = common_parser(__doc__, "aaf")
     parser.add_argument("--measure", action="store_true", help="report detection rate and eye error against keypoints/")
     args = parser.parse_args(argv)
-    frames = []
-    status = run(args, lambda root: frames.append(read_aaf(root)) or frames[-1], "AAF")
-    if status == 0 and args.measure:
-        df = frames[0].iloc[: args.limit] if args.limit else frames[0]
-        df = df[df["keypoints"] != ""]
-        if df.empty:
-            print("error: no keypoints/NNNNNAaa.txt beside the images to measure against", file=sys.stderr)
-            return 2
-        return measure(df["path"].tolist(), read_keypoints_49, df["keypoints"].tolist(), "aaf49")
-    return status
+    return run_and_measure(args, read_aaf, "AAF", "keypoints", read_keypoints_49, "aaf49", "keypoints/NNNNNAaa.txt")
 
 
 if __name__ == "__main__":

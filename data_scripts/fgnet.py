@@ -21,23 +21,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from adpf.data.readers import read_fgnet, read_pts  # noqa: E402
-from adpf.data.scripts_common import common_parser, measure, run  # noqa: E402
+from adpf.data.scripts_common import common_parser, run_and_measure  # noqa: E402
 
 
 def main(argv=None) -> int:
     parser = common_parser(__doc__, "fgnet")
     parser.add_argument("--measure", action="store_true", help="report detection rate and eye error against points/")
     args = parser.parse_args(argv)
-    frames = []
-    status = run(args, lambda root: frames.append(read_fgnet(root)) or frames[-1], "FG-NET")
-    if status == 0 and args.measure:
-        df = frames[0].iloc[: args.limit] if args.limit else frames[0]
-        df = df[df["pts"] != ""]
-        if df.empty:
-            print("error: no points/NNNaNN.pts beside the images to measure against", file=sys.stderr)
-            return 2
-        return measure(df["path"].tolist(), read_pts, df["pts"].tolist(), "fgnet68")
-    return status
+    return run_and_measure(args, read_fgnet, "FG-NET", "pts", read_pts, "fgnet68", "points/NNNaNN.pts")
 
 
 if __name__ == "__main__":

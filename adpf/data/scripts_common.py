@@ -213,6 +213,22 @@ def measure(paths: list[str], points: Callable[[str], np.ndarray], references: l
     return 0
 
 
+def run_and_measure(args: argparse.Namespace, read: Callable[[Path], pd.DataFrame], dataset: str,
+                    column: str, points: Callable[[str], np.ndarray], markup: Markup, missing: str) -> int:
+    """`run`, then with ``args.measure`` `measure` on the prepared photos whose reference file
+    (the reader's ``column``) exists; ``missing`` names the expected files when none does."""
+    frames = []
+    status = run(args, lambda root: frames.append(read(root)) or frames[-1], dataset)
+    if status != 0 or not args.measure:
+        return status
+    df = frames[0].iloc[: args.limit] if args.limit else frames[0]
+    df = df[df[column] != ""]
+    if df.empty:
+        print(f"error: no {missing} beside the images to measure against", file=sys.stderr)
+        return 2
+    return measure(df["path"].tolist(), points, df[column].tolist(), markup)
+
+
 def prepare_frame(df: pd.DataFrame, out: Path, dataset: str, size: int, align: bool, workers: int | None,
                   work_dir: Path, limit: int | None = None, overwrite: bool = False, progress: bool = True,
                   info: dict | None = None) -> tuple[Path, str]:
