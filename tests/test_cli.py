@@ -21,25 +21,14 @@ from adpf.cli import main
 from adpf.config import get_preset
 from adpf.data.prepared import write_prepared
 from adpf.networks import build_model, parameter_table
+from cli_env import TINY, tiny_env
 
-REPO = Path(__file__).resolve().parents[1]
 AAF = Path(__file__).resolve().parents[2] / "shared" / "data" / "aaf-wild-sample" / "images"
-TINY = ["--set", "image_size=16", "--set", "x_size=4", "--set", "stem_channels=[4,4,4]", "--set", "x_channels=6",
-        "--set", "heads=3", "--set", "key_channels=4", "--set", "value_channels=4", "--set", "ca_reduction=2",
-        "--set", "fusion_channels=[4,6,8]", "--set", "patch_size=8", "--set", "patch_channels=3",
-        "--set", "age_max=9"]
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cli")
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (60, 16, 16, 3), dtype=np.uint8)
-    meta = pd.DataFrame({"age": rng.integers(0, 10, 60).astype(float), "subject": np.arange(60) // 3})
-    data = write_prepared(root / "tiny", images, meta, name="tiny")
-    variables = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-                 "ADPF_CACHE_DIR": str(root / "cache"), "OMP_NUM_THREADS": "1", "PYTHONIOENCODING": "utf-8"}
-    return {"root": root, "data": data, "env": variables}
+    return tiny_env(tmp_path_factory.mktemp("cli"))
 
 
 def adpf(env, *args):

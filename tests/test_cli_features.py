@@ -25,12 +25,8 @@ from adpf.data.align import load_image, square_resize
 from adpf.data.prepared import write_prepared
 from adpf.losses import predict_age
 from adpf.photos import predict_photos
+from cli_env import REPO, TINY, tiny_env
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = ["--set", "image_size=16", "--set", "x_size=4", "--set", "stem_channels=[4,4,4]", "--set", "x_channels=6",
-        "--set", "heads=3", "--set", "key_channels=4", "--set", "value_channels=4", "--set", "ca_reduction=2",
-        "--set", "fusion_channels=[4,6,8]", "--set", "patch_size=8", "--set", "patch_channels=3",
-        "--set", "age_max=9"]
 QUICK = ["--recipe", "book", "--epochs", "1", "--batch-size", "8", "--no-progress"]
 
 
@@ -40,14 +36,7 @@ def command(*args):
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    root = tmp_path_factory.mktemp("features")
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (60, 16, 16, 3), dtype=np.uint8)
-    meta = pd.DataFrame({"age": rng.integers(0, 10, 60).astype(float), "subject": np.arange(60) // 3})
-    data = write_prepared(root / "tiny", images, meta, name="tiny", info={"aligned": False})
-    variables = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-                 "ADPF_CACHE_DIR": str(root / "cache"), "OMP_NUM_THREADS": "1", "PYTHONIOENCODING": "utf-8"}
-    return {"root": root, "data": data, "env": variables}
+    return tiny_env(tmp_path_factory.mktemp("features"), info={"aligned": False})
 
 
 def run_adpf(env, *args, timeout=300):
