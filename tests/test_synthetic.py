@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from adpf.data.synthetic import (REGION_AGES, REGION_NAMES, SyntheticFaceSpec, _box_of, _Canvas, _ellipse, _grid,
-                                 _image_frames, _warp_masks, iter_synthetic_faces, line_weights, make_synthetic_faces,
-                                 region_strength)
+from adpf.data.aging import REGION_AGES, REGION_NAMES, line_weights, region_strength
+from adpf.data.render import _box_of, _Canvas, _ellipse, _warp_masks, image_frames, make_grid
+from adpf.data.synthetic import SyntheticFaceSpec, iter_synthetic_faces, make_synthetic_faces
 
 _LINES = {"crows_feet": 5, "under_eye": 3, "forehead": 5, "nasolabial": 3}
 _CONTRAST = {"crows_feet": 0.40, "under_eye": 0.35, "forehead": 0.35, "nasolabial": 0.40}
@@ -184,7 +184,7 @@ def _ellipse_reference(size, cx, cy, rx, ry, mirrored):
 def test_shapes_drawn_in_their_boxes_match_the_whole_frame(size):
     """A shape computed only in its box (a symmetric one on the right half, then mirrored)
     equals the formula at every pixel: the box holds all of it, the mirror is exact."""
-    rng, g = np.random.default_rng(size), _grid(size)
+    rng, g = np.random.default_rng(size), make_grid(size)
     canvas = _Canvas(g, 1)
     for _ in range(4):
         (cx, cy), (rx, ry) = rng.uniform(-0.4, 0.4, 2), rng.uniform(0.03, 0.4, 2)
@@ -201,7 +201,7 @@ def test_shapes_drawn_in_their_boxes_match_the_whole_frame(size):
 def test_mirrored_painting_paints_every_pixel_once(size):
     """Painting half coverage over a box across the centre gives half the colour on both sides,
     the centre column of an odd size included (painted twice it would be 3/4)."""
-    g = _grid(size)
+    g = make_grid(size)
     canvas = _Canvas(g, 2)
     box = g.box(-0.5, 0.5, -0.5, 0.5, right=True)
     canvas.paint(box, (0.8, 0.4, 0.2), np.full((2, box.y.shape[0], box.x.shape[1]), 0.5, np.float32))
@@ -248,7 +248,7 @@ def test_light_carried_to_the_persons_frame_is_the_images_light():
     lighting gradient 1 + light·(x cos a + y sin a) where the pose puts that pixel (float64 loop)."""
     size, n = 24, 6
     params = make_synthetic_faces(n, size, seed=5).params
-    frames = _image_frames(_grid(size), {k: v.to_numpy() for k, v in params.items()})
+    frames = image_frames(make_grid(size), {k: v.to_numpy() for k, v in params.items()})
     for i in range(n):
         got = frames["light_y"][i] @ frames["light_x"][i]
         M, light, angle = frames["pose"][i], params["light"][i], params["light_angle"][i]
