@@ -26,18 +26,17 @@ Open choices made here (numbered as in ``book/open_choices.md``, "choice N"):
 Images enter as ``(B, 3, H, W)`` in [0, 1] and are mapped to [-1, 1] inside the model
 (fixed, no dataset statistics, so every dataset and the synthetic faces are treated alike).
 
-``python -m adpf.networks [--preset NAME]`` prints every variant's parameter counts.
+`parameter_table` counts every variant's parameters (printed by ``adpf info``).
 """
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from adpf.config import PRESETS, ADPFConfig, get_preset
+from adpf.config import ADPFConfig
 from adpf.patches import crop_patches, fixed_boxes, maps_to_boxes
 from adpf.rmhha import RMHHA, AttentionOutput
 
@@ -266,17 +265,3 @@ def parameter_table(config: ADPFConfig) -> list[tuple[str, int, int, int]]:
         rows.append((variant, attention, total - attention, total))
     return rows
 
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Parameter counts of every ADPF variant.")
-    parser.add_argument("--preset", choices=sorted(PRESETS), help="only this preset (default: all)")
-    args = parser.parse_args(argv)
-    for name in [args.preset] if args.preset else sorted(PRESETS):
-        print(f"preset {name}")
-        print(f"  {'variant':<16}{'AttentionNet':>14}{'FusionNet':>12}{'total':>12}")
-        for variant, attention, fusion, total in parameter_table(get_preset(name)):
-            print(f"  {variant:<16}{attention:>14,}{fusion:>12,}{total:>12,}")
-
-
-if __name__ == "__main__":
-    main()
