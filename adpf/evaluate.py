@@ -40,10 +40,6 @@ class Predictions:
         """predicted − true ``(N,)``."""
         return self.predicted - self.age
 
-    def to_frame(self) -> pd.DataFrame:
-        return pd.DataFrame({"index": self.index, "age": self.age, "predicted": self.predicted,
-                             "std": self.std, "error": self.errors})
-
 
 def model_device(model: nn.Module) -> torch.device:
     """The device of a model's first parameter (CPU for a model without parameters)."""

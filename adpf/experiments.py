@@ -218,17 +218,22 @@ def heads_table(data, split, recipe: Recipe | str = "cpu", heads: Iterable[int] 
                    attention=attention, record=record, kind="heads", command=command, progress=progress)
 
 
+def split_row(config: ADPFConfig, data: Prepared, split, recipe: Recipe | str, name: str, *,
+              use_cache: bool = True, progress: bool = True) -> dict:
+    """Train on one split of a protocol and test: ``name``, the split's train and test sizes and
+    `result_row`. Every protocol run makes its rows here (`run_protocol`, ``folds.run_folds``)."""
+    result = train(config, data, split, recipe, use_cache=use_cache, progress=progress)
+    indices = as_split(split, len(data))
+    return {"split": name, "train": len(indices["train"]), "test": len(indices["test"]), **result_row(result)}
+
+
 def run_protocol(config: ADPFConfig, data, splits: Sequence, recipe: Recipe | str = "cpu",
                  progress: bool = True) -> pd.DataFrame:
-    """Train and test on every split of a protocol (``adpf.data.protocols``): one row per split."""
+    """Train and test on every split of a protocol (``adpf.data.protocols``): one row per split
+    (`split_row`), nothing recorded; ``adpf protocol`` (``folds.run_folds``) records each and resumes."""
     data = data if isinstance(data, Prepared) else load_prepared(data)
-    rows = []
-    for i, split in enumerate(splits):
-        result = train(config, data, split, recipe, progress=progress)
-        indices = as_split(split, len(data))
-        rows.append({"split": getattr(split, "name", str(i)), "train": len(indices["train"]),
-                     "test": len(indices["test"]), **result_row(result)})
-    return pd.DataFrame(rows)
+    return pd.DataFrame([split_row(config, data, split, recipe, getattr(split, "name", str(i)), progress=progress)
+                         for i, split in enumerate(splits)])
 
 
 def mean_std(table: pd.DataFrame, columns: Sequence[str] = ("mae", "cs5")) -> pd.DataFrame:

@@ -11,8 +11,9 @@ morph-setting3     MORPH II Setting III: White subjects (``images`` of them), ``
 cacd               CACD: train on the 1,800 celebrities (``cacd_train="val"``: on the 120), test on the 80
 =================  ===========================================================================
 
-The splits are those of ``adpf.data.protocols``; each fold trains through ``train.train`` (so a
-fold trained before, here or elsewhere, is loaded from the cache). The record ``OUT/protocol.json``
+The splits are those of ``adpf.data.protocols``; each fold is trained and tested by
+``experiments.split_row`` (through ``train.train``, so a fold trained before, here or elsewhere,
+is loaded from the cache), as ``experiments.run_protocol`` does unrecorded. The record ``OUT/protocol.json``
 holds what the folds' results depend on (``identity``: the protocol and its options, the data's
 content hash, the config, the recipe's learning fields, the code version, a hash of every split)
 and one row per finished fold. A rerun with the same identity skips the recorded folds; a record
@@ -34,8 +35,8 @@ from adpf.config import ADPFConfig
 from adpf.data.prepared import Prepared
 from adpf.data.protocols import (Split, cacd_split, leave_one_person_out, morph_setting1, morph_setting2,
                                  morph_setting3)
-from adpf.experiments import result_row
-from adpf.train import SPEED_FIELDS, Recipe, as_split, train
+from adpf.experiments import split_row
+from adpf.train import SPEED_FIELDS, Recipe
 
 RECORD_FORMAT = "adpf-protocol"
 RECORD_VERSION = 1
@@ -128,10 +129,8 @@ def run_folds(name: str, config: ADPFConfig, data: Prepared, recipe: Recipe, out
     with tqdm(total=len(splits), initial=len(done), desc=name, unit="fold", disable=progress,
               dynamic_ncols=True) as bar:
         for split in todo:
-            result = train(config, data, split, recipe, use_cache=use_cache, progress=train_progress)
-            indices = as_split(split, len(data))
-            record["folds"].append({"split": split.name, "train": len(indices["train"]),
-                                    "test": len(indices["test"]), **result_row(result), "finished": _now()})
+            row = split_row(config, data, split, recipe, split.name, use_cache=use_cache, progress=train_progress)
+            record["folds"].append({**row, "finished": _now()})
             write_json(path, record)
             bar.update()
     record["finished"] = _now() if len(record["folds"]) == len(splits) else None
