@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from adpf.data.align import align_faces, load_image, square_resize
+from adpf.data.prepared import images_to_tensor
 from adpf.evaluate import model_device, ranked_boxes
 from adpf.losses import predict_age
 
@@ -155,7 +156,7 @@ def predict_photos(model: nn.Module, paths: Sequence[str | Path], alignment: str
         nonlocal kept
         faces = [row for row in pending if row.image is not None]
         if faces:
-            x = torch.from_numpy(np.stack([r.image for r in faces])).permute(0, 3, 1, 2).float().div_(255)
+            x = images_to_tensor(np.stack([r.image for r in faces]))
             out = model(x.to(device))
             logits = out.logits.float()
             finite = torch.isfinite(logits).all(dim=-1)

@@ -1,8 +1,9 @@
 """The book's figures in one style: a seaborn theme, one colour per head, and a few face plots.
 
-Images are accepted as torch tensors ``(3, H, W)`` in [0, 1] (the library's contract) or as
-numpy arrays ``(H, W, 3)`` / ``(H, W)``; maps as ``(h, w)`` tensors or arrays of any size (they
-are stretched over the face they are drawn on).
+Images are accepted as torch tensors ``(3, H, W)`` in [0, 1] (the library's contract), as
+uint8 numpy arrays ``(H, W, 3)``, or as float numpy arrays ``(H, W, 3)`` / ``(H, W)`` in [0, 1];
+maps as ``(h, w)`` tensors or arrays of any size (they are stretched over the face they are
+drawn on).
 """
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import FancyArrowPatch, Rectangle
+
+from adpf.data.prepared import images_to_tensor
 
 PALETTE = "colorblind"
 # the colorblind palette reordered so the first five (the paper's five heads) are far apart
@@ -38,14 +41,15 @@ def head_color(k: int) -> tuple[float, float, float]:
 
 
 def as_image(image) -> np.ndarray:
-    """``(H, W, 3)`` or ``(H, W)`` float array in [0, 1] from a tensor ``(3, H, W)`` or an array."""
+    """``(H, W, 3)`` or ``(H, W)`` float array in [0, 1] from a tensor ``(3, H, W)``, a uint8
+    array ``(H, W, 3)`` (read by `images_to_tensor`) or a float array ``(H, W[, 3])``."""
+    if isinstance(image, np.ndarray) and image.dtype == np.uint8:
+        image = images_to_tensor(image)
     if isinstance(image, torch.Tensor):
         image = image.detach().cpu().float().numpy()
         if image.ndim == 3 and image.shape[0] in (1, 3):
             image = image.transpose(1, 2, 0)
     image = np.asarray(image)
-    if image.dtype == np.uint8:
-        image = image / 255.0
     if image.ndim == 3 and image.shape[-1] == 1:
         image = image[..., 0]
     if image.ndim not in (2, 3):

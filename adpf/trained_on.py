@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from adpf.data.prepared import Prepared, PreparedFormatError, load_prepared
+from adpf.data.prepared import Prepared, PreparedFormatError, images_to_tensor, load_prepared
 
 #: The data and split options of ``adpf train``/``adpf evaluate`` and their built-in defaults.
 DATA_DEFAULTS = {"data": "synthetic", "synthetic_n": 10_000, "test": 0.2, "val": 0.1, "split_seed": 0, "fold": None}
@@ -109,7 +109,7 @@ def sample_faces(trained: dict | None, count: int, image_size: int, seed: int = 
         data = None
     if data is not None and data.image_size == image_size:
         rows = np.unique(np.linspace(0, len(data) - 1, count).round().astype(int))
-        faces = torch.from_numpy(np.array(data.images[rows])).permute(0, 3, 1, 2).float().div(255)
+        faces = images_to_tensor(data.images[rows])
         return faces, f"faces of {data.root}"
     noise = torch.rand(count, 3, image_size, image_size, generator=torch.Generator().manual_seed(seed))
     return noise, "noise images (the training faces are not here)"

@@ -58,6 +58,7 @@ from torch.utils.flop_counter import (FlopCounterMode, flop_registry, register_f
                                       sdpa_backward_flop_count, sdpa_flop_count)
 
 from adpf.config import PRESETS, ADPFConfig, get_preset  # noqa: E402
+from adpf.data.prepared import images_to_tensor  # noqa: E402
 from adpf.data.synthetic import make_synthetic_faces  # noqa: E402
 from adpf.networks import build_model  # noqa: E402
 from adpf.train import Stage, stage_loss, trained_parameters  # noqa: E402
@@ -232,7 +233,7 @@ def case_config(preset: str, case: str, tiny: bool) -> ADPFConfig:
 def sample_batch(config: ADPFConfig, batch_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Synthetic faces ``(B, 3, S, S)`` in [0, 1] and their ages: real content, so boxes come from real maps."""
     faces = make_synthetic_faces(batch_size, config.image_size, seed=0)
-    images = torch.from_numpy(faces.images).permute(0, 3, 1, 2).float().div(255)
+    images = images_to_tensor(faces.images)
     ages = torch.tensor(faces.params["age"].to_numpy(), dtype=torch.float32)
     return images.to(device), ages.to(device)
 
@@ -316,7 +317,7 @@ def aligned_photo(image_size: int) -> tuple[Callable[[], torch.Tensor], str | No
 
     def align() -> torch.Tensor:
         face = align_face(photo, image_size).image
-        return torch.from_numpy(face).permute(2, 0, 1)[None].float().div(255)
+        return images_to_tensor(face)[None]
 
     return align, None
 

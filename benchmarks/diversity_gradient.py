@@ -25,6 +25,7 @@ import time
 import torch
 
 from adpf.config import get_preset
+from adpf.data.prepared import images_to_tensor
 from adpf.data.synthetic import make_synthetic_faces
 from adpf.evaluate import head_overlap
 from adpf.losses import age_estimation_loss, diversity_loss, normalize_maps, unit_maps
@@ -49,7 +50,7 @@ def measure(preset: str, seeds: int, batches: int, batch_size: int) -> dict[str,
     out = {name: [] for name in SCALINGS} | {f"L_div {name}": [] for name in SCALINGS} | {"L_AE": [], "overlap": []}
     for b in range(batches):
         faces = make_synthetic_faces(batch_size, config.image_size, seed=1000 + b)
-        images = torch.from_numpy(faces.images).permute(0, 3, 1, 2).float() / 255
+        images = images_to_tensor(faces.images)
         ages = torch.from_numpy(faces.ages).float()
         for seed in range(seeds):
             torch.manual_seed(seed)

@@ -1,6 +1,7 @@
 """The prepared on-disk format, PreparedFaces and the paper's augmentation."""
 import json
 import pickle
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -9,7 +10,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from adpf.data.prepared import (PreparedFaces, PreparedFormatError, PreparedWriter, default_dataset,
-                                load_prepared, pad_crop_flip, write_prepared, write_synthetic_prepared)
+                                images_to_tensor, load_prepared, pad_crop_flip, write_prepared,
+                                write_synthetic_prepared)
 from adpf.data.synthetic import REGION_NAMES, make_synthetic_faces
 
 
@@ -197,3 +199,24 @@ def test_drawing_shows_a_bar_only_on_a_terminal(tmp_path, monkeypatch):
         monkeypatch.setattr(sys, "stderr", err)
         write_synthetic_prepared(tmp_path / f"s{progress}{terminal}", 6, 16, progress=progress)
         assert ("drawing faces" in err.getvalue() and "6/6" in err.getvalue()) is shown, (progress, terminal)
+
+
+def test_images_to_tensor_is_bytes_over_255_channel_first(tmp_path):
+    images = np.random.default_rng(4).integers(0, 256, (5, 6, 7, 3), dtype=np.uint8)
+    images[0, 0, 0] = (0, 128, 255)
+    expected = np.moveaxis(images.astype(np.float64) / 255, -1, -3).astype(np.float32)  # (5, 3, 6, 7)
+    batch = images_to_tensor(images)
+    assert batch.dtype == torch.float32 and batch.shape == (5, 3, 6, 7)
+    assert torch.equal(batch, torch.from_numpy(expected))  # bit for bit: v / 255 rounded once to float32
+    assert batch[0, :, 0, 0].tolist() == [0.0, np.float32(128 / 255), 1.0]
+    one = images_to_tensor(images[2])
+    assert one.shape == (3, 6, 7) and torch.equal(one, torch.from_numpy(expected[2]))
+    np.save(tmp_path / "faces.npy", images)
+    mapped = np.load(tmp_path / "faces.npy", mmap_mode="r")  # read-only: copied, no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert torch.equal(images_to_tensor(mapped[1]), one.new_tensor(expected[1]))
+    for bad in (images.astype(np.float32), images[..., :2], images[0, :, :, 0], torch.from_numpy(images)):
+        with pytest.raises(ValueError, match=r"images_to_tensor expects a uint8 numpy array \(H, W, 3\) or "
+                                             r"\(N, H, W, 3\), got"):
+            images_to_tensor(bad)

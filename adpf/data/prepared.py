@@ -304,6 +304,25 @@ def _load_array(path: Path, dtype, shape: tuple[int, ...]) -> np.ndarray:
 
 # --------------------------------------------------------------------------- torch dataset
 
+def images_to_tensor(images: np.ndarray) -> torch.Tensor:
+    """Faces as the models take them: uint8 ``(H, W, 3)`` → float32 ``(3, H, W)`` in [0, 1], or
+    uint8 ``(N, H, W, 3)`` → float32 ``(N, 3, H, W)``; each byte v becomes v / 255.
+
+    The one conversion from stored or aligned pixels to the library's image contract (the
+    dataset item, ``adpf predict``, the book). A read-only array (a memory map) is copied first;
+    the result is a channel-first view of channel-last memory, as the dataset item has always been.
+    """
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim not in (3, 4) \
+            or images.shape[-1] != 3:
+        shape = tuple(images.shape) if hasattr(images, "shape") else type(images).__name__
+        dtype = getattr(images, "dtype", None)
+        raise ValueError(f"images_to_tensor expects a uint8 numpy array (H, W, 3) or (N, H, W, 3), "
+                         f"got {shape} of dtype {dtype}")
+    array = images if images.flags.writeable else np.array(images)
+    dims = (2, 0, 1) if images.ndim == 3 else (0, 3, 1, 2)
+    return torch.from_numpy(array).permute(*dims).float().div_(255)
+
+
 def pad_crop_flip(image: torch.Tensor, masks: torch.Tensor | None, pad: int,
                   generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The paper's augmentation: zero-pad by ``pad`` pixels, crop a random window of the
@@ -362,7 +381,7 @@ class PreparedFaces(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         j = int(self.indices[i])
-        image = torch.from_numpy(np.array(self.data.images[j])).permute(2, 0, 1).float().div_(255)
+        image = images_to_tensor(self.data.images[j])
         masks = None if self.data.masks is None else torch.from_numpy(np.array(self.data.masks[j]))
         if self.augment:
             image, masks = pad_crop_flip(image, masks, self.pad)
