@@ -98,6 +98,18 @@ def cs_curve(errors: np.ndarray, v_max: int = 10) -> np.ndarray:
     return (errors[None, :] <= v[:, None]).mean(axis=1)
 
 
+def constant_baseline(train_ages: np.ndarray, ages: np.ndarray) -> np.ndarray:
+    """The errors ``(N,)`` (predicted − true) of always answering the mean training age.
+
+    The estimator that ignores the face, the floor every model must beat: ``mean(train_ages) −
+    ages``, float64. train_ages ``(M,)``, ages ``(N,)``; ``mae``/``cs_curve`` score it like a model.
+    """
+    train_ages = np.asarray(train_ages, dtype=np.float64)
+    if train_ages.size == 0:
+        raise ValueError("constant_baseline needs at least one training age")
+    return float(train_ages.mean()) - np.asarray(ages, dtype=np.float64)
+
+
 #: The age bands ``adpf evaluate`` reports: (name, first age, end age), an age a in [first, end).
 #: Children up to 12, teenagers, then decades, and everyone from 60 on in one band (the paper
 #: reports no bands; these follow the groups age-estimation users ask about).
@@ -211,6 +223,25 @@ def ranked_boxes(attention: AttentionOutput, config) -> Tensor:
     """
     return maps_to_boxes(attention.ranked, config.image_size,
                          config.patch_threshold, config.patch_min_frac, config.patch_max_frac)
+
+
+def box_coverage(boxes: Tensor, regions: Tensor) -> dict[str, int]:
+    """How boxes ``(B, n, 4)`` (x0, y0, x1, y1, x1/y1 exclusive) lie on true regions ``(B, H, W)`` bool.
+
+    Pixel counts over the batch: ``covered`` (region pixels inside at least one box),
+    ``regions`` (region pixels) and ``boxes`` (pixels inside at least one box; overlapping boxes
+    count once). Recall is covered / regions, precision covered / boxes; the counts of several
+    batches add up. For the synthetic faces pass ``masks.any(dim=1)``, the union of the age regions.
+    """
+    if boxes.dim() != 3 or boxes.shape[-1] != 4 or regions.dim() != 3 or len(boxes) != len(regions):
+        raise ValueError(f"box_coverage expects boxes (B, n, 4) and regions (B, H, W), "
+                         f"got {tuple(boxes.shape)} and {tuple(regions.shape)}")
+    ys = torch.arange(regions.shape[1], device=boxes.device)[:, None]
+    xs = torch.arange(regions.shape[2], device=boxes.device)[None, :]
+    x0, y0, x1, y1 = (c[..., None, None] for c in boxes.unbind(dim=-1))  # (B, n, 1, 1) each
+    inside = ((ys >= y0) & (ys < y1) & (xs >= x0) & (xs < x1)).any(dim=1)  # (B, H, W)
+    regions = regions.to(device=inside.device, dtype=torch.bool)
+    return {"covered": int((inside & regions).sum()), "regions": int(regions.sum()), "boxes": int(inside.sum())}
 
 
 def head_similarity(maps: Tensor) -> Tensor:

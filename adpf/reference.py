@@ -1,9 +1,11 @@
 """Plain float64 loop references of ADPF's equations, one short function per equation.
 
 Each function computes its equation literally, one pixel, channel, head or class at a time, in
-Python floats, from the tensors it is given. Nothing here calls the library's implementation
-(``adpf.attention``, ``adpf.rmhha``, ``adpf.losses``): modules passed in are only read for their
-parameter tensors. The book's chapters and the tests check the library against these
+Python floats, from the tensors it is given; beside the equations, the rules the paper leaves
+open that the library fixes (the maps the losses read, the ranking, maps → boxes → patches).
+Nothing here calls the library's implementation (``adpf.attention``, ``adpf.rmhha``,
+``adpf.losses``, ``adpf.patches``, ``adpf.evaluate``): modules passed in are only read for
+their parameter tensors. The book's chapters and the tests check the library against these
 functions. They are slow on purpose; give them small inputs.
 
 Conventions: the pixels of an h×w map are flattened row-major, i = i_y · w + i_x. Inputs are
@@ -12,6 +14,7 @@ floats for the scalar losses.
 """
 from __future__ import annotations
 
+import collections
 import math
 
 import torch
@@ -166,6 +169,63 @@ def rmhha(heads, scales, x) -> tuple[Tensor, Tensor]:
     return torch.stack(maps), torch.stack(scaled)
 
 
+def ranked_maps(maps, scales, rank_by: str = "value") -> tuple[list[int], Tensor]:
+    """The ranking of Eq. 6: head order by a_k (``"value"``) or |a_k| (``"abs"``), largest first,
+    ties in head order; and the ranked maps M_r = HA_{order[r]} · sign(a_{order[r]}).
+
+    maps: HA ``(B, n, h, w)`` in head order; scales: a ``(n,)``. Returns the order (n head
+    indices) and M ``(B, n, h, w)``.
+    """
+    scales = _floats(scales)
+    key = [abs(a) for a in scales] if rank_by == "abs" else scales
+    order = sorted(range(len(scales)), key=lambda k: -key[k])  # sorted() is stable: ties keep head order
+    sign = [(a > 0) - (a < 0) for a in scales]
+    return order, _tensor([[[[sign[k] * v for v in row] for row in image[k]] for k in order]
+                           for image in _floats(maps)])
+
+
+def normalize_maps(maps) -> Tensor:
+    """Each map shifted to a minimum of zero and divided by its sum (a flat map: uniform) ``(B, n, h, w)``."""
+    out = []
+    for image in _floats(maps):
+        heads = []
+        for m in image:
+            low = min(min(row) for row in m)
+            total = sum(v - low for row in m for v in row)
+            size = len(m) * len(m[0])
+            heads.append([[(v - low) / total if total > 0 else 1 / size for v in row] for row in m])
+        out.append(heads)
+    return _tensor(out)
+
+
+def unit_maps(maps) -> Tensor:
+    """The maps Eq. 7 reads: each shifted to a minimum of zero and scaled to unit L2 norm ``(B, n, h, w)``.
+
+    A flat map (no contrast) becomes the uniform unit map 1/√(h·w).
+    """
+    out = []
+    for image in _floats(maps):
+        heads = []
+        for m in image:
+            low = min(min(row) for row in m)
+            norm = math.sqrt(sum((v - low) ** 2 for row in m for v in row))
+            size = len(m) * len(m[0])
+            heads.append([[(v - low) / norm if norm > 0 else size ** -0.5 for v in row] for row in m])
+        out.append(heads)
+    return _tensor(out)
+
+
+def head_similarity(maps) -> Tensor:
+    """The cosine of every pair of heads' shifted maps, the mean over the batch ``(n, n)``.
+
+    maps ``(B, n, h, w)``; entry (n1, n2) is Σ_{h,w} U_n1 · U_n2 of the ``unit_maps`` U.
+    """
+    units = _floats(unit_maps(maps))
+    n = len(units[0])
+    return _tensor([[sum(sum(_dot(ra, rb) for ra, rb in zip(image[n1], image[n2])) for image in units) / len(units)
+                     for n2 in range(n)] for n1 in range(n)])
+
+
 def diversity_loss(maps) -> float:
     """Eq. 7: Σ_{n1≠n2} Σ_{h,w} HA_n1(h, w) · HA_n2(h, w), every ordered pair; the mean over the batch.
 
@@ -197,6 +257,15 @@ def age_distribution(logits, mode: str = "as_written") -> Tensor:
 def expected_age(probs, ages) -> Tensor:
     """Eq. 10: E = Σ_p o'_p · g_p. probs ``(B, q)``, ages g ``(q,)`` → ``(B,)``."""
     return _tensor([_dot(p, _floats(ages)) for p in _floats(probs)])
+
+
+def age_std(probs, ages) -> Tensor:
+    """The standard deviation of the distribution of Eq. 9–10: √(Σ_p o'_p (g_p − E)²). probs ``(B, q)``, ages ``(q,)`` → ``(B,)``."""
+    g, out = _floats(ages), []
+    for p in _floats(probs):
+        mean = _dot(p, g)
+        out.append(math.sqrt(sum(pp * (gp - mean) ** 2 for pp, gp in zip(p, g))))
+    return _tensor(out)
 
 
 def mae_loss(predicted, target) -> float:
@@ -259,3 +328,94 @@ def cumulative_score(errors, v_max: int) -> Tensor:
     """
     errors = _floats(errors)
     return _tensor([sum(abs(e) <= v for e in errors) / len(errors) for v in range(v_max + 1)])
+
+
+def bilinear_resize(m, size: int) -> Tensor:
+    """Step 1 of the box rule: a map ``(h, w)`` resized bilinearly to ``(size, size)``.
+
+    Half-pixel centres (output pixel y reads the input at s = (y + ½) · h / size − ½), clamped
+    to the border, between its two neighbours in each direction.
+    """
+    m = _floats(m)
+    h, w = len(m), len(m[0])
+
+    def source(i, n_in):
+        s = min(max((i + 0.5) * n_in / size - 0.5, 0.0), n_in - 1.0)
+        i0 = int(s)
+        return i0, min(i0 + 1, n_in - 1), s - i0
+
+    out = []
+    for y in range(size):
+        y0, y1, ty = source(y, h)
+        row = []
+        for x in range(size):
+            x0, x1, tx = source(x, w)
+            top = m[y0][x0] * (1 - tx) + m[y0][x1] * tx
+            bottom = m[y1][x0] * (1 - tx) + m[y1][x1] * tx
+            row.append(top * (1 - ty) + bottom * ty)
+        out.append(row)
+    return _tensor(out)
+
+
+def map_box(m, size: int, min_frac: float, max_frac: float, threshold: float | str = "mean") -> list[int]:
+    """The box ``[x0, y0, x1, y1]`` (x1, y1 exclusive) of one finite map ``(h, w)``: steps 1–4 of the rule.
+
+    1. resize (``bilinear_resize``) and min-max normalise; 2. keep the pixels at or above
+    ``threshold`` (``"mean"``: the normalised map's mean); 3. a breadth-first search from the
+    peak (the first maximum, row-major) over the 8 neighbours kept; 4. a square of side
+    max(width, height) clamped to [min_frac, max_frac] · size, centred on the region, moved
+    just enough to hold the peak and stay inside the image. A flat map (spread at most 1e-5 of
+    its largest magnitude) gets the largest square, centred.
+    """
+    up = _floats(bilinear_resize(m, size))
+    values = [v for row in up for v in row]
+    lo, hi = min(values), max(values)
+    if hi - lo <= 1e-5 * max(abs(hi), abs(lo)):  # flat
+        inside = [[True] * size for _ in range(size)]
+        py = px = size // 2
+    else:
+        norm = [[(v - lo) / (hi - lo) for v in row] for row in up]
+        level = sum(v for row in norm for v in row) / size ** 2 if threshold == "mean" else float(threshold)
+        inside = [[v >= level for v in row] for row in norm]
+        best = max(v for row in norm for v in row)
+        py, px = next((y, x) for y in range(size) for x in range(size) if norm[y][x] == best)
+    seen, queue = {(py, px)}, collections.deque([(py, px)])
+    while queue:
+        y, x = queue.popleft()
+        for dy in (-1, 0, 1):
+            for dx in (-1, 0, 1):
+                q = (y + dy, x + dx)
+                if 0 <= q[0] < size and 0 <= q[1] < size and q not in seen and inside[q[0]][q[1]]:
+                    seen.add(q)
+                    queue.append(q)
+    ys, xs = [p[0] for p in seen], [p[1] for p in seen]
+    min_side = max(1, round(min_frac * size))
+    max_side = max(min_side, round(max_frac * size))
+    side = min(max(max(max(xs) + 1 - min(xs), max(ys) + 1 - min(ys)), min_side), max_side)
+
+    def place(lo, hi, p):
+        start = (lo + hi - side) // 2
+        start = min(max(start, p - side + 1), p)
+        return min(max(start, 0), size - side)
+
+    x0, y0 = place(min(xs), max(xs) + 1, px), place(min(ys), max(ys) + 1, py)
+    return [x0, y0, x0 + side, y0 + side]
+
+
+def crop_patch(image, box, p: int) -> Tensor:
+    """One patch ``(C, p, p)`` of an image ``(C, H, W)``: sample (i, j) read bilinearly at
+    x = x0 + (j + ½)(x1 − x0)/p − ½, y = y0 + (i + ½)(y1 − y0)/p − ½, clamped to the image."""
+    img = _floats(image)
+    c, h, w = len(img), len(img[0]), len(img[0][0])
+    x0, y0, x1, y1 = _floats(box)
+
+    def at(ch, y, x):
+        y, x = min(max(y, 0.0), h - 1.0), min(max(x, 0.0), w - 1.0)
+        ya, xa = int(y), int(x)
+        yb, xb = min(ya + 1, h - 1), min(xa + 1, w - 1)
+        ty, tx = y - ya, x - xa
+        top = img[ch][ya][xa] * (1 - tx) + img[ch][ya][xb] * tx
+        return top * (1 - ty) + (img[ch][yb][xa] * (1 - tx) + img[ch][yb][xb] * tx) * ty
+
+    return _tensor([[[at(ch, y0 + (i + 0.5) * (y1 - y0) / p - 0.5, x0 + (j + 0.5) * (x1 - x0) / p - 0.5)
+                      for j in range(p)] for i in range(p)] for ch in range(c)])

@@ -1,16 +1,16 @@
 """MAE, CS(v), per-decade errors, predictions from the age distribution, and the attention diagnostics,
-each against a plain float64 loop."""
-import math
-
+each against a plain float64 loop (those of adpf.reference where the loop is an equation's)."""
 import numpy as np
 import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from adpf import reference
 from adpf.config import get_preset
-from adpf.evaluate import (age_group_errors, attention_maps, attention_report, calibration, cs_curve, head_overlap,
-                           head_similarity, mae, mask_share, predict, ranked_boxes, summarize)
+from adpf.evaluate import (age_group_errors, attention_maps, attention_report, box_coverage, calibration,
+                           constant_baseline, cs_curve, head_overlap, head_similarity, mae, mask_share, predict,
+                           ranked_boxes, summarize)
 from adpf.networks import ModelOutput, build_model
 
 TINY = dict(image_size=16, x_size=4, stem_channels=(4, 4, 4), x_channels=6, heads=3, key_channels=4,
@@ -24,11 +24,10 @@ def tiny(**changes):
 def test_mae_and_cs_curve_match_loops():
     rng = np.random.default_rng(0)
     errors = rng.normal(0, 4, size=57).round(1)
-    assert mae(errors) == pytest.approx(sum(abs(e) for e in errors) / len(errors), abs=1e-12)
+    assert mae(errors) == pytest.approx(reference.mae_loss(errors, np.zeros(57)), abs=1e-12)
     cs = cs_curve(errors, v_max=12)
     assert cs.shape == (13,)
-    for v in range(13):
-        assert cs[v] == pytest.approx(sum(abs(e) <= v for e in errors) / len(errors))
+    assert np.allclose(cs, reference.cumulative_score(errors, 12).numpy(), rtol=0, atol=1e-15)
     assert cs_curve(np.array([0.0, 1.0, -1.0, 2.5]), 3).tolist() == [0.25, 0.75, 0.75, 1.0]
     with pytest.raises(ValueError, match="empty"):
         mae(np.array([]))
@@ -111,13 +110,11 @@ def test_predict_reads_the_distribution_like_a_float64_loop():
     items = [{"image": torch.full((3, 16, 16), float(i)), "age": torch.tensor(float(i % 7)),
               "index": torch.tensor(100 + i)} for i in range(9)]
     result = predict(FixedLogits(logits.float(), config), DataLoader(items, batch_size=4))
+    classes = [config.age_min + k for k in range(q)]
+    probs = reference.age_distribution(logits, config.eq9)
+    assert np.allclose(result.predicted, reference.expected_age(probs, classes).numpy(), rtol=0, atol=1e-4)
+    assert np.allclose(result.std, reference.age_std(probs, classes).numpy(), rtol=0, atol=1e-4)
     for i in range(9):
-        exp = [math.exp(v) for v in logits[i].tolist()]
-        probs = [e / sum(exp) for e in exp]
-        mean = sum(p * (config.age_min + k) for k, p in enumerate(probs))
-        var = sum(p * (config.age_min + k - mean) ** 2 for k, p in enumerate(probs))
-        assert result.predicted[i] == pytest.approx(mean, abs=1e-4)
-        assert result.std[i] == pytest.approx(math.sqrt(var), abs=1e-4)
         assert result.age[i] == i % 7 and result.index[i] == 100 + i
     assert np.allclose(result.errors, result.predicted - result.age)
     metrics = summarize(result)
@@ -139,12 +136,7 @@ def test_a_one_hot_distribution_predicts_its_class_with_no_uncertainty():
 def test_head_similarity_is_the_cosine_of_shifted_maps():
     maps = torch.randn(3, 4, 5, 6, dtype=torch.float64)
     sim = head_similarity(maps)
-    ref = np.zeros((4, 4))
-    for b in range(3):
-        shifted = [maps[b, k].flatten().numpy() - maps[b, k].min().item() for k in range(4)]
-        for i in range(4):
-            for j in range(4):
-                ref[i, j] += shifted[i] @ shifted[j] / np.linalg.norm(shifted[i]) / np.linalg.norm(shifted[j]) / 3
+    ref = reference.head_similarity(maps).numpy()
     assert np.allclose(sim.numpy(), ref, atol=1e-5)
     off = [ref[i, j] for i in range(4) for j in range(4) if i != j]
     assert head_overlap(maps) == pytest.approx(sum(off) / len(off), abs=1e-5)
@@ -164,12 +156,12 @@ def test_mask_share_matches_a_loop_at_the_mask_size():
     maps = torch.randn(2, 3, 8, 8, dtype=torch.float64)
     masks = torch.rand(2, 2, 8, 8) > 0.6
     share = mask_share(maps, masks)
+    normalized = reference.normalize_maps(maps)
     for b in range(2):
         for k in range(3):
-            m = maps[b, k] - maps[b, k].min()
-            m = m / m.sum()
             for r in range(2):
-                assert share[b, k, r].item() == pytest.approx(m[masks[b, r]].sum().item(), abs=1e-5)
+                inside = sum(normalized[b, k, y, x].item() for y in range(8) for x in range(8) if masks[b, r, y, x])
+                assert share[b, k, r].item() == pytest.approx(inside, abs=1e-5)
 
 
 def test_mask_share_of_a_spread_map_is_the_area_and_of_a_focused_map_one():
@@ -215,3 +207,34 @@ def test_attention_report_on_a_model():
     assert report["region_area"] == pytest.approx(union.float().mean().item())
     with pytest.raises(ValueError, match="no attention maps"):
         attention_report(build_model(tiny(variant="plain_cnn")), DataLoader(items))
+
+
+def test_constant_baseline_always_answers_the_mean_training_age():
+    train = np.array([20.0, 31.0, 45.0, 60.0])  # mean 39
+    errors = constant_baseline(train, np.array([39.0, 10.0, 70.5]))
+    assert errors.dtype == np.float64 and errors.tolist() == [0.0, 29.0, -31.5]
+    assert mae(errors) == pytest.approx((0 + 29 + 31.5) / 3)
+    with pytest.raises(ValueError, match="at least one training age"):
+        constant_baseline(np.array([]), np.array([1.0]))
+
+
+def test_box_coverage_counts_pixels_like_a_loop():
+    rng = np.random.default_rng(3)
+    regions = torch.from_numpy(rng.random((3, 12, 12)) > 0.5)
+    x0, y0 = rng.integers(0, 8, size=(2, 3, 4))
+    sides = rng.integers(1, 5, size=(3, 4))
+    boxes = torch.from_numpy(np.stack([x0, y0, x0 + sides, y0 + sides], axis=-1))  # (3, 4, 4), some overlapping
+    got = box_coverage(boxes, regions)
+    counts = {"covered": 0, "regions": 0, "boxes": 0}
+    for b in range(3):
+        for y in range(12):
+            for x in range(12):
+                inside = any(bx0 <= x < bx1 and by0 <= y < by1 for bx0, by0, bx1, by1 in boxes[b].tolist())
+                counts["covered"] += inside and bool(regions[b, y, x])
+                counts["regions"] += bool(regions[b, y, x])
+                counts["boxes"] += inside
+    assert got == counts
+    full = torch.tensor([[[0, 0, 12, 12]]] * 3)
+    assert box_coverage(full, regions) == {"covered": counts["regions"], "regions": counts["regions"], "boxes": 3 * 144}
+    with pytest.raises(ValueError, match="boxes \\(B, n, 4\\)"):
+        box_coverage(boxes[0], regions)

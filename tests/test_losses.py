@@ -1,10 +1,12 @@
-"""Eq. 7 and Eq. 9–14 against plain loops and hand-made distributions."""
+"""Eq. 7 and Eq. 9–14 against the float64 loops of adpf.reference and hand-made distributions."""
 import math
 
 import pytest
 import torch
 
+from adpf import reference
 from adpf.config import get_preset
+from adpf.data.prepared import images_to_tensor
 from adpf.losses import (NonFiniteOutputError, age_classes, age_distribution, age_estimation_loss, age_std,
                          attention_net_loss, diversity_loss, expected_age,
                          gaussian_label_distribution, kl_loss, log_age_distribution, mae_loss,
@@ -16,15 +18,7 @@ D = torch.float64
 def test_diversity_loss_matches_double_sum_over_head_pairs():
     torch.manual_seed(0)
     maps = torch.randn(3, 4, 5, 6, dtype=D)
-    ref = 0.0
-    for b in range(3):
-        for n1 in range(4):
-            for n2 in range(4):
-                if n1 != n2:
-                    for y in range(5):
-                        for x in range(6):
-                            ref += maps[b, n1, y, x].item() * maps[b, n2, y, x].item()
-    assert diversity_loss(maps).item() == pytest.approx(ref / 3, rel=1e-12)
+    assert diversity_loss(maps).item() == pytest.approx(reference.diversity_loss(maps), rel=1e-12)
 
 
 def test_diversity_loss_is_zero_for_disjoint_maps_and_positive_for_overlap():
@@ -42,36 +36,41 @@ def test_normalize_maps():
     got = normalize_maps(maps)
     torch.testing.assert_close(got[0, 0], torch.tensor([[0.0, 1.0], [0.0, 0.0]], dtype=D))
     torch.testing.assert_close(got[0, 1], torch.full((2, 2), 0.25, dtype=D))  # flat -> uniform
+    torch.testing.assert_close(got, reference.normalize_maps(maps), rtol=1e-12, atol=0)
+    generic = torch.randn(3, 4, 5, 6, dtype=D, generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(normalize_maps(generic), reference.normalize_maps(generic), rtol=1e-12, atol=1e-15)
     # invariant to scaling up and shifting; sign flips change it
     torch.testing.assert_close(normalize_maps(5 * maps + 3), got)
     assert diversity_loss(normalize_maps(-maps)) >= 0
 
 
-def unit_loss_by_loops(maps):
-    """Eq. 7 on maps shifted to min 0 and scaled to unit L2 norm, one pixel at a time in floats."""
-    B, n, h, w = maps.shape
-    scaled = []
-    for b in range(B):
-        row = []
-        for k in range(n):
-            values = [[maps[b, k, y, x].item() for x in range(w)] for y in range(h)]
-            low = min(min(r) for r in values)
-            norm = math.sqrt(sum((v - low) ** 2 for r in values for v in r))
-            row.append([[(v - low) / norm for v in r] for r in values])
-        scaled.append(row)
-    total = 0.0
-    for b in range(B):
-        for n1 in range(n):
-            for n2 in range(n):
-                if n1 != n2:
-                    total += sum(scaled[b][n1][y][x] * scaled[b][n2][y][x] for y in range(h) for x in range(w))
-    return total / B
-
-
 def test_diversity_loss_on_unit_maps_matches_a_loop_reference():
     torch.manual_seed(0)
     maps = torch.randn(3, 4, 5, 6, dtype=D) * torch.tensor([1.0, 1e-3, 50.0, 2.0], dtype=D)[None, :, None, None]
-    assert diversity_loss(unit_maps(maps)).item() == pytest.approx(unit_loss_by_loops(maps), rel=1e-12)
+    torch.testing.assert_close(unit_maps(maps), reference.unit_maps(maps), rtol=1e-12, atol=1e-15)
+    expected = reference.diversity_loss(reference.unit_maps(maps))
+    assert diversity_loss(unit_maps(maps)).item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_unit_maps_loss_gradient_matches_finite_differences_of_the_loops():
+    """d L_div / d maps by autograd and by central differences of the reference loops, also on
+    maps of very different scales and on a negative map."""
+    maps = torch.randn(2, 3, 3, 3, dtype=D, generator=torch.Generator().manual_seed(5))
+    maps = maps * torch.tensor([1.0, 1e-3, 50.0], dtype=D)[None, :, None, None]
+    maps[1, 2] -= 1e3  # negative everywhere
+    x = maps.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(diversity_loss(unit_maps(x)), x)
+    scale = maps.std(dim=(-2, -1), keepdim=True)  # each map's spread: steps and gradients scale with it
+    steps = (1e-6 * scale).expand_as(maps).reshape(-1)
+    numeric = torch.zeros_like(maps)
+    for i in range(maps.numel()):
+        step = steps[i].item()
+        up, down = maps.clone(), maps.clone()
+        up.view(-1)[i] += step
+        down.view(-1)[i] -= step
+        numeric.view(-1)[i] = (reference.diversity_loss(reference.unit_maps(up))
+                               - reference.diversity_loss(reference.unit_maps(down))) / (2 * step)
+    torch.testing.assert_close(grad * scale, numeric * scale, rtol=1e-6, atol=1e-7)
 
 
 def test_unit_maps_loss_is_the_head_overlap_and_is_bounded():
@@ -140,7 +139,7 @@ def test_the_default_diversity_loss_pulls_on_the_heads_at_lambda_0_01():
     config = get_preset("cpu", variant="attention_only")
     assert config.diversity_weight == 0.01 and config.diversity_maps == "unit"
     faces = make_synthetic_faces(8, config.image_size, seed=0)
-    images = torch.from_numpy(faces.images).permute(0, 3, 1, 2).float() / 255
+    images = images_to_tensor(faces.images)
     torch.manual_seed(0)
     net = AttentionNet(config).train()
     out = net(images)
@@ -176,6 +175,16 @@ def test_expected_age_std_and_mae_on_hand_made_distributions():
     torch.testing.assert_close(age_std(probs, ages), torch.tensor([0.0, 10.0, math.sqrt(50.0)], dtype=D))
     target = torch.tensor([22.0, 15.0, 20.0], dtype=D)
     assert mae_loss(expected_age(probs, ages), target).item() == pytest.approx((2 + 5 + 0) / 3)
+    # and on random distributions, against the loops of Eq. 9-11
+    logits = torch.randn(5, 7, dtype=D, generator=torch.Generator().manual_seed(6))
+    g = torch.linspace(0, 90, 7, dtype=D)
+    probs = age_distribution(logits)
+    torch.testing.assert_close(probs, reference.age_distribution(logits), rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(expected_age(probs, g), reference.expected_age(probs, g), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(age_std(probs, g), reference.age_std(probs, g), rtol=1e-10, atol=1e-12)
+    target = torch.linspace(3, 80, 5, dtype=D)
+    assert mae_loss(expected_age(probs, g), target).item() == pytest.approx(
+        reference.mae_loss(reference.expected_age(probs, g), target), rel=1e-12)
 
 
 def test_gaussian_label_distribution():
@@ -184,8 +193,7 @@ def test_gaussian_label_distribution():
     p = gaussian_label_distribution(age, ages, sigma=2.0)
     assert p.shape == (5, 11)
     torch.testing.assert_close(p.sum(-1), torch.ones(5, dtype=D))
-    ref = torch.exp(-(ages - 5.0) ** 2 / 8.0)
-    torch.testing.assert_close(p[0], ref / ref.sum())
+    torch.testing.assert_close(p, reference.gaussian_label_distribution(age, ages, 2.0), rtol=1e-12, atol=1e-300)
     assert p[1].argmax() == 0 and p[2].argmax() == 10  # at the edges: renormalised over the classes
     assert p[3, 10] > 0.999 and p[4, 0] > 0.999  # far outside: edge class
     assert torch.isfinite(p).all()
@@ -202,8 +210,7 @@ def test_kl_loss():
     p = torch.softmax(torch.randn(5, 8, dtype=D), -1)
     r = torch.softmax(torch.randn(5, 8, dtype=D), -1)
     assert kl_loss(p, p.log()).item() == pytest.approx(0.0, abs=1e-12)
-    ref = sum((p[b] * (p[b] / r[b]).log()).sum().item() for b in range(5)) / 5
-    assert kl_loss(p, r.log()).item() == pytest.approx(ref, rel=1e-10)
+    assert kl_loss(p, r.log()).item() == pytest.approx(reference.kl_loss(p, r.log()), rel=1e-10)
     assert kl_loss(p, r.log()).item() > 0
     # P = 0 terms vanish, also where log P' = -inf (and pass no NaN gradient)
     target = torch.tensor([[0.0, 1.0, 0.0]], dtype=D)
@@ -214,19 +221,6 @@ def test_kl_loss():
     assert log_probs.grad.tolist() == [[0.0, -1.0, 0.0]]
 
 
-def kl_by_loops(logits, true_ages, ages, sigma):
-    """Eq. 12 with P' = softmax (Eq. 9 as written), one face and one class at a time in floats,
-    the log-softmax written out as o_p - max - log sum exp(o_t - max)."""
-    total = 0.0
-    for o, gt in zip(logits.tolist(), true_ages.tolist()):
-        top = max(o)
-        log_z = top + math.log(sum(math.exp(v - top) for v in o))
-        gauss = [math.exp(-((g - gt) ** 2) / (2 * sigma ** 2)) for g in ages.tolist()]
-        target = [v / sum(gauss) for v in gauss]
-        total += sum(t * (math.log(t) - (v - log_z)) for t, v in zip(target, o) if t > 0)
-    return total / len(true_ages)
-
-
 def test_kl_of_the_age_loss_matches_a_loop_reference_also_when_saturated():
     torch.manual_seed(0)
     config = get_preset("cpu")
@@ -235,8 +229,11 @@ def test_kl_of_the_age_loss_matches_a_loop_reference_also_when_saturated():
     logits[1, 80] += 40.0  # saturated: every other class below 1e-17
     logits[2] *= 20.0
     true_ages = torch.tensor([20.0, 20.0, 0.0, 100.0], dtype=D)
-    got = age_estimation_loss(logits, true_ages, config).kl.item()
-    assert got == pytest.approx(kl_by_loops(logits, true_ages, ages, config.sigma), rel=1e-12)
+    got = age_estimation_loss(logits, true_ages, config)
+    ref = reference.age_estimation_loss(logits, true_ages, ages, config.sigma, "as_written")
+    assert got.kl.item() == pytest.approx(ref["kl"], rel=1e-12)
+    assert got.mae.item() == pytest.approx(ref["mae"], rel=1e-12)
+    got = got.kl.item()
     assert got > -math.log(1e-8)  # a clamp of P' at 1e-8 caps the KL of every face below this
 
 
@@ -289,23 +286,25 @@ def test_age_estimation_and_attention_net_losses():
     logits = torch.randn(4, 10, dtype=D)
     age = torch.tensor([1.0, 4.0, 8.0, 9.0], dtype=D)
     ages = torch.arange(10, dtype=D)
-    probs = torch.softmax(logits, -1)
-    mae = (probs @ ages - age).abs().mean()
-    target = torch.exp(-(ages[None] - age[:, None]) ** 2 / (2 * 1.5 ** 2))
-    target = target / target.sum(-1, keepdim=True)
-    kl = (target * (target / probs).log()).sum(-1).mean()
+    ref = reference.age_estimation_loss(logits, age, ages, 1.5)
     got = age_estimation_loss(logits, age, config)
-    torch.testing.assert_close(got.mae, mae)
-    torch.testing.assert_close(got.kl, kl)
-    torch.testing.assert_close(got.total, mae + kl)
+    for key in ("mae", "kl", "total"):
+        assert getattr(got, key).item() == pytest.approx(ref[key], rel=1e-12)
     assert got.diversity is None
+    raw_logits = logits + 0.5  # Eq. 9 on the raw outputs: some classes clipped to 0, floored in the log
+    ref_raw = reference.age_estimation_loss(raw_logits, age, ages, 1.5, mode="raw")
+    got_raw = age_estimation_loss(raw_logits, age, config.replace(eq9="raw"))
+    for key in ("mae", "kl", "total"):
+        assert getattr(got_raw, key).item() == pytest.approx(ref_raw[key], rel=1e-12)
     maps = torch.randn(4, 3, 2, 2, dtype=D)
     full = attention_net_loss(logits, age, maps, config)
-    torch.testing.assert_close(full.total, mae + kl + 0.3 * diversity_loss(unit_maps(maps)))
+    assert full.total.item() == pytest.approx(
+        ref["total"] + 0.3 * reference.diversity_loss(reference.unit_maps(maps)), rel=1e-12)
     normalized = attention_net_loss(logits, age, maps, config.replace(diversity_maps="normalized"))
-    torch.testing.assert_close(normalized.diversity, diversity_loss(normalize_maps(maps)))
+    assert normalized.diversity.item() == pytest.approx(reference.diversity_loss(reference.normalize_maps(maps)),
+                                                        rel=1e-12)
     raw = attention_net_loss(logits, age, maps, config.replace(diversity_maps="raw"))
-    torch.testing.assert_close(raw.diversity, diversity_loss(maps))
+    assert raw.diversity.item() == pytest.approx(reference.diversity_loss(maps), rel=1e-12)
 
 
 def test_predict_age_and_classes():
