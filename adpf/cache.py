@@ -5,7 +5,7 @@ A stage's key hashes (as canonical JSON, SHA-256):
 - the stage ("attention", "fusion" or "single") and the config fields the stage depends on,
 - the data identity (the prepared folder's info.json and a content hash of its files),
 - the split (a hash of its train/val/test indices),
-- the recipe fields that change the result (``Recipe.result_fields``),
+- the recipe fields that change the result (all but ``adpf.recipes.SPEED_FIELDS``),
 - the code version (adpf's version and a hash of the source files that shape a training),
 - for stage 2, the key of the stage-1 model it starts from.
 
@@ -51,12 +51,16 @@ FUSION_ONLY_FIELDS = ("fusion_channels", "patch_size", "patch_channels", "patch_
                       "patch_threshold", "patch_min_frac", "patch_max_frac")
 
 #: The source files that shape what a training produces: the model, its losses, the patch rule,
-#: the config, the training loop and the prepared data's augmentation. Their hash is part of
+#: the config, the training loop (with its learning-rate schedule), the processes it runs in
+#: (``distributed.py``: DDP wrapping, shared BatchNorm statistics; kept here to be safe, though a
+#: single process never runs its code) and the prepared data's augmentation. Their hash is part of
 #: every cache key and of every recorded experiment (``code_version``); an edit to any other
 #: file (the command line, evaluation, plotting, data preparation, the book's setting) keeps
-#: the cache and the records current. The data itself is identified by its content hash.
+#: the cache and the records current. ``recipes.py`` holds values only, and every value that
+#: changes a result is itself in each key (``adpf.train.plan_stages``), so it is not hashed.
+#: The data itself is identified by its content hash.
 SHAPING_FILES = ("attention.py", "rmhha.py", "losses.py", "patches.py", "networks.py", "config.py",
-                 "train.py", "data/prepared.py")
+                 "train.py", "distributed.py", "data/prepared.py")
 
 
 def attention_config(config: ADPFConfig) -> ADPFConfig:

@@ -9,7 +9,10 @@ object, so it loads with ``weights_only=True``:
 ``epoch``       the number of finished epochs of that stage
 ``optimizer``, ``scheduler``   their state_dicts (for resuming)
 ``rng``         the random states (``rng_state``), so a resumed run repeats an uninterrupted one
-``meta``        anything else JSON-like (history so far, data identity, recipe)
+``meta``        anything else JSON-like (history so far and the stage's key; ``trained_on`` in
+                ``adpf train --out``'s ``model.pt``)
+
+``checkpoint_dict`` builds it, everywhere one is written.
 
 ``save_checkpoint`` writes to a temporary file in the same folder, flushes and fsyncs it, then
 renames it over the target with ``os.replace``: a crash leaves the old file or the new one,
@@ -123,8 +126,24 @@ def current_umask() -> int:
     return mask
 
 
+def checkpoint_dict(config: ADPFConfig, weights: dict[str, torch.Tensor], stage: str, epoch: int, *,
+                    optimizer: dict | None = None, scheduler: dict | None = None, rng: dict | None = None,
+                    meta: dict | None = None) -> dict:
+    """A checkpoint in the layout above, for `save_checkpoint`: the one place it is built.
+
+    ``weights`` is the network's state_dict; ``optimizer`` and ``scheduler`` are state_dicts and
+    ``rng`` is `rng_state`'s (what resuming needs), ``meta`` JSON-like values; those left None
+    are left out.
+    """
+    state = {"config": config.to_dict(), "model": weights, "stage": stage, "epoch": epoch}
+    for name, value in (("optimizer", optimizer), ("scheduler", scheduler), ("rng", rng), ("meta", meta)):
+        if value is not None:
+            state[name] = value
+    return state
+
+
 def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
-    """Write ``state`` to ``path`` atomically (temporary file + fsync + ``os.replace``)."""
+    """Write ``state`` (a `checkpoint_dict`) to ``path`` atomically (temporary file + fsync + ``os.replace``)."""
     return atomic_write(path, lambda f: torch.save(state, f))
 
 

@@ -32,12 +32,13 @@ import torch
 import adpf
 from adpf import trained_on
 from adpf.cache import sweep_temporaries, write_json
-from adpf.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
+from adpf.checkpoint import (CheckpointError, checkpoint_dict, config_from_checkpoint, load_checkpoint,
+                             load_model, save_checkpoint)
 from adpf.config import PRESETS, ADPFConfig, get_preset
 from adpf.data.prepared import Prepared, PreparedFormatError, default_dataset, load_prepared
 from adpf.data.protocols import kfold_subjects, subject_split
 from adpf.losses import NonFiniteOutputError
-from adpf.train import RECIPES, get_recipe
+from adpf.recipes import RECIPES, get_recipe
 
 MODEL_FILE = "model.pt"
 
@@ -211,9 +212,9 @@ def cmd_train(args) -> int:
     if args.out:
         out = Path(args.out)
         state = load_checkpoint(result.checkpoint)
-        save_checkpoint({"config": state["config"], "model": state["model"], "stage": state["stage"],
-                         "epoch": state["epoch"], "meta": {"trained_on": trained_on.record(args, data)}},
-                        out / MODEL_FILE)
+        save_checkpoint(checkpoint_dict(config_from_checkpoint(state, result.checkpoint), state["model"],
+                                        state["stage"], state["epoch"],
+                                        meta={"trained_on": trained_on.record(args, data)}), out / MODEL_FILE)
         write_json(out / "result.json", result.to_dict())
     test = result.metrics["test"]
     print(f"{config.variant} on {data.root} ({len(split.train)} train / {len(split.val)} val / "

@@ -51,7 +51,8 @@ from adpf.config import ADPFConfig, get_preset
 from adpf.data.prepared import Prepared, PreparedFaces, load_prepared
 from adpf.evaluate import attention_report, predict, summarize
 from adpf.networks import build_model, count_parameters
-from adpf.train import SPEED_FIELDS, Recipe, TrainResult, as_split, get_recipe, hardware, train, versions
+from adpf.recipes import SPEED_FIELDS, Recipe, get_recipe
+from adpf.train import TrainResult, as_split, hardware, train, versions
 
 #: The rows of Table VII (and the two baselines), as changes to the base config.
 ABLATIONS: dict[str, dict] = {

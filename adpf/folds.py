@@ -36,7 +36,7 @@ from adpf.data.prepared import Prepared
 from adpf.data.protocols import (Split, cacd_split, leave_one_person_out, morph_setting1, morph_setting2,
                                  morph_setting3)
 from adpf.experiments import split_row
-from adpf.train import SPEED_FIELDS, Recipe
+from adpf.recipes import SPEED_FIELDS, Recipe
 
 RECORD_FORMAT = "adpf-protocol"
 RECORD_VERSION = 1

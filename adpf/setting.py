@@ -9,7 +9,7 @@ Three words, one meaning each:
 
 - a **preset** is an `ADPFConfig` by name (``adpf.config.PRESETS``: "cpu", "paper"): the
   network's sizes and switches;
-- a **recipe** is a `Recipe` by name (``adpf.train.RECIPES``: "paper", "cpu", "book"): how to
+- a **recipe** is a `Recipe` by name (``adpf.recipes.RECIPES``: "paper", "cpu", "book"): how to
   train it (optimiser, schedule, epochs);
 - a **profile** is what a chapter runs at (`PROFILES`): a preset, a recipe and a number of
   drawn faces. A profile is named after its preset. The "cpu" profile trains with the "book"
@@ -36,11 +36,12 @@ from pathlib import Path
 import pandas as pd
 
 from adpf.cache import code_version, stage_dir
-from adpf.checkpoint import save_checkpoint
+from adpf.checkpoint import checkpoint_dict, save_checkpoint
 from adpf.config import ADPFConfig, get_preset
 from adpf.data.prepared import Prepared, default_dataset, load_prepared
 from adpf.data.protocols import Split, subject_split
-from adpf.train import Recipe, TrainResult, get_recipe, train
+from adpf.recipes import Recipe, get_recipe
+from adpf.train import TrainResult, train
 
 #: Shares of the drawn faces, by person (the command line's ``--val`` and ``--test`` defaults).
 SPLIT_SHARES = {"train": 0.7, "val": 0.1, "test": 0.2}
@@ -170,8 +171,7 @@ def book_setting(profile: str = "cpu", n_faces: int | None = None, epochs: int |
 def keep_epoch(stage, row: dict, model) -> None:
     """A `train` callback: save the weights after every epoch beside the stage's checkpoint
     (``epochs/NNN.pt`` in the stage's cache folder)."""
-    save_checkpoint({"config": stage.config.to_dict(), "model": model.state_dict(),
-                     "stage": stage.name, "epoch": row["epoch"]},
+    save_checkpoint(checkpoint_dict(stage.config, model.state_dict(), stage.name, row["epoch"]),
                     stage.folder / "epochs" / f"{row['epoch']:03d}.pt")
 
 

@@ -24,12 +24,9 @@ Divergence: a step whose loss is NaN or ±inf stops the stage with `NonFiniteTra
 BatchNorm statistics are not finite is never saved, so the checkpoint on disk is the last good
 epoch's. A rerun with the same recipe resumes from it and diverges again: change the recipe.
 
-Several processes: under ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) the trained
-network is wrapped in DistributedDataParallel and the training set is sharded by
-DistributedSampler; ``batch_size`` stays the global batch (each of W processes takes
-batch_size / W). Every process evaluates (same weights, same numbers); process 0 alone writes
-files. Resuming is exact only for a single process (the other processes' random states are
-not stored). With several machines the cache folder must be shared.
+The recipe (how to train) is ``adpf.recipes``; the processes under ``torchrun`` are
+``adpf.distributed``. A stage is `run_stage`: load or resume it, then `train_one_epoch` and
+`validate` for every epoch, with a checkpoint after each.
 """
 from __future__ import annotations
 
@@ -40,27 +37,27 @@ import os
 import platform
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 import adpf
 from adpf.cache import (attention_config, code_version, data_identity, digest, read_json,
                         split_identity, stage_dir, write_json)
-from adpf.checkpoint import (check_config, load_checkpoint, load_model_state, rng_state,
+from adpf.checkpoint import (check_config, checkpoint_dict, load_checkpoint, load_model_state, rng_state,
                              save_checkpoint, set_rng_state)
 from adpf.config import ADPFConfig
 from adpf.data.prepared import Prepared, PreparedFaces, load_prepared
+from adpf.distributed import Process, close_process, setup_process
 from adpf.evaluate import predict, summarize
 from adpf.losses import age_estimation_loss, attention_net_loss
 from adpf.networks import build_model
+from adpf.recipes import SPEED_FIELDS, Recipe, get_recipe
 
 StageName = Literal["attention", "fusion", "single"]
 
@@ -68,120 +65,6 @@ StageName = Literal["attention", "fusion", "single"]
 class NonFiniteTrainingError(ValueError):
     """Training went non-finite (a NaN/inf loss, or weights that are no longer finite); the message
     names the stage, epoch and step, and the last good checkpoint."""
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """How to train (optimiser, schedule, augmentation, hardware switches).
-
-    attention_epochs: epochs of stage 1 (AttentionNet; paper: 200).
-    fusion_epochs: epochs of stage 2 (FusionNet; paper: 200) and of the one-stage baselines
-        ``plain_cnn`` and ``fixed_patches`` (so every FusionNet gets the same budget).
-    batch_size: images per optimiser step, over all processes (paper: 32).
-    optimizer: "sgd" (the paper's: SGD with ``momentum``) or "adamw" (AdamW, the weight decay
-        decoupled). Every named recipe keeps the paper's SGD; AdamW is the alternative.
-    lr: initial learning rate (paper: 0.1, with SGD).
-    schedule: "step" multiplies the rate by ``lr_gamma`` every ``lr_step`` epochs (paper:
-        ×0.1 every 50 epochs); "cosine" decays it to zero over the stage along a half cosine.
-    warmup_epochs: a linear ramp from lr/steps to lr over this many epochs (0: none).
-    momentum, weight_decay: of SGD; the paper gives neither (book/open_choices.md,
-        choice 9): 0.9 and 5e-4, the usual values for SGD on CNNs of this size. Weight decay
-        applies to every parameter.
-    clip_grad_norm: clip the global gradient norm of the trained parameters to this value
-        before each step (None: no clipping, as in the paper). L_MAE (Eq. 11) is in years, so
-        its gradients are large (AttentionNet's: norm ≈ 9 at initialisation) and do not shrink
-        as the error does; without clipping, SGD on the cpu preset diverged at lr 0.1 and
-        collapsed to one age for every face at lr 0.02 (measured in the comment of `RECIPES`).
-    pad: zero padding of the pad-crop-flip augmentation in pixels (book/open_choices.md,
-        choice 9); None is the dataset's default, image_size / 16 (8 px at 128).
-    num_workers: DataLoader worker processes (workers draw their own augmentation seeds, so
-        this is part of what determines a result).
-    seed: seeds network initialisation, shuffling and augmentation.
-    device: "auto" (CUDA when available), "cpu", "cuda" or "cuda:N".
-    amp: bf16 autocast on CUDA (no effect on CPU).
-    channels_last: channels-last memory format on CUDA (no effect on CPU).
-    compile: wrap the trained network in ``torch.compile``.
-    deterministic: ``torch.use_deterministic_algorithms`` (warn-only, since some CUDA kernels
-        have no deterministic version) and no cuDNN autotuning.
-    """
-
-    attention_epochs: int = 200
-    fusion_epochs: int = 200
-    batch_size: int = 32
-    lr: float = 0.1
-    optimizer: Literal["sgd", "adamw"] = "sgd"
-    schedule: Literal["step", "cosine"] = "step"
-    lr_step: int = 50
-    lr_gamma: float = 0.1
-    warmup_epochs: int = 0
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    clip_grad_norm: float | None = None
-    pad: int | None = None
-    num_workers: int = 0
-    seed: int = 0
-    device: str = "auto"
-    amp: bool = True
-    channels_last: bool = True
-    compile: bool = False
-    deterministic: bool = False
-
-    def __post_init__(self) -> None:
-        if self.attention_epochs < 0 or self.fusion_epochs < 0:
-            raise ValueError("epochs must be >= 0")
-        if self.batch_size < 1 or self.lr <= 0:
-            raise ValueError(f"need batch_size >= 1 and lr > 0, got {self.batch_size}, {self.lr}")
-        if self.optimizer not in ("sgd", "adamw"):
-            raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
-        if self.schedule not in ("step", "cosine"):
-            raise ValueError(f"schedule must be 'step' or 'cosine', got {self.schedule!r}")
-        if self.schedule == "step" and self.lr_step < 1:
-            raise ValueError(f"lr_step must be >= 1, got {self.lr_step}")
-
-    def replace(self, **changes) -> "Recipe":
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def resolved_device(self) -> torch.device:
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.device)
-
-
-#: Recipe fields that change speed but not what is learned (left out of cache keys).
-SPEED_FIELDS = ("channels_last", "compile", "deterministic", "device")
-
-RECIPES: dict[str, Recipe] = {
-    # The paper's recipe (SGD, batch 32, lr 0.1 ×0.1 every 50 epochs, 200 + 200 epochs).
-    "paper": Recipe(),
-    # The cpu preset on ~10k 64×64 faces on a few cores. Measured (benchmarks/recipe_collapse.py,
-    # AttentionNet alone on 2,100 drawn faces, 4 epochs, seed 0, exact KL): SGD at lr 0.1 without
-    # clipping diverges to NaN within 8 steps, with or without a one-epoch warm-up; lr 0.1 clipped
-    # at norm 1 and lr 0.02 unclipped both collapse to one age for every face (spread of the
-    # predicted ages 0.2 and 0.1 years, validation MAE 18.4, the mean-age plateau); lr 0.02 with
-    # cosine decay and clipping at norm 1 learns: validation MAE 14.9, 9.7, 7.5, 6.6 without a
-    # warm-up, 18.2, 13.0, 11.4, 7.8 with one, so the warm-up is left out.
-    "cpu": Recipe(attention_epochs=6, fusion_epochs=6, lr=0.02, schedule="cosine", clip_grad_norm=1.0),
-    # The book: the same, shorter, so that every chapter's trainings together take minutes.
-    "book": Recipe(attention_epochs=4, fusion_epochs=4, lr=0.02, schedule="cosine", clip_grad_norm=1.0),
-    # One GPU, the paper preset: the paper's step schedule compressed 5× (40 + 40 epochs, ×0.1
-    # every 10, so four phases as in the paper's 200 with ×0.1 every 50), batch 256 in bf16 with
-    # channels-last memory. The lr is the measured cpu lr 0.02 at batch 32 scaled linearly with
-    # the batch (×8 = 0.16), reached over a 2-epoch linear warm-up as large-batch SGD needs, with
-    # the clipping the cpu measurement requires. At ≥ 5,000 images/s a stage on 7,000 training
-    # faces then takes about a minute, on MORPH II's ≈ 44,000 about six. Not yet run on a GPU.
-    "gpu": Recipe(attention_epochs=40, fusion_epochs=40, batch_size=256, lr=0.16, schedule="step", lr_step=10,
-                  warmup_epochs=2, clip_grad_norm=1.0, amp=True, channels_last=True),
-}
-
-
-def get_recipe(name: str, **changes) -> Recipe:
-    """A named recipe, optionally with some fields changed."""
-    if name not in RECIPES:
-        raise KeyError(f"unknown recipe {name!r}; choose one of {sorted(RECIPES)}")
-    return RECIPES[name].replace(**changes)
 
 
 def lr_factor(recipe: Recipe, step: int, steps_per_epoch: int, epochs: int) -> float:
@@ -289,51 +172,6 @@ def versions() -> dict:
             "numpy": np.__version__, "python": platform.python_version()}
 
 
-# --- distributed ------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Process:
-    """This process's place in a (possibly single-process) run."""
-
-    rank: int = 0
-    world_size: int = 1
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.distributed:
-            dist.barrier()
-
-
-def setup_process(recipe: Recipe) -> tuple[Process, bool]:
-    """Read ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` (set by torchrun) and join the process group.
-
-    Returns the process and whether this call created the process group (NCCL on CUDA,
-    gloo on CPU).
-    """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    device = recipe.resolved_device()
-    if world <= 1:
-        return Process(device=device), False
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    if device.type == "cuda":
-        device = torch.device("cuda", local)
-        torch.cuda.set_device(device)
-    created = not dist.is_initialized()
-    if created:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    if recipe.batch_size % world:
-        raise ValueError(f"batch_size={recipe.batch_size} must be divisible by WORLD_SIZE={world}")
-    return Process(rank, world, device), created
-
-
 # --- data -------------------------------------------------------------------------------------
 
 def as_split(split, count: int) -> dict[str, np.ndarray]:
@@ -431,6 +269,13 @@ def make_optimizer(recipe: Recipe, parameters: list[nn.Parameter]) -> torch.opti
     return torch.optim.SGD(parameters, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
 
 
+def make_scheduler(recipe: Recipe, optimizer: torch.optim.Optimizer, steps_per_epoch: int,
+                   epochs: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """The recipe's learning-rate schedule (`lr_factor`), stepped after every optimiser step."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(recipe, step, steps_per_epoch, epochs))
+
+
 def stage_loss(stage: Stage, output, age: torch.Tensor):
     """Eq. 14 for the attention stage, Eq. 13 (L_AE) otherwise."""
     if stage.name == "attention":
@@ -445,12 +290,7 @@ def check_finite_step(stage: Stage, values: dict[str, float], epoch: int, step: 
     ``values`` are the loss parts already read as floats; under DDP the verdict is shared by an
     all-reduce so that every process stops at the same step.
     """
-    bad = not all(math.isfinite(v) for v in values.values())
-    if process.distributed:
-        flag = torch.tensor(float(bad), device=process.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        bad = bool(flag.item())
-    if bad:
+    if process.anywhere(not all(math.isfinite(v) for v in values.values())):
         parts = ", ".join(f"{k} {v:.4g}" for k, v in values.items() if k != "total")
         raise NonFiniteTrainingError(
             f"stage {stage.name} ({stage.config.variant}) went non-finite in epoch {epoch + 1}/{stage.epochs}, "
@@ -488,95 +328,121 @@ def run_stage(stage: Stage, previous: nn.Module | None, data: Prepared, split: d
     model = build_stage_model(stage, previous, process)
     done = read_json(stage.folder / "stage.json") if use_cache else None
     if done is not None:
-        state = load_checkpoint(checkpoint_path, map_location=process.device)
-        check_config(state, stage.config, checkpoint_path)
-        load_model_state(model, state["model"], checkpoint_path)
+        load_stage_checkpoint(checkpoint_path, stage, model, process)
         return model, done
 
     generator = torch.Generator().manual_seed(stage_seed(recipe, stage, process))
     loader = make_loader(data, split["train"], recipe, process, train=True, generator=generator)
     val_loader = make_loader(data, split["val"], recipe, process, train=False) if split["val"].size else None
     optimizer = make_optimizer(recipe, trained_parameters(stage, model))
-    steps = len(loader)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(recipe, step, steps, stage.epochs))
+    scheduler = make_scheduler(recipe, optimizer, len(loader), stage.epochs)
     history, start = [], 0
     if use_cache and checkpoint_path.is_file():
-        state = load_checkpoint(checkpoint_path, map_location=process.device)
-        check_config(state, stage.config, checkpoint_path)
-        load_model_state(model, state["model"], checkpoint_path)
+        state = load_stage_checkpoint(checkpoint_path, stage, model, process)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"], generator)
         history, start = list(state["meta"]["history"]), int(state["epoch"])
 
-    cuda = process.device.type == "cuda"
-    if cuda and recipe.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    net = DistributedDataParallel(model, device_ids=[process.device] if cuda else None) \
-        if process.distributed else model
-    forward = torch.compile(net) if recipe.compile else net
-    bar = _progress_bar(stage, steps, start, progress and process.main)
+    forward = training_forward(model, recipe, process)
+    bar = _progress_bar(stage, len(loader), start, progress and process.main)
     for epoch in range(start, stage.epochs):
-        if isinstance(loader.sampler, DistributedSampler):
-            loader.sampler.set_epoch(epoch)
-        model.train()
-        row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
-        sums, seen, tic = {}, 0, time.perf_counter()
-        for step, batch in enumerate(loader):
-            images = batch["image"].to(process.device, non_blocking=True)
-            if cuda and recipe.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            age = batch["age"].to(process.device, non_blocking=True)
-            with torch.autocast(process.device.type, dtype=torch.bfloat16, enabled=cuda and recipe.amp):
-                output = forward(images)
-            losses = stage_loss(stage, output, age)
-            optimizer.zero_grad(set_to_none=True)
-            losses.total.backward()
-            values = {f.name: value.item() for f in dataclasses.fields(losses)
-                      if (value := getattr(losses, f.name)) is not None}
-            check_finite_step(stage, values, epoch, step, steps, checkpoint_path, process)
-            if recipe.clip_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(optimizer.param_groups[0]["params"], recipe.clip_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            n = len(images)
-            for name, value in values.items():
-                sums[name] = sums.get(name, 0.0) + value * n
-            seen += n
-            bar.update()
-            bar.set_postfix(epoch=epoch + 1, loss=f"{values['total']:.3f}", mae=f"{values['mae']:.2f}")
-        if cuda:
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - tic
-        if process.distributed:  # BatchNorm statistics: every process keeps process 0's
-            for buffer in model.buffers():
-                dist.broadcast(buffer, 0)
-        row.update({f"loss_{k}" if k != "total" else "loss": v / max(seen, 1) for k, v in sums.items()})
-        row["train_mae"] = row.pop("loss_mae", float("nan"))
-        row.update(seconds=seconds, images_per_s=seen * process.world_size / seconds)
+        row = train_one_epoch(stage, epoch, model, forward, loader, optimizer, scheduler, recipe, process,
+                              checkpoint_path, bar)
         check_finite_state(stage, model, epoch, checkpoint_path)
         if val_loader is not None:
-            row["val_mae"] = summarize(predict(model, val_loader, amp=recipe.amp))["mae"]
+            row["val_mae"] = validate(model, val_loader, recipe)["mae"]
             bar.set_postfix(epoch=epoch + 1, loss=f"{row['loss']:.3f}", mae=f"{row['train_mae']:.2f}",
                             val=f"{row['val_mae']:.2f}")
         history.append(row)
         if process.main:
-            save_checkpoint({"config": stage.config.to_dict(), "model": model.state_dict(), "stage": stage.name,
-                             "epoch": epoch + 1, "optimizer": optimizer.state_dict(),
-                             "scheduler": scheduler.state_dict(), "rng": rng_state(generator),
-                             "meta": {"history": history, "key": stage.key}}, checkpoint_path)
+            save_checkpoint(checkpoint_dict(stage.config, model.state_dict(), stage.name, epoch + 1,
+                                            optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                                            rng=rng_state(generator), meta={"history": history, "key": stage.key}),
+                            checkpoint_path)
         if callback is not None:
             callback(stage, row, model)
     bar.close()
     if stage.epochs == 0 and process.main:
-        save_checkpoint({"config": stage.config.to_dict(), "model": model.state_dict(), "stage": stage.name,
-                         "epoch": 0, "meta": {"history": [], "key": stage.key}}, checkpoint_path)
+        save_checkpoint(checkpoint_dict(stage.config, model.state_dict(), stage.name, 0,
+                                        meta={"history": [], "key": stage.key}), checkpoint_path)
     record = stage_record(history)
     if process.main:
         write_json(stage.folder / "stage.json", record)
     process.barrier()
     return model, record
+
+
+def load_stage_checkpoint(path: Path, stage: Stage, model: nn.Module, process: Process) -> dict:
+    """Load a stage's checkpoint into ``model`` (its config checked against the stage's); returns the checkpoint."""
+    state = load_checkpoint(path, map_location=process.device)
+    check_config(state, stage.config, path)
+    load_model_state(model, state["model"], path)
+    return state
+
+
+def training_forward(model: nn.Module, recipe: Recipe, process: Process) -> Callable:
+    """What the training steps call: ``model`` in channels-last memory on CUDA (when the recipe asks;
+    in place), in DistributedDataParallel under several processes, compiled when the recipe asks."""
+    if process.device.type == "cuda" and recipe.channels_last:
+        model.to(memory_format=torch.channels_last)
+    net = process.wrap(model)
+    return torch.compile(net) if recipe.compile else net
+
+
+def train_one_epoch(stage: Stage, epoch: int, model: nn.Module, forward: Callable, loader: DataLoader,
+                    optimizer: torch.optim.Optimizer, scheduler, recipe: Recipe, process: Process,
+                    checkpoint_path: Path, bar) -> dict:
+    """One epoch (0-based ``epoch``) of optimiser steps on ``stage``'s loss (`stage_loss`).
+
+    ``forward`` is ``model`` as `training_forward` made it. Each step: forward (bf16 autocast on
+    CUDA when ``recipe.amp``), loss, backward, the finiteness check (`check_finite_step`),
+    gradient clipping, optimiser and scheduler step. Returns the epoch's history row: epoch
+    (1-based), lr (at its start), loss and loss parts averaged over the images, train_mae,
+    seconds, images_per_s.
+    """
+    if isinstance(loader.sampler, DistributedSampler):
+        loader.sampler.set_epoch(epoch)
+    cuda, steps = process.device.type == "cuda", len(loader)
+    model.train()
+    row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
+    sums, seen, tic = {}, 0, time.perf_counter()
+    for step, batch in enumerate(loader):
+        images = batch["image"].to(process.device, non_blocking=True)
+        if cuda and recipe.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        age = batch["age"].to(process.device, non_blocking=True)
+        with torch.autocast(process.device.type, dtype=torch.bfloat16, enabled=cuda and recipe.amp):
+            output = forward(images)
+        losses = stage_loss(stage, output, age)
+        optimizer.zero_grad(set_to_none=True)
+        losses.total.backward()
+        values = {f.name: value.item() for f in dataclasses.fields(losses)
+                  if (value := getattr(losses, f.name)) is not None}
+        check_finite_step(stage, values, epoch, step, steps, checkpoint_path, process)
+        if recipe.clip_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(optimizer.param_groups[0]["params"], recipe.clip_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        n = len(images)
+        for name, value in values.items():
+            sums[name] = sums.get(name, 0.0) + value * n
+        seen += n
+        bar.update()
+        bar.set_postfix(epoch=epoch + 1, loss=f"{values['total']:.3f}", mae=f"{values['mae']:.2f}")
+    if cuda:
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - tic
+    process.share_buffers(model)  # BatchNorm statistics: every process keeps process 0's
+    row.update({f"loss_{k}" if k != "total" else "loss": v / max(seen, 1) for k, v in sums.items()})
+    row["train_mae"] = row.pop("loss_mae", float("nan"))
+    row.update(seconds=seconds, images_per_s=seen * process.world_size / seconds)
+    return row
+
+
+def validate(model: nn.Module, loader: DataLoader, recipe: Recipe) -> dict:
+    """``evaluate.summarize`` of ``model``'s predictions on ``loader`` (mae, cs, age_groups, mean_std, count)."""
+    return summarize(predict(model, loader, amp=recipe.amp))
 
 
 def stage_record(history: list[dict]) -> dict:
@@ -600,7 +466,7 @@ def train(config: ADPFConfig, data: str | os.PathLike | Prepared, split, recipe:
         data: a prepared folder (``adpf.data.prepared``) or the loaded `Prepared`.
         split: ``{"train", "val", "test"}`` row indices (or an object with those attributes);
             ``val`` may be missing or empty.
-        recipe: a `Recipe` or the name of one in `RECIPES`.
+        recipe: a `Recipe` or the name of one in `adpf.recipes.RECIPES`.
         use_cache: load finished stages and resume interrupted ones from the cache folder
             (``adpf.cache``); False trains every stage afresh (and overwrites the cache).
         progress: show tqdm bars (loss and MAE) on process 0.
@@ -631,8 +497,8 @@ def train(config: ADPFConfig, data: str | os.PathLike | Prepared, split, recipe:
             metrics = {}
             for name in ("test", "val"):
                 if split[name].size:
-                    loader = make_loader(data, split[name], recipe, process, train=False)
-                    metrics[name] = summarize(predict(model, loader, amp=recipe.amp))
+                    metrics[name] = validate(model, make_loader(data, split[name], recipe, process, train=False),
+                                             recipe)
         result = TrainResult(
             config=config.to_dict(), data={"root": str(data.root), **identity["data"]},
             split=identity["split"], recipe=recipe.to_dict(), metrics=metrics,
@@ -647,5 +513,4 @@ def train(config: ADPFConfig, data: str | os.PathLike | Prepared, split, recipe:
         process.barrier()
         return result
     finally:
-        if created:
-            dist.destroy_process_group()
+        close_process(created)

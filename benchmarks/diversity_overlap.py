@@ -26,7 +26,8 @@ from adpf.config import get_preset
 from adpf.data.prepared import PreparedFaces, default_dataset, load_prepared
 from adpf.data.protocols import subject_split
 from adpf.evaluate import attention_report
-from adpf.train import get_recipe, train
+from adpf.recipes import get_recipe
+from adpf.train import train
 
 
 def main() -> None:

@@ -199,7 +199,8 @@ def drawn(image_size: int, n: int):
 
 def loader_rate(data, indices, recipe, device: torch.device, seconds: float) -> float:
     """Images/s of adpf.train's training loader alone (augmentation, collation, pinning, the copy to the device)."""
-    from adpf.train import Process, make_loader
+    from adpf.distributed import Process
+    from adpf.train import make_loader
 
     loader = make_loader(data, indices, recipe, Process(device=device), train=True,
                          generator=torch.Generator().manual_seed(0))
@@ -257,7 +258,7 @@ def part_train(args) -> None:
     the step schedule and warm-up shrunk in proportion (the record says which). The record is
     written after each training, so a part stopped at its limit keeps what it finished.
     """
-    from adpf.train import get_recipe
+    from adpf.recipes import get_recipe
 
     device = "cpu" if args.tiny else "cuda"
     config = benchmark.case_config(PRESET, "adpf", args.tiny)
@@ -320,7 +321,8 @@ def part_syncs(args) -> None:
     tests run the box path on the meta device instead, where any read of a value fails).
     """
     from adpf.patches import maps_to_boxes
-    from adpf.train import get_recipe, train
+    from adpf.recipes import get_recipe
+    from adpf.train import train
 
     s = settings(args)
     config = benchmark.case_config(PRESET, "adpf", args.tiny)

@@ -34,7 +34,8 @@ from adpf.data.prepared import PreparedFaces, default_dataset, load_prepared
 from adpf.data.protocols import subject_split
 from adpf.evaluate import model_device
 from adpf.losses import age_classes, age_distribution, age_std, expected_age
-from adpf.train import NonFiniteTrainingError, Recipe, train
+from adpf.recipes import Recipe
+from adpf.train import NonFiniteTrainingError, train
 
 RECIPES = {
     "paper": Recipe(lr=0.1, schedule="step", lr_step=50, warmup_epochs=0, clip_grad_norm=None),

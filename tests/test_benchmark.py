@@ -122,7 +122,7 @@ def load_gpu_bench():
 
 def test_fewer_epochs_keep_the_schedule_in_proportion():
     """When the gpu recipe's epochs do not fit, the step schedule and warm-up shrink with them."""
-    from adpf.train import Recipe
+    from adpf.recipes import Recipe
 
     fitted = load_gpu_bench().fitted
     recipe = Recipe(attention_epochs=40, fusion_epochs=40, schedule="step", lr_step=10, warmup_epochs=2)
@@ -161,7 +161,7 @@ def test_gpu_run_tiny_parts_write_their_records_and_the_table(tmp_path):
                 cells = [c.strip() for c in line.strip("|").split("|")]
                 assert cells[2] == f"{ips:,.0f}" and cells[3] == f"{1e3 * batch / ips:.1f}"
                 assert cells[7] == f"{100 * ips * flops / 1e12 / peak:.2g} %"
-    from adpf.train import get_recipe
+    from adpf.recipes import get_recipe
 
     assert (train["epochs"]["gpu_recipe"], train["epochs"]["run"]) == (get_recipe("gpu").attention_epochs, 1)
     paper = train["paper_preset"]

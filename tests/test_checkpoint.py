@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 import torch
 
-from adpf.checkpoint import (CheckpointError, atomic_write, check_config, current_umask, is_temporary,
-                             load_checkpoint, load_model, load_model_state, rng_state, save_checkpoint,
-                             set_rng_state, temporary_folder, temporary_owner)
+from adpf.checkpoint import (CheckpointError, atomic_write, check_config, checkpoint_dict, config_from_checkpoint,
+                             current_umask, is_temporary, load_checkpoint, load_model, load_model_state, rng_state,
+                             save_checkpoint, set_rng_state, temporary_folder, temporary_owner)
 from adpf.config import get_preset
 from adpf.data.prepared import write_prepared
 from adpf.networks import build_model
@@ -30,7 +30,29 @@ def tiny(**changes):
 
 def state_for(config):
     torch.manual_seed(0)
-    return {"config": config.to_dict(), "model": build_model(config).state_dict(), "epoch": 3}
+    return checkpoint_dict(config, build_model(config).state_dict(), "single", 3)
+
+
+def test_checkpoint_dict_holds_what_resuming_needs_and_reads_back(tmp_path):
+    config = tiny(variant="plain_cnn")
+    torch.manual_seed(0)
+    model = build_model(config)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.rand(2, 3, 16, 16)).logits.sum().backward()
+    optimizer.step()
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5)
+    generator = torch.Generator().manual_seed(3)
+    full = checkpoint_dict(config, model.state_dict(), "single", 2, optimizer=optimizer.state_dict(),
+                           scheduler=scheduler.state_dict(), rng=rng_state(generator), meta={"history": [{"epoch": 1}]})
+    assert list(full) == ["config", "model", "stage", "epoch", "optimizer", "scheduler", "rng", "meta"]
+    back = load_checkpoint(save_checkpoint(full, tmp_path / "full.pt"))
+    assert config_from_checkpoint(back) == config and back["stage"] == "single" and back["epoch"] == 2
+    assert back["meta"] == {"history": [{"epoch": 1}]} and back["scheduler"] == scheduler.state_dict()
+    momentum = optimizer.state_dict()["state"][0]["momentum_buffer"]
+    assert torch.equal(back["optimizer"]["state"][0]["momentum_buffer"], momentum)
+    assert torch.equal(back["rng"]["loader"], generator.get_state())
+    # what is not given is left out, not stored as None
+    assert list(checkpoint_dict(config, model.state_dict(), "single", 0)) == ["config", "model", "stage", "epoch"]
 
 
 def test_round_trip_keeps_every_tensor(tmp_path):
@@ -181,7 +203,8 @@ def test_load_model_rebuilds_the_network(tmp_path, variant):
     config = tiny(variant=variant)
     torch.manual_seed(0)
     model = build_model(config).eval()
-    path = save_checkpoint({"config": config.to_dict(), "model": model.state_dict()}, tmp_path / "m.pt")
+    stage = {"adpf": "fusion", "attention_only": "attention"}.get(variant, "single")
+    path = save_checkpoint(checkpoint_dict(config, model.state_dict(), stage, 0), tmp_path / "m.pt")
     back = load_model(path)
     x = torch.rand(2, 3, 16, 16)
     assert not back.training and back.config == config

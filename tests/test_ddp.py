@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 from adpf.checkpoint import load_checkpoint
 from adpf.config import get_preset
 from adpf.data.prepared import write_prepared
-from adpf.train import Recipe
+from adpf.recipes import Recipe
 
 TINY = dict(image_size=16, x_size=4, stem_channels=(4, 4, 4), x_channels=6, heads=3, key_channels=4,
             value_channels=4, ca_reduction=2, fusion_channels=(4, 6, 8), patch_size=8, patch_channels=3, age_max=9)

@@ -16,7 +16,7 @@ from adpf.experiments import (ABLATIONS, CLAIMS, ablation_table, book_records, c
                               learning_curves, mean_pm_std, mean_std, read_record, record_notes, record_rows,
                               records_overview, run_command, run_protocol, seed_summary, seed_table, verdict)
 from adpf.networks import build_model, count_parameters
-from adpf.train import Recipe
+from adpf.recipes import Recipe
 
 TINY = dict(image_size=16, x_size=4, stem_channels=(4, 4, 4), x_channels=6, heads=3, key_channels=4,
             value_channels=4, ca_reduction=2, fusion_channels=(4, 6, 8), patch_size=8, patch_channels=3, age_max=9)

@@ -9,7 +9,7 @@ from adpf.checkpoint import load_checkpoint
 from adpf.cli import build_parser, config_from_args, data_from_args, recipe_from_args, split_from_args
 from adpf.config import get_preset
 from adpf.setting import PROFILES, book_setting
-from adpf.train import get_recipe
+from adpf.recipes import get_recipe
 
 N = 200
 

@@ -15,7 +15,8 @@ from adpf.data.prepared import PreparedFaces, load_prepared, write_prepared
 from adpf.evaluate import predict
 from adpf.networks import build_model
 from adpf.losses import NonFiniteOutputError
-from adpf.train import RECIPES, NonFiniteTrainingError, Recipe, get_recipe, lr_factor, train
+from adpf.recipes import RECIPES, Recipe, get_recipe
+from adpf.train import NonFiniteTrainingError, lr_factor, train
 
 TINY = dict(image_size=16, x_size=4, stem_channels=(4, 4, 4), x_channels=6, heads=3, key_channels=4,
             value_channels=4, ca_reduction=2, fusion_channels=(4, 6, 8), patch_size=8, patch_channels=3, age_max=9)

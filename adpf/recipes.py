@@ -1,0 +1,130 @@
+"""The training recipe: how to train (optimiser, schedule, augmentation, hardware switches), and the named recipes.
+
+A `Recipe` holds values only; the code that reads them (the learning-rate schedule
+``adpf.train.lr_factor``, the optimiser, the loop) lives in ``adpf.train``. Every field that
+changes what is learned is part of each stage's cache key (``adpf.train.plan_stages``: every
+field but `SPEED_FIELDS`, whose device is kept as its type) and of every record
+(``TrainResult.recipe``, the experiments' ``recipe``), so this file is not one of the hashed
+``adpf.cache.SHAPING_FILES``: a changed value changes the key by itself.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How to train (optimiser, schedule, augmentation, hardware switches).
+
+    attention_epochs: epochs of stage 1 (AttentionNet; paper: 200).
+    fusion_epochs: epochs of stage 2 (FusionNet; paper: 200) and of the one-stage baselines
+        ``plain_cnn`` and ``fixed_patches`` (so every FusionNet gets the same budget).
+    batch_size: images per optimiser step, over all processes (paper: 32).
+    optimizer: "sgd" (the paper's: SGD with ``momentum``) or "adamw" (AdamW, the weight decay
+        decoupled). Every named recipe keeps the paper's SGD; AdamW is the alternative.
+    lr: initial learning rate (paper: 0.1, with SGD).
+    schedule: "step" multiplies the rate by ``lr_gamma`` every ``lr_step`` epochs (paper:
+        ×0.1 every 50 epochs); "cosine" decays it to zero over the stage along a half cosine.
+    warmup_epochs: a linear ramp from lr/steps to lr over this many epochs (0: none).
+    momentum, weight_decay: of SGD; the paper gives neither (book/open_choices.md,
+        choice 9): 0.9 and 5e-4, the usual values for SGD on CNNs of this size. Weight decay
+        applies to every parameter.
+    clip_grad_norm: clip the global gradient norm of the trained parameters to this value
+        before each step (None: no clipping, as in the paper). L_MAE (Eq. 11) is in years, so
+        its gradients are large (AttentionNet's: norm ≈ 9 at initialisation) and do not shrink
+        as the error does; without clipping, SGD on the cpu preset diverged at lr 0.1 and
+        collapsed to one age for every face at lr 0.02 (measured in the comment of `RECIPES`).
+    pad: zero padding of the pad-crop-flip augmentation in pixels (book/open_choices.md,
+        choice 9); None is the dataset's default, image_size / 16 (8 px at 128).
+    num_workers: DataLoader worker processes (workers draw their own augmentation seeds, so
+        this is part of what determines a result).
+    seed: seeds network initialisation, shuffling and augmentation.
+    device: "auto" (CUDA when available), "cpu", "cuda" or "cuda:N".
+    amp: bf16 autocast on CUDA (no effect on CPU).
+    channels_last: channels-last memory format on CUDA (no effect on CPU).
+    compile: wrap the trained network in ``torch.compile``.
+    deterministic: ``torch.use_deterministic_algorithms`` (warn-only, since some CUDA kernels
+        have no deterministic version) and no cuDNN autotuning.
+    """
+
+    attention_epochs: int = 200
+    fusion_epochs: int = 200
+    batch_size: int = 32
+    lr: float = 0.1
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    schedule: Literal["step", "cosine"] = "step"
+    lr_step: int = 50
+    lr_gamma: float = 0.1
+    warmup_epochs: int = 0
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    clip_grad_norm: float | None = None
+    pad: int | None = None
+    num_workers: int = 0
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    channels_last: bool = True
+    compile: bool = False
+    deterministic: bool = False
+
+    def __post_init__(self) -> None:
+        if self.attention_epochs < 0 or self.fusion_epochs < 0:
+            raise ValueError("epochs must be >= 0")
+        if self.batch_size < 1 or self.lr <= 0:
+            raise ValueError(f"need batch_size >= 1 and lr > 0, got {self.batch_size}, {self.lr}")
+        if self.optimizer not in ("sgd", "adamw"):
+            raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
+        if self.schedule not in ("step", "cosine"):
+            raise ValueError(f"schedule must be 'step' or 'cosine', got {self.schedule!r}")
+        if self.schedule == "step" and self.lr_step < 1:
+            raise ValueError(f"lr_step must be >= 1, got {self.lr_step}")
+
+    def replace(self, **changes) -> "Recipe":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def resolved_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+
+#: Recipe fields that change speed but not what is learned (left out of cache keys).
+SPEED_FIELDS = ("channels_last", "compile", "deterministic", "device")
+
+RECIPES: dict[str, Recipe] = {
+    # The paper's recipe (SGD, batch 32, lr 0.1 ×0.1 every 50 epochs, 200 + 200 epochs).
+    "paper": Recipe(),
+    # The cpu preset on ~10k 64×64 faces on a few cores. Measured (benchmarks/recipe_collapse.py,
+    # AttentionNet alone on 2,100 drawn faces, 4 epochs, seed 0, exact KL): SGD at lr 0.1 without
+    # clipping diverges to NaN within 8 steps, with or without a one-epoch warm-up; lr 0.1 clipped
+    # at norm 1 and lr 0.02 unclipped both collapse to one age for every face (spread of the
+    # predicted ages 0.2 and 0.1 years, validation MAE 18.4, the mean-age plateau); lr 0.02 with
+    # cosine decay and clipping at norm 1 learns: validation MAE 14.9, 9.7, 7.5, 6.6 without a
+    # warm-up, 18.2, 13.0, 11.4, 7.8 with one, so the warm-up is left out.
+    "cpu": Recipe(attention_epochs=6, fusion_epochs=6, lr=0.02, schedule="cosine", clip_grad_norm=1.0),
+    # The book: the same, shorter, so that every chapter's trainings together take minutes.
+    "book": Recipe(attention_epochs=4, fusion_epochs=4, lr=0.02, schedule="cosine", clip_grad_norm=1.0),
+    # One GPU, the paper preset: the paper's step schedule compressed 5× (40 + 40 epochs, ×0.1
+    # every 10, so four phases as in the paper's 200 with ×0.1 every 50), batch 256 in bf16 with
+    # channels-last memory. The lr is the measured cpu lr 0.02 at batch 32 scaled linearly with
+    # the batch (×8 = 0.16), reached over a 2-epoch linear warm-up as large-batch SGD needs, with
+    # the clipping the cpu measurement requires. At ≥ 5,000 images/s a stage on 7,000 training
+    # faces then takes about a minute, on MORPH II's ≈ 44,000 about six. Not yet run on a GPU.
+    "gpu": Recipe(attention_epochs=40, fusion_epochs=40, batch_size=256, lr=0.16, schedule="step", lr_step=10,
+                  warmup_epochs=2, clip_grad_norm=1.0, amp=True, channels_last=True),
+}
+
+
+def get_recipe(name: str, **changes) -> Recipe:
+    """A named recipe, optionally with some fields changed."""
+    if name not in RECIPES:
+        raise KeyError(f"unknown recipe {name!r}; choose one of {sorted(RECIPES)}")
+    return RECIPES[name].replace(**changes)
