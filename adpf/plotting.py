@@ -330,17 +330,17 @@ def draw_pipeline(image, maps, boxes, patches, age: str | None = None, size: flo
     stream = fusion.get_position()
     x_box, w_box = 0.3, 0.45
     fusion.text(0.95, 0.5, "FusionNet", ha="center", va="center", rotation=90, fontsize=10, weight="bold")
+    ys = []  # each stage's height in the panel, top to bottom
     for k, ax in enumerate(patch_axes):
         y = (middle(ax, "left")[1] - stream.y0) / stream.height
         fusion.add_patch(Rectangle((x_box, y - 0.05), w_box, 0.1, facecolor="0.93", edgecolor="0.3"))
         fusion.text(x_box + w_box / 2, y, f"stage {k + 1}", ha="center", va="center", fontsize=9)
         arrow(middle(ax, "right"), (stream.x0 + x_box * stream.width, middle(ax, "left")[1]), colors[k])
-        if k:
-            fusion.annotate("", xy=(x_box + w_box / 2, y + 0.05), xytext=(x_box + w_box / 2, previous - 0.05),
+        if k:  # an arrow from the stage above
+            fusion.annotate("", xy=(x_box + w_box / 2, y + 0.05), xytext=(x_box + w_box / 2, ys[-1] - 0.05),
                             arrowprops=dict(arrowstyle="-|>", color="0.3"))
-        else:
-            first = y
-        previous = y
+        ys.append(y)
+    first, previous = ys[0], ys[-1]
     fusion.annotate(age or "age", xy=(x_box + w_box / 2, previous - 0.05), xytext=(x_box + w_box / 2, -0.09),
                     ha="center", va="center", fontsize=10, annotation_clip=False,
                     arrowprops=dict(arrowstyle="<|-", color="0.3"))

@@ -20,6 +20,7 @@ MORPH II Setting I (≈ 44,000 training images) in under an hour, against the pa
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -179,7 +180,7 @@ def part_profile(args) -> None:
             lambda: maps_to_boxes(maps, config.image_size, config.patch_threshold, config.patch_min_frac,
                                   config.patch_max_frac), s)
         parts["crops (crop_patches)"] = 1e3 * seconds_of(lambda: crop_patches(images, boxes, config.patch_size), s)
-    for stage, r in record["stages"].items():
+    for r in record["stages"].values():
         r["parts_share"] = {k: v / r["step_ms"] for k, v in r["parts_ms"].items()}
     write(args, "profile", record)
 
@@ -354,8 +355,9 @@ def part_syncs(args) -> None:
     for variant in ("attention_only", "adpf"):
         for steps in (4, 8):
             subset = {"train": split.train[:steps * batch], "val": split.val[:0], "test": split.test[:1]}
-            counts[variant, steps] = counted_syncs(lambda: train(config.replace(variant=variant), data, subset, recipe,
-                                                                 use_cache=False, progress=False), cuda)
+            run = functools.partial(train, config.replace(variant=variant), data, subset, recipe,
+                                    use_cache=False, progress=False)
+            counts[variant, steps] = counted_syncs(run, cuda)
     if cuda:
         stage1 = (counts["attention_only", 8][0] - counts["attention_only", 4][0]) / 4
         both = (counts["adpf", 8][0] - counts["adpf", 4][0]) / 4

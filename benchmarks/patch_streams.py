@@ -60,7 +60,7 @@ def timing_rows(repeats: int) -> list[str]:
         ages = torch.rand(batch) * 80
         nets = {d: FusionNet(base.replace(patch_stream=d)).train() for d in DESIGNS}
 
-        def step(net):
+        def step(net, x=x, patches=patches, ages=ages, base=base):  # this preset's batch
             net.zero_grad(set_to_none=True)
             age_estimation_loss(net(x, patches).logits, ages, base).total.backward()
 
@@ -124,7 +124,7 @@ def training_rows(seeds: list[int], log) -> tuple[list[str], dict, list[str]]:
               f"images ({setting.split.name}, ages {meta['age'].min():.0f}–{meta['age'].max():.0f}).",
               f"Recipe: book ({json.dumps({k: v for k, v in setting.recipe.to_dict().items() if k != 'seed'})}); "
               f"training seeds {seeds}.",
-              f"Stage 1 (AttentionNet) per seed is shared by both designs (equal stage-1 keys, trained once).",
+              "Stage 1 (AttentionNet) per seed is shared by both designs (equal stage-1 keys, trained once).",
               f"Code version {code_version()}."]
     return rows, runs, notes
 

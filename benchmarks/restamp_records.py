@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
             if not todo:
                 return 0
             configs, recipes = [], {}
-            for path, record in todo.items():
+            for record in todo.values():
                 for item in record_configs(record):
                     if item["digest"] not in {c["digest"] for c in configs}:
                         configs.append(item)

@@ -59,7 +59,7 @@ def test_each_model_is_trained_once_per_setting_and_adpf_after_its_attention_net
     assert variants == [("adpf", 0), ("adpf", 1), ("attention_only", 0), ("attention_only", 1), ("plain_cnn", 0)]
     assert waits["07_training_attention"] == waits["08_patches_fusion"]
     assert len(set(waits["09_training_adpf"])) == 3 and waits["02_self_attention"] == ()
-    for tid, (variant, setting, after) in trainings.items():
+    for variant, setting, after in trainings.values():
         expected = [("attention_only", setting["seed"])] if variant == "adpf" else []
         assert [(trainings[a][0], trainings[a][1]["seed"]) for a in after] == expected
     # the build's overrides reach the trainings

@@ -22,7 +22,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.util
-import math
 import multiprocessing
 import os
 from contextlib import contextmanager
@@ -297,7 +296,7 @@ def geometry_doubts(detection: Detection, image_shape: tuple[int, ...]) -> list[
     """What is implausible about a detection's geometry: its eye distance or landmark span
     against its box width (`EYE_BOX_RANGE`, `SPAN_BOX_RANGE`), nose, eye or mouth landmarks
     outside the image ``(H, W, ...)``. Empty when all is plausible."""
-    points, (left, top, right, _) = detection.landmarks, detection.box
+    points, (left, _, right, _) = detection.landmarks, detection.box
     width = right - left
     doubts = []
     eyes = np.linalg.norm(np.subtract(*eye_centres(points))) / width
