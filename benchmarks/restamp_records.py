@@ -132,7 +132,7 @@ def tree_version(tree: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--made-at", required=True, help="the commit the records were made at")
+    parser.add_argument("--made-at", help="the commit the records were made at (required)")
     parser.add_argument("records", nargs="*", type=Path,
                         help="records to carry over (default: every benchmarks/results/*.json record)")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
@@ -140,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         child(*args.child)
         return 0
+    if not args.made_at:
+        parser.error("--made-at COMMIT is required")
 
     sys.path.insert(0, str(ROOT))
     from adpf.cache import code_version, write_json
