@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(VENV)/bin/ruff check adpf tests benchmarks data_scripts book/build.py
+	$(VENV)/bin/ruff check adpf tests benchmarks data_scripts book/build.py book/screenshots.py
 	$(PY) -m pytest -q -n auto --ignore=tests/book
 
 # Train the models the chapters share (once, in the cache), execute every chapter (papermill, two at a

@@ -74,6 +74,10 @@ BOOK_RECORDS: dict[str, str] = {
                           "--attention --seeds 0 1 2 --record benchmarks/results/ablation-synthetic.json",
     "heads-synthetic": "adpf experiments heads --data synthetic --synthetic-n 3000 --recipe book "
                        "--heads-list 1,3,5 --seeds 0 1 2 --record benchmarks/results/heads-synthetic.json",
+    # The same rows for three times the book's budget (12 + 12 epochs): the learning curves to a
+    # plateau, and the verdicts where the variants have stopped improving
+    "curves-synthetic": "adpf experiments ablation --data synthetic --synthetic-n 3000 --recipe book "
+                        "--epochs 12,12 --attention --seeds 0 1 2 --record benchmarks/results/curves-synthetic.json",
     # UTKFace (3,000 of the faces, dlib-aligned at 64 px: see benchmarks/results/README.md), every
     # model also tested on the All-Age-Faces photos aligned from the wild (train on one set,
     # predict on another); the same recipe as on the drawn faces; ADPF and the baselines (the
@@ -340,6 +344,17 @@ def learning_curves(record: dict) -> pd.DataFrame:
     rows = [{"model": row["model"], "seed": row["seed"], "stage": stage, **epoch}
             for row in record["rows"] for stage, epochs in row["history"].items() for epoch in epochs]
     return pd.DataFrame(rows)
+
+
+def late_gain(curves: pd.DataFrame, epochs: int = 1) -> pd.DataFrame:
+    """How much validation MAE each model's last stage still gained in its last ``epochs``
+    epochs: one row per (model, seed), column ``gain`` (years; > 0 is still improving; NaN when
+    the stage has no more than ``epochs`` epochs), from `learning_curves` rows."""
+    last_stage = curves.groupby(["model", "seed"])["stage"].transform(lambda s: s.iloc[-1])
+    part = curves[curves["stage"] == last_stage].sort_values("epoch")
+    tail = part.groupby(["model", "seed"], sort=False)["val_mae"].apply(
+        lambda v: float(v.iloc[-epochs - 1] - v.iloc[-1]) if len(v) > epochs else float("nan"))
+    return tail.rename("gain").reset_index()
 
 
 def run_command(command: str, root: str | Path = RESULTS.parents[1]) -> int:

@@ -243,6 +243,33 @@ def plot_cs(ax: Axes, curves: dict, colors: Sequence | None = None) -> Axes:
     return ax
 
 
+def plot_stage_curves(curves, order: Sequence[str], constant: float, figsize=(10, 3.4)) -> Figure:
+    """Validation MAE after every epoch, two panels: stage 1 (AttentionNet) and stage 2 with the
+    one-stage baselines; the mean over seeds with a band of ± one standard deviation.
+
+    curves: `adpf.experiments.learning_curves` rows (model, seed, stage, epoch, val_mae).
+    order: the models in the order of their colours. constant: the MAE of always answering the
+    mean training age (a dashed line). Only models with an AttentionNet of their own are drawn in
+    stage 1 (ADPF, ADPF w/o ranking and AttentionNet alone share ADPF's).
+    """
+    own_stage1 = curves["model"].isin(["ADPF", "ADPF w/SA", "ADPF w/o diversity loss"])
+    parts = ((curves[(curves["stage"] == "attention") & own_stage1], "stage 1: AttentionNet"),
+             (curves[curves["stage"].isin(["fusion", "single"])], "stage 2 and the baselines"))
+    palette = {m: head_color(k) for k, m in enumerate(order)}
+    fig, axes = plt.subplots(1, 2, figsize=figsize, sharey=True)
+    for ax, (part, title) in zip(axes, parts):
+        sns.lineplot(data=part, x="epoch", y="val_mae", hue="model", palette=palette,
+                     errorbar="sd", marker="o", markersize=4, ax=ax)
+        ax.axhline(constant, color="0.4", linestyle="--")
+        ax.set_title(title)
+        ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
+        ax.set_ylabel("validation MAE (years)")
+        ax.legend(frameon=False, fontsize=7)
+        sns.despine(ax=ax)
+    fig.tight_layout()
+    return fig
+
+
 def draw_learning_paths(ax: Axes, sizes: Sequence[int], widths: Sequence[int],
                         colors: Sequence | None = None) -> Axes:
     """FusionNet's main stream as a row of stages, with patch P_k joining stage k (Eq. 8).

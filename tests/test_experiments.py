@@ -13,7 +13,7 @@ from adpf.config import ADPFConfig, get_preset
 from adpf.data.prepared import load_prepared, write_prepared
 from adpf.data.protocols import kfold_subjects
 from adpf.experiments import (ABLATIONS, CLAIMS, ablation_table, book_records, check_claims, heads_table,
-                              learning_curves, mean_pm_std, mean_std, read_record, record_notes, record_rows,
+                              late_gain, learning_curves, mean_pm_std, mean_std, read_record, record_notes, record_rows,
                               records_overview, run_command, run_protocol, seed_summary, seed_table, verdict)
 from adpf.networks import build_model, count_parameters
 from adpf.recipes import Recipe
@@ -149,6 +149,28 @@ def test_a_record_holds_its_provenance_and_every_row(data, cache, tmp_path):
     assert rows.loc[rows["model"] == "plain CNN", "head_overlap"].isna().all()
     curves = learning_curves(record)
     assert len(curves) == 2 * (2 + 2 + 1) and set(curves["stage"]) == {"attention", "fusion", "single"}
+    # one epoch a stage: nothing to gain from
+    assert late_gain(curves)["gain"].isna().all()
+
+
+def test_late_gain_is_the_last_stages_fall_over_its_last_epochs():
+    history = {("a", 0): {"attention": [9.0, 5.0, 4.0], "fusion": [8.0, 6.0, 5.5, 5.25]},
+               ("a", 1): {"attention": [9.0, 7.0, 6.0], "fusion": [7.0, 7.5, 7.0, 7.5]},
+               ("b", 0): {"single": [10.0, 9.0]}}
+    record = {"rows": [{"model": m, "seed": s, "history": {stage: [{"epoch": e + 1, "val_mae": v}
+                                                                  for e, v in enumerate(values)]
+                                                           for stage, values in h.items()}}
+                       for (m, s), h in history.items()]}
+    curves = learning_curves(record)
+    for epochs in (1, 2, 3):
+        gains = late_gain(curves, epochs).set_index(["model", "seed"])["gain"]
+        for key, h in history.items():
+            last = list(h.values())[-1]
+            expected = last[-epochs - 1] - last[-1] if len(last) > epochs else None
+            if expected is None:
+                assert np.isnan(gains[key])
+            else:
+                assert gains[key] == pytest.approx(expected, abs=1e-12)
 
 
 def test_a_record_resumes_its_finished_rows_and_restarts_for_other_code(data, cache, tmp_path, trainings,
@@ -328,7 +350,8 @@ def test_book_records_notes_and_overview(data, cache, tmp_path, monkeypatch):
     notes = record_notes(found, tmp_path)
     assert "{warning}" not in notes
     # the optional records are missing: a note with the command of each
-    assert notes.count("```{note}") == 1 and experiments.BOOK_RECORDS["ablation-utkface"] in notes
+    assert notes.count("```{note}") == 2 and experiments.BOOK_RECORDS["ablation-utkface"] in notes
+    assert experiments.BOOK_RECORDS["curves-synthetic"] in notes
     # after a change of the code every record warns
     monkeypatch.setattr(experiments, "code_version", lambda: "0.0+changed")
     notes = record_notes(found, tmp_path)
