@@ -40,3 +40,26 @@ def test_environment_installs_the_package_itself():
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
     assert any(s.startswith("-e") for s in pip)
+
+
+def test_readme_parameter_counts_are_the_models():
+    """The README's table of parameter counts is what `adpf info` counts today."""
+    import re
+
+    from adpf.config import get_preset
+    from adpf.networks import build_model, count_parameters
+
+    def n(text):
+        return int(text.replace(",", ""))
+
+    rows = {m.group(1): m.groups()[1:] for m in re.finditer(
+        r"^\| `(\w+)` \| [^|]+\| \**([\d,]+)\** \(([\d,]+) \+ ([\d,]+)\) \| ([\d,]+) \|$",
+        (ROOT / "README.md").read_text(), flags=re.M)}
+    assert set(rows) == {"paper", "cpu"}
+    for preset, (total, attention, fusion, plain) in rows.items():
+        config = get_preset(preset)
+        adpf_model = build_model(config)
+        assert n(total) == count_parameters(adpf_model), preset
+        assert n(attention) == count_parameters(adpf_model.attention_net), preset
+        assert n(fusion) == count_parameters(adpf_model.fusion_net), preset
+        assert n(plain) == count_parameters(build_model(config.replace(variant="plain_cnn"))), preset
