@@ -244,6 +244,30 @@ def box_coverage(boxes: Tensor, regions: Tensor) -> dict[str, int]:
     return {"covered": int((inside & regions).sum()), "regions": int(regions.sum()), "boxes": int(inside.sum())}
 
 
+#: What `patch_reliance` gives FusionNet in place of a face's own patches.
+PATCH_SWAPS = ("own patches", "another face's patches", "blank patches")
+
+
+@torch.no_grad()
+def patch_reliance(model: nn.Module, images: Tensor, ages: Tensor) -> dict[str, float]:
+    """How much a trained patch model (ADPF or ``fixed_patches``) leans on its patches.
+
+    The MAE on ``images`` ``(B, 3, H, W)`` with true ``ages`` ``(B,)`` when FusionNet (Eq. 8)
+    reads each face with its own patches (the model's forward pass), with the patches of
+    another face (the batch rolled by one: the same kind of crops, of someone else), and with
+    blank mid-grey patches. A network that reads its patches loses accuracy without them; one
+    that reads only the face does not. Returns ``{name: MAE}`` for the names of `PATCH_SWAPS`.
+    """
+    model.eval()
+    images, ages = images.to(model_device(model)), ages.to(model_device(model))
+    patches = model(images).patches  # (B, n, 3, p, p)
+    out = {}
+    for name, used in zip(PATCH_SWAPS, (patches, patches.roll(1, dims=0), torch.full_like(patches, 0.5))):
+        age, _ = predict_age(model.fusion_net(images, used).logits, model.config)
+        out[name] = float((age - ages).abs().mean())
+    return out
+
+
 def head_similarity(maps: Tensor) -> Tensor:
     """Mean cosine similarity between every pair of heads' normalised maps ``(n, n)``.
 

@@ -238,3 +238,28 @@ def test_box_coverage_counts_pixels_like_a_loop():
     assert box_coverage(full, regions) == {"covered": counts["regions"], "regions": counts["regions"], "boxes": 3 * 144}
     with pytest.raises(ValueError, match="boxes \\(B, n, 4\\)"):
         box_coverage(boxes[0], regions)
+
+
+@pytest.mark.parametrize("variant", ["adpf", "fixed_patches"])
+def test_patch_reliance_swaps_only_the_patches(variant):
+    from adpf.evaluate import PATCH_SWAPS, patch_reliance
+    from adpf.losses import predict_age
+
+    torch.manual_seed(0)
+    config = tiny(variant=variant)
+    model = build_model(config).eval()
+    images, ages = torch.rand(6, 3, config.image_size, config.image_size), torch.rand(6) * config.age_max
+    found = patch_reliance(model, images, ages)
+    assert list(found) == list(PATCH_SWAPS)
+    with torch.no_grad():
+        out = model(images)
+        own = (predict_age(out.logits, config)[0] - ages).abs().mean()
+        # face b with the patches of face b - 1, by hand; and with blank ones
+        swapped = torch.stack([out.patches[(b - 1) % 6] for b in range(6)])
+        other = (predict_age(model.fusion_net(images, swapped).logits, config)[0] - ages).abs().mean()
+        blank = model.fusion_net(images, torch.full_like(out.patches, 0.5)).logits
+        blank = (predict_age(blank, config)[0] - ages).abs().mean()
+    assert found["own patches"] == pytest.approx(float(own), abs=1e-6)
+    assert found["another face's patches"] == pytest.approx(float(other), abs=1e-6)
+    assert found["blank patches"] == pytest.approx(float(blank), abs=1e-6)
+    assert found["another face's patches"] != found["own patches"]  # the patches do reach the estimate

@@ -55,6 +55,10 @@ def test_ch9_full_model_trains_on_the_shared_stage1():
     assert values["adpf_beats_plain"] == (values["adpf_minus_plain"] < 0)
     assert 0 <= values["adpf_cs5"] <= 1 and values["photo_std"] > 0
     assert 0 <= values["photo_age"] <= 100
+    # the patch check: with its own patches ADPF is the model of the table; the prose says the
+    # swapped patches lie above that, which must be so
+    assert values["reliance_0"] == pytest.approx(values["adpf_mae"], abs=1e-4)
+    assert values["reliance_1"] > values["reliance_0"] and values["reliance_2"] > values["reliance_0"]
 
 
 def test_ch10_reads_its_records_and_says_when_the_code_changed():
