@@ -90,3 +90,19 @@ def test_the_time_table(tmp_path, monkeypatch, capsys):
 def test_workers_must_be_positive():
     with pytest.raises(SystemExit):
         build.main(["--workers", "0"])
+
+
+def test_every_glued_value_is_read_by_the_text_or_a_book_check():
+    """A chapter glues only what its prose shows or tests/book checks (f-string keys aside)."""
+    import re
+
+    checks = "".join(p.read_text() for p in (REPO / "tests" / "book").glob("*.py"))
+    unread = []
+    for chapter in sorted((REPO / "book").glob("[0-9]*.md")):
+        text = chapter.read_text()
+        for key in re.findall(r'glue\(\s*"([^"{}]+)"', text):
+            in_text = re.search(r"\{glue(?::\w+)?\}`" + re.escape(key) + r"[`:]", text) or \
+                re.search(r"```\{glue:\w+\}\s+" + re.escape(key) + r"\s", text)
+            if not in_text and not re.search(r"[\"']" + re.escape(key) + r"[\"']", checks):
+                unread.append(f"{chapter.name}: {key}")
+    assert not unread
