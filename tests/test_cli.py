@@ -370,7 +370,7 @@ def test_ctrl_c_names_the_last_checkpoint_and_the_same_command_resumes(env, slow
 
 def test_sigterm_while_training_ends_with_status_143_and_no_temporaries(env, slow_data, tmp_path):
     cache = tmp_path / "cache"
-    process = start(env, cache, "train", *TINY, "--data", slow_data, "--recipe", "book", "--epochs", "6,1",
+    process = start(env, cache, "train", *TINY, "--data", slow_data, "--recipe", "book", "--epochs", "12,1",
                     "--batch-size", "8", "--no-progress")
     checkpoint = wait_for(lambda: next(cache.glob("runs/attention-*/checkpoint.pt"), None), process)
     process.send_signal(signal.SIGTERM)
