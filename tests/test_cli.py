@@ -315,10 +315,18 @@ def slow_data(tmp_path_factory):
     return write_prepared(tmp_path_factory.mktemp("slow") / "tiny600", images, meta, name="tiny600")
 
 
+def _as_from_a_shell():
+    """In the child: Ctrl-C and SIGTERM as an interactive shell leaves them. A shell starts a
+    background job (``make test &``, CI's own runner) with SIGINT ignored, an ignored signal
+    stays ignored across exec, and the command under test would never see the Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def start(env, cache, *args):
     return subprocess.Popen([sys.executable, "-m", "adpf.cli", *map(str, args)], cwd=env["root"],
                             env={**env["env"], "ADPF_CACHE_DIR": str(cache)}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, encoding="utf-8")
+                            stderr=subprocess.PIPE, text=True, encoding="utf-8", preexec_fn=_as_from_a_shell)
 
 
 def wait_for(find, process, timeout=240):
@@ -342,15 +350,13 @@ def temporaries(root: Path) -> list[Path]:
 def test_ctrl_c_names_the_last_checkpoint_and_the_same_command_resumes(env, slow_data, tmp_path):
     # once: a 100-line KeyboardInterrupt traceback, exit status 1
     cache = tmp_path / "cache"
-    # 12 epochs: the signal must land while the training runs, also when this test process is
-    # starved of the CPU for seconds by the other tests (a 3-epoch run once finished first)
-    command = ["train", *TINY, "--data", slow_data, "--recipe", "book", "--epochs", "12,1", "--batch-size", "8",
+    command = ["train", *TINY, "--data", slow_data, "--recipe", "book", "--epochs", "3,1", "--batch-size", "8",
                "--no-progress"]
     process = start(env, cache, *command)
     wait_for(lambda: next(cache.glob("runs/attention-*/checkpoint.pt"), None), process)
     process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=240)
-    assert process.returncode == 130, err
+    out, err = process.communicate(timeout=240)
+    assert process.returncode == 130, (out, err)
     named = re.fullmatch(r"adpf train: interrupted; the last checkpoint is (\S+); the same command resumes from it",
                          one_line(err))
     assert named, err
@@ -363,14 +369,14 @@ def test_ctrl_c_names_the_last_checkpoint_and_the_same_command_resumes(env, slow
     again = adpf({**env, "env": {**env["env"], "ADPF_CACHE_DIR": str(cache)}}, *command)
     assert again.returncode == 0, again.stderr
     result = json.loads(next(cache.glob("runs/fusion-*/result.json")).read_text())
-    assert [len(result["history"][s]) for s in ("attention", "fusion")] == [12, 1]
+    assert [len(result["history"][s]) for s in ("attention", "fusion")] == [3, 1]
     seconds = [row["seconds"] for row in result["history"][state["stage"]]]
     assert seconds[:len(done)] == done  # the epochs before the interruption were kept, not trained again
 
 
 def test_sigterm_while_training_ends_with_status_143_and_no_temporaries(env, slow_data, tmp_path):
     cache = tmp_path / "cache"
-    process = start(env, cache, "train", *TINY, "--data", slow_data, "--recipe", "book", "--epochs", "12,1",
+    process = start(env, cache, "train", *TINY, "--data", slow_data, "--recipe", "book", "--epochs", "6,1",
                     "--batch-size", "8", "--no-progress")
     checkpoint = wait_for(lambda: next(cache.glob("runs/attention-*/checkpoint.pt"), None), process)
     process.send_signal(signal.SIGTERM)
