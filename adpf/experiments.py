@@ -49,7 +49,7 @@ from adpf.cache import code_version, data_identity, digest, read_json, split_ide
 from adpf.checkpoint import load_model
 from adpf.config import ADPFConfig, get_preset
 from adpf.data.prepared import Prepared, PreparedFaces, load_prepared
-from adpf.evaluate import attention_report, predict, summarize
+from adpf.evaluate import attention_report, constant_baseline, mae, predict, summarize
 from adpf.networks import build_model, count_parameters
 from adpf.recipes import SPEED_FIELDS, Recipe, get_recipe
 from adpf.train import TrainResult, as_split, hardware, train, versions
@@ -266,12 +266,12 @@ def _constant(data: Prepared, indices: dict, other: Prepared | None) -> dict:
     """Always answering the mean training age: its MAE on the test and validation faces (and
     on the second dataset)."""
     ages = data.meta["age"].to_numpy(np.float64)
-    mean = float(ages[indices["train"]].mean())
-    out = {"train_mean_age": mean, "mae": float(np.abs(ages[indices["test"]] - mean).mean())}
+    train_ages = ages[indices["train"]]
+    out = {"train_mean_age": float(train_ages.mean()), "mae": mae(constant_baseline(train_ages, ages[indices["test"]]))}
     if indices["val"].size:
-        out["val_mae"] = float(np.abs(ages[indices["val"]] - mean).mean())
+        out["val_mae"] = mae(constant_baseline(train_ages, ages[indices["val"]]))
     if other is not None:
-        out["test_on_mae"] = float(np.abs(other.meta["age"].to_numpy(np.float64) - mean).mean())
+        out["test_on_mae"] = mae(constant_baseline(train_ages, other.meta["age"].to_numpy(np.float64)))
     return out
 
 
