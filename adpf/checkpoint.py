@@ -220,12 +220,16 @@ def config_from_checkpoint(state: dict, path: str | os.PathLike = "<checkpoint>"
         raise CheckpointError(f"checkpoint {path}: bad config ({e})") from e
 
 
+#: Config fields set after training (the calibration of the ±), not compared by `check_config`.
+UNCHECKED_FIELDS = ("std_scale",)
+
+
 def check_config(state: dict, config: ADPFConfig, path: str | os.PathLike = "<checkpoint>") -> None:
     """Raise ``CheckpointError`` listing every field where the checkpoint's config differs."""
     saved = state["config"]
     wanted = config.to_dict()
     diff = [f"{k}: checkpoint has {saved.get(k)!r}, expected {_plain(v)!r}"
-            for k, v in wanted.items() if _plain(saved.get(k)) != _plain(v)]
+            for k, v in wanted.items() if k not in UNCHECKED_FIELDS and _plain(saved.get(k)) != _plain(v)]
     if diff:
         raise CheckpointError(f"checkpoint {path}: config differs: " + "; ".join(diff))
 

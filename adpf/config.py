@@ -20,7 +20,7 @@ import json
 from dataclasses import dataclass
 from typing import Literal
 
-Variant = Literal["adpf", "attention_only", "plain_cnn", "fixed_patches"]
+Variant = Literal["adpf", "attention_only", "plain_cnn", "fixed_patches", "resnet18"]
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,11 @@ class ADPFConfig:
         (book/open_choices.md, choice 5; paper: 0..100).
     sigma: standard deviation (years) of the Gaussian label distribution of Eq. 12
         (book/open_choices.md, choice 5; DLDL uses 2).
+    std_scale: the factor the standard deviation of the predicted age distribution is multiplied
+        by to give the reported ± (book/open_choices.md, choice 15). 1.0 while training; after
+        training, ``adpf.train.train`` fits it on the validation faces so that ±1σ holds 68.3 % of
+        them (``evaluate.fit_std_scale``) and stores it in the checkpoint's config. It changes no
+        prediction, only the ±, and is left out of the cache keys and of ``check_config``.
     eq9: "as_written" applies Eq. 9 after the softmax, where it is a no-op; "raw" applies
         max(0, ·) and renormalisation to the raw outputs instead (book/open_choices.md, choice 4).
 
@@ -66,7 +71,10 @@ class ADPFConfig:
     --------------------------------------------------------
     variant: "adpf" (AttentionNet + FusionNet), "attention_only" (AttentionNet alone),
         "plain_cnn" (FusionNet's main stream without attention or patches),
-        "fixed_patches" (FusionNet fed with patches at the same place in every image).
+        "fixed_patches" (FusionNet fed with patches at the same place in every image),
+        "resnet18" (a ResNet-18 of about ADPF's size, not in the paper: ``networks.ReferenceResNet``).
+    reference_width: w, the first stage's width of the ``resnet18`` reference (widths w, 2w,
+        4w, 8w; book/open_choices.md, choice 14), set per preset to about ADPF's parameter count.
     attention: "hybrid" (Eq. 5) or "self_sum" (ADPF w/SA: self-attention summed over channels).
     ranking: True ranks heads by a_k (Eq. 6); False feeds patches in head-index order.
     rank_by: "value" ranks by a_k, "abs" by |a_k| (book/open_choices.md, choice 6).
@@ -106,11 +114,13 @@ class ADPFConfig:
     patch_size: int = 48
     patch_channels: int = 32
     patch_stream: Literal["strided", "resize"] = "strided"
+    reference_width: int = 42
     # age output
     age_min: int = 0
     age_max: int = 100
     sigma: float = 2.0
     eq9: Literal["as_written", "raw"] = "as_written"
+    std_scale: float = 1.0
     # switches
     variant: Variant = "adpf"
     attention: Literal["hybrid", "self_sum"] = "hybrid"
@@ -127,7 +137,7 @@ class ADPFConfig:
 
     def __post_init__(self) -> None:
         for name in ("heads", "image_size", "in_channels", "x_size", "x_channels", "key_channels",
-                     "value_channels", "ca_reduction", "patch_size", "patch_channels"):
+                     "value_channels", "ca_reduction", "patch_size", "patch_channels", "reference_width"):
             if not _whole(getattr(self, name)) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a whole number >= 1, got {getattr(self, name)!r}")
         for name in ("stem_channels", "fusion_channels"):
@@ -136,6 +146,8 @@ class ADPFConfig:
                 raise ValueError(f"{name} must be a list of whole numbers >= 1, got {widths!r}")
         if not (_whole(self.age_min) and _whole(self.age_max)):
             raise ValueError(f"age_min and age_max must be whole numbers, got {self.age_min!r}, {self.age_max!r}")
+        if not (isinstance(self.std_scale, (int, float)) and 0 < self.std_scale < float("inf")):
+            raise ValueError(f"std_scale must be a finite number > 0, got {self.std_scale!r}")
         if not (isinstance(self.sigma, (int, float)) and self.sigma > 0):
             raise ValueError(f"sigma must be a number > 0 (years), got {self.sigma!r}")
         if self.x_channels % self.heads:
@@ -159,7 +171,7 @@ class ADPFConfig:
         if self.patch_threshold != "mean" and not (
                 isinstance(self.patch_threshold, (int, float)) and 0 <= self.patch_threshold <= 1):
             raise ValueError(f"patch_threshold must be 'mean' or a number in [0, 1], got {self.patch_threshold!r}")
-        for name, allowed in [("variant", ("adpf", "attention_only", "plain_cnn", "fixed_patches")),
+        for name, allowed in [("variant", ("adpf", "attention_only", "plain_cnn", "fixed_patches", "resnet18")),
                               ("attention", ("hybrid", "self_sum")), ("rank_by", ("value", "abs")),
                               ("eq9", ("as_written", "raw")), ("diversity_maps", ("unit", "normalized", "raw")),
                               ("attention_impl", ("sdpa", "plain")), ("patch_stream", ("strided", "resize"))]:
@@ -217,6 +229,7 @@ PRESETS: dict[str, ADPFConfig] = {
         fusion_channels=(16, 32, 32, 48, 48),
         patch_size=24,
         patch_channels=16,
+        reference_width=11,
     ),
 }
 

@@ -165,6 +165,20 @@ def calibration(errors: np.ndarray, std: np.ndarray) -> dict:
             **{f"gaussian_{k}std": share for k, share in GAUSSIAN_COVERAGE.items()}}
 
 
+def fit_std_scale(errors: np.ndarray, std: np.ndarray, coverage: float = GAUSSIAN_COVERAGE[1]) -> float:
+    """The factor s that makes ±s·σ hold ``coverage`` of the faces: the ``coverage`` quantile of |error| / σ.
+
+    errors, std ``(N,)`` on faces the model was not trained on (the validation split). Fitted
+    for ±1σ only; whether ±2s·σ then holds about 95 % shows whether the errors are near
+    Gaussian (``calibration`` on the test split reports both). Book/open_choices.md, choice 15.
+    """
+    errors, std = np.abs(np.asarray(errors, dtype=np.float64)), np.asarray(std, dtype=np.float64)
+    if errors.shape != std.shape or errors.size == 0 or not (std > 0).all():
+        raise ValueError("fit_std_scale needs non-empty errors and positive stds of the same shape, "
+                         f"got {errors.shape} and {std.shape}")
+    return float(np.quantile(errors / std, coverage))
+
+
 def summarize(predictions: Predictions, v_max: int = 10) -> dict:
     """The metrics of a result record (JSON-serialisable): MAE, CS(0..v_max), MAE and CS per
     age band (`age_group_errors`), the calibration of the predicted std (`calibration`)."""

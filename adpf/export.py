@@ -47,7 +47,7 @@ class AgeModel(nn.Module):
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
         probs = age_distribution(self.model(images).logits.float(), self.config.eq9)
         ages = age_classes(self.config, probs)
-        return expected_age(probs, ages), age_std(probs, ages)
+        return expected_age(probs, ages), self.config.std_scale * age_std(probs, ages)
 
 
 def _onnx_sort_stable(self, stable: bool = False, dim: int = -1, descending: bool = False):

@@ -143,6 +143,8 @@ def age_std(probs: Tensor, ages: Tensor) -> Tensor:
 def predict_age(logits: Tensor, config: ADPFConfig) -> tuple[Tensor, Tensor]:
     """Predicted age and its uncertainty ``(B,)``, ``(B,)`` from the network output ``(B, q)`` (Eq. 9–10).
 
+    The uncertainty is the standard deviation of the predicted age distribution times
+    ``config.std_scale`` (1 until a training has calibrated it on validation faces).
     Raises `NonFiniteOutputError` when any output is NaN or ±inf.
     """
     bad = ~torch.isfinite(logits).all(dim=-1)
@@ -155,7 +157,7 @@ def predict_age(logits: Tensor, config: ADPFConfig) -> tuple[Tensor, Tensor]:
             rows)
     probs = age_distribution(logits, config.eq9)
     ages = age_classes(config, probs)
-    return expected_age(probs, ages), age_std(probs, ages)
+    return expected_age(probs, ages), config.std_scale * age_std(probs, ages)
 
 
 def mae_loss(predicted: Tensor, target: Tensor) -> Tensor:

@@ -237,6 +237,56 @@ class FixedPatchFusion(nn.Module):
         return ModelOutput(logits=self.fusion_net(x, patches).logits, boxes=boxes, patches=patches)
 
 
+class BasicBlock(nn.Module):
+    """ResNet's basic block: two conv 3×3 – BatchNorm, ReLU between, added to the input (a 1×1
+    conv – BatchNorm shortcut where the shape changes), ReLU. ``(B, c_in, s, s)`` → ``(B, c_out, s/stride, s/stride)``."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True),
+            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels))
+        self.shortcut = nn.Identity() if stride == 1 and in_channels == out_channels else nn.Sequential(
+            nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False), nn.BatchNorm2d(out_channels))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu(self.body(x) + self.shortcut(x))
+
+
+class ReferenceResNet(nn.Module):
+    """The ``resnet18`` reference: ResNet-18 (He et al., 2016) with the same input, age output and loss.
+
+    The layout of ResNet-18 for small images: a conv 3×3 stem, four stages of two basic blocks
+    with widths w, 2w, 4w, 8w (each stage but the first halving the resolution), global average
+    pooling, FC to the q age logits. ``config.reference_width`` = w is set per preset so that
+    the network has about ADPF's parameter count (cpu: w = 11, 0.34 M against ADPF's 0.36 M;
+    paper: w = 42, 4.8 M against 4.9 M); the stem is strided by image_size / 64 so that the
+    first stage always works at 64×64. Not in the paper: a well-known design beside ADPF at an
+    equal budget (book/open_choices.md, choice 14).
+
+    forward(x ``(B, 3, H, W)``) → ``ModelOutput`` (logits ``(B, q)``).
+    """
+
+    def __init__(self, config: ADPFConfig):
+        super().__init__()
+        self.config, w = config, config.reference_width
+        stride = max(1, config.image_size // 64)
+        self.stem = nn.Sequential(nn.Conv2d(config.in_channels, w, 3, stride=stride, padding=1, bias=False),
+                                  nn.BatchNorm2d(w), nn.ReLU(inplace=True))
+        stages, prev = [], w
+        for i, width in enumerate((w, 2 * w, 4 * w, 8 * w)):
+            stages += [BasicBlock(prev, width, stride=1 if i == 0 else 2), BasicBlock(width, width)]
+            prev = width
+        self.stages = nn.Sequential(*stages)
+        self.fc = nn.Linear(prev, config.num_classes)
+
+    def forward(self, x: Tensor) -> ModelOutput:
+        check_images(x, self.config)
+        features = self.stages(self.stem(normalize_images(x)))
+        return ModelOutput(logits=self.fc(features.mean(dim=(2, 3))))
+
+
 def build_model(config: ADPFConfig) -> nn.Module:
     """The network for ``config.variant``; ablations are switches of the config, not other classes."""
     if config.variant == "adpf":
@@ -247,6 +297,8 @@ def build_model(config: ADPFConfig) -> nn.Module:
         return FusionNet(config, use_patches=False)
     if config.variant == "fixed_patches":
         return FixedPatchFusion(config)
+    if config.variant == "resnet18":
+        return ReferenceResNet(config)
     raise ValueError(f"unknown variant {config.variant!r}")
 
 
@@ -258,7 +310,7 @@ def count_parameters(module: nn.Module | None) -> int:
 def parameter_table(config: ADPFConfig) -> list[tuple[str, int, int, int]]:
     """(variant, AttentionNet, FusionNet, total) parameter counts for every variant of a config."""
     rows = []
-    for variant in ("adpf", "attention_only", "plain_cnn", "fixed_patches"):
+    for variant in ("adpf", "attention_only", "plain_cnn", "fixed_patches", "resnet18"):
         model = build_model(config.replace(variant=variant))
         attention = count_parameters(model if variant == "attention_only" else getattr(model, "attention_net", None))
         total = count_parameters(model)

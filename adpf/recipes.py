@@ -49,6 +49,9 @@ class Recipe:
     compile: wrap the trained network in ``torch.compile``.
     deterministic: ``torch.use_deterministic_algorithms`` (warn-only, since some CUDA kernels
         have no deterministic version) and no cuDNN autotuning.
+    keep_best: end each stage with the weights of its epoch of lowest validation MAE (kept as
+        ``best.pt`` in the stage folder while training; the stage's checkpoint and the record say
+        which epoch: ``TrainResult.best_epochs``). False keeps the last epoch (the paper's).
     """
 
     attention_epochs: int = 200
@@ -71,6 +74,7 @@ class Recipe:
     channels_last: bool = True
     compile: bool = False
     deterministic: bool = False
+    keep_best: bool = False
 
     def __post_init__(self) -> None:
         if self.attention_epochs < 0 or self.fusion_epochs < 0:

@@ -54,7 +54,7 @@ from adpf.checkpoint import (check_config, checkpoint_dict, load_checkpoint, loa
 from adpf.config import ADPFConfig
 from adpf.data.prepared import Prepared, PreparedFaces, load_prepared
 from adpf.distributed import Process, close_process, setup_process
-from adpf.evaluate import predict, summarize
+from adpf.evaluate import fit_std_scale, predict, summarize
 from adpf.losses import age_estimation_loss, attention_net_loss
 from adpf.networks import build_model
 from adpf.recipes import SPEED_FIELDS, Recipe, get_recipe
@@ -131,6 +131,8 @@ class TrainResult:
     history: per stage, one dict per epoch (lr, loss parts, train_mae, val_mae, seconds,
         images_per_s).
     timings: seconds of each stage's training (as it was trained, also when loaded from cache).
+    best_epochs: per stage, the epoch whose weights were kept (the lowest validation MAE, with
+        ``Recipe.keep_best``; None: the last epoch's).
     throughput: training images per second of each stage.
     """
 
@@ -147,6 +149,7 @@ class TrainResult:
     checkpoint: str
     stage_keys: dict[str, str]
     cached: bool = False
+    best_epochs: dict[str, int | None] = dataclasses.field(default_factory=dict)
 
     @property
     def mae(self) -> float:
@@ -346,6 +349,7 @@ def run_stage(stage: Stage, previous: nn.Module | None, data: Prepared, split: d
 
     forward = training_forward(model, recipe, process)
     bar = _progress_bar(stage, len(loader), start, progress and process.main)
+    best_path = stage.folder / "best.pt"
     for epoch in range(start, stage.epochs):
         row = train_one_epoch(stage, epoch, model, forward, loader, optimizer, scheduler, recipe, process,
                               checkpoint_path, bar)
@@ -356,6 +360,9 @@ def run_stage(stage: Stage, previous: nn.Module | None, data: Prepared, split: d
                             val=f"{row['val_mae']:.2f}")
         history.append(row)
         if process.main:
+            if recipe.keep_best and best_epoch(history) == epoch + 1:
+                save_checkpoint(checkpoint_dict(stage.config, model.state_dict(), stage.name, epoch + 1,
+                                                meta={"key": stage.key}), best_path)
             save_checkpoint(checkpoint_dict(stage.config, model.state_dict(), stage.name, epoch + 1,
                                             optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                                             rng=rng_state(generator), meta={"history": history, "key": stage.key}),
@@ -363,14 +370,26 @@ def run_stage(stage: Stage, previous: nn.Module | None, data: Prepared, split: d
         if callback is not None:
             callback(stage, row, model)
     bar.close()
-    if stage.epochs == 0 and process.main:
-        save_checkpoint(checkpoint_dict(stage.config, model.state_dict(), stage.name, 0,
-                                        meta={"history": [], "key": stage.key}), checkpoint_path)
-    record = stage_record(history)
+    kept = best_epoch(history) if recipe.keep_best else None
+    if kept is not None and kept != stage.epochs:
+        load_model_state(model, load_checkpoint(best_path, map_location=process.device)["model"], best_path)
+    if process.main and (stage.epochs == 0 or kept is not None):
+        # the stage's final checkpoint holds the weights it keeps (the best validation epoch's)
+        save_checkpoint(checkpoint_dict(stage.config, model.state_dict(), stage.name, stage.epochs,
+                                        meta={"history": history, "key": stage.key, "best_epoch": kept}),
+                        checkpoint_path)
+    process.barrier()
+    record = {**stage_record(history), "best_epoch": kept}
     if process.main:
         write_json(stage.folder / "stage.json", record)
     process.barrier()
     return model, record
+
+
+def best_epoch(history: list[dict]) -> int | None:
+    """The 1-based epoch with the lowest validation MAE (the first of equals), None without validation."""
+    scored = [(row["val_mae"], row["epoch"]) for row in history if math.isfinite(row.get("val_mae", math.nan))]
+    return min(scored)[1] if scored else None
 
 
 def load_stage_checkpoint(path: Path, stage: Stage, model: nn.Module, process: Process) -> dict:
@@ -445,6 +464,21 @@ def validate(model: nn.Module, loader: DataLoader, recipe: Recipe) -> dict:
     return summarize(predict(model, loader, amp=recipe.amp))
 
 
+def calibrate(model: nn.Module, stage: Stage, val_loader: DataLoader, recipe: Recipe, process: Process) -> nn.Module:
+    """Fit the ± on the validation faces (``evaluate.fit_std_scale``) and keep it in the model's
+    config and in the stage's checkpoint (``config.std_scale``; book/open_choices.md, choice 15)."""
+    model.config = model.config.replace(std_scale=1.0)
+    predictions = predict(model, val_loader, amp=recipe.amp)
+    model.config = model.config.replace(std_scale=fit_std_scale(predictions.errors, predictions.std))
+    if process.main:
+        path = stage.folder / "checkpoint.pt"
+        state = load_checkpoint(path)
+        state["config"] = model.config.to_dict()
+        save_checkpoint(state, path)
+    process.barrier()
+    return model
+
+
 def stage_record(history: list[dict]) -> dict:
     seconds = sum(r["seconds"] for r in history)
     images = sum(r["images_per_s"] * r["seconds"] for r in history)
@@ -494,6 +528,9 @@ def train(config: ADPFConfig, data: str | os.PathLike | Prepared, split, recipe:
             for stage in stages:
                 model, records[stage.name] = run_stage(stage, model, data, split, recipe, process,
                                                        use_cache, progress, callback)
+            if split["val"].size:
+                model = calibrate(model, stages[-1], make_loader(data, split["val"], recipe, process, train=False),
+                                  recipe, process)
             metrics = {}
             for name in ("test", "val"):
                 if split[name].size:
@@ -507,7 +544,8 @@ def train(config: ADPFConfig, data: str | os.PathLike | Prepared, split, recipe:
             throughput={k: r["images_per_s"] for k, r in records.items()},
             hardware={**hardware(), "device": str(process.device), "world_size": process.world_size},
             versions=versions(), checkpoint=str(stages[-1].folder / "checkpoint.pt"),
-            stage_keys={s.name: s.key for s in stages})
+            stage_keys={s.name: s.key for s in stages},
+            best_epochs={k: r.get("best_epoch") for k, r in records.items()})
         if process.main:
             write_json(result_path, result.to_dict())
         process.barrier()

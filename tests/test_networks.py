@@ -7,11 +7,11 @@ from adpf.attention import HybridAttention
 from adpf.cache import attention_config
 from adpf.config import get_preset
 from adpf.losses import age_estimation_loss, attention_net_loss
-from adpf.networks import (ADPF, AttentionNet, FixedPatchFusion, FusionNet, build_model, conv_block,
+from adpf.networks import (ADPF, AttentionNet, BasicBlock, FixedPatchFusion, FusionNet, build_model, conv_block,
                            count_parameters, parameter_table)
 from adpf.patches import crop_patches, fixed_boxes, maps_to_boxes
 
-VARIANTS = ("adpf", "attention_only", "plain_cnn", "fixed_patches")
+VARIANTS = ("adpf", "attention_only", "plain_cnn", "fixed_patches", "resnet18")
 
 
 def tiny(**changes):
@@ -274,3 +274,36 @@ def test_bad_images_raise_clear_errors():
         model(torch.rand(2, 3, 32, 32))
     with pytest.raises(ValueError, match="float"):
         model(torch.zeros(2, 3, 16, 16, dtype=torch.uint8))
+
+
+def test_the_reference_resnet_is_resnet18_at_about_adpfs_size():
+    for name in ("cpu", "paper"):
+        config = get_preset(name)
+        rows = {variant: total for variant, _, _, total in parameter_table(config)}
+        assert 0.85 < rows["resnet18"] / rows["adpf"] < 1.15, name
+        model = build_model(config.replace(variant="resnet18"))
+        blocks = [m for m in model.modules() if isinstance(m, BasicBlock)]
+        w = config.reference_width
+        assert [b.body[0].out_channels for b in blocks] == [w, w, 2 * w, 2 * w, 4 * w, 4 * w, 8 * w, 8 * w]
+        # by hand: stem, 8 blocks (two 3x3 convs + BN each, a 1x1 shortcut where the width changes), FC
+        def block(c_in, c_out):
+            return 9 * c_in * c_out + 9 * c_out * c_out + 4 * c_out + (c_in * c_out + 2 * c_out if c_in != c_out else 0)
+        widths = [w, w, 2 * w, 2 * w, 4 * w, 4 * w, 8 * w, 8 * w]
+        expected = 27 * w + 2 * w + sum(block(a, b) for a, b in zip([w] + widths[:-1], widths))
+        expected += 8 * w * config.num_classes + config.num_classes
+        assert count_parameters(model) == expected
+    # the first stage works at 64x64 at both input sizes
+    for name, size in (("cpu", 64), ("paper", 128)):
+        config = get_preset(name, variant="resnet18")
+        model = build_model(config)
+        assert model.stem(torch.rand(1, 3, size, size)).shape[-1] == 64
+
+
+def test_a_basic_block_adds_its_input():
+    torch.manual_seed(0)
+    block = BasicBlock(4, 4).eval()
+    x = torch.randn(2, 4, 8, 8)
+    assert torch.allclose(block(x), torch.relu(block.body(x) + x))
+    down = BasicBlock(4, 6, stride=2).eval()
+    assert torch.allclose(down(x), torch.relu(down.body(x) + down.shortcut(x)))
+    assert down(x).shape == (2, 6, 4, 4)
