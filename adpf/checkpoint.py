@@ -58,7 +58,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], mode: str
     except OSError as e:
         raise _naming(e, path) from None
     try:
-        os.fchmod(fd, _new_file_mode(path))
+        os.fchmod(fd, new_file_mode(path))
         with os.fdopen(fd, mode) as f:
             write(f)
             f.flush()
@@ -105,7 +105,8 @@ def _naming(error: OSError, path: Path) -> OSError:
     return type(error)(error.errno, f"cannot be written ({error.strerror})", str(path))
 
 
-def _new_file_mode(path: Path) -> int:
+def new_file_mode(path: Path) -> int:
+    """The mode a file written to ``path`` gets: the old file's, or what the umask gives a new one."""
     try:
         return stat.S_IMODE(path.stat().st_mode)
     except FileNotFoundError:

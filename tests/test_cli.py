@@ -20,8 +20,8 @@ from adpf.checkpoint import is_temporary, load_checkpoint, save_checkpoint
 from adpf.cli import main
 from adpf.config import get_preset
 from adpf.data.prepared import write_prepared
-from adpf.networks import build_model, parameter_table
-from cli_env import TINY, tiny_env
+from adpf.networks import parameter_table
+from cli_env import TINY, TINY_CONFIG, tiny_checkpoint, tiny_env
 
 AAF = Path(__file__).resolve().parents[2] / "shared" / "data" / "aaf-wild-sample" / "images"
 
@@ -129,17 +129,6 @@ def test_experiments_prints_the_table(env, capsys, monkeypatch):
 
 # --- one-line errors, checked before the work ---------------------------------------------------
 
-TINY_CONFIG = get_preset("cpu", image_size=16, x_size=4, stem_channels=(4, 4, 4), x_channels=6, heads=3,
-                         key_channels=4, value_channels=4, ca_reduction=2, fusion_channels=(4, 6, 8), patch_size=8,
-                         patch_channels=3, age_max=9)
-
-
-def tiny_checkpoint(path, config=TINY_CONFIG, **state):
-    """An untrained network of ``config`` saved as a checkpoint (enough for the checks before the work)."""
-    torch.manual_seed(0)
-    return save_checkpoint({"config": config.to_dict(), "model": build_model(config).state_dict(), **state}, path)
-
-
 def one_line(err: str) -> str:
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in err, err
@@ -215,7 +204,15 @@ def test_evaluate_checks_its_json_path_first_and_names_it(env, tmp_path, capsys)
 
 
 def test_an_unwritable_output_folder_is_refused_first(env, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != tmp_path)  # as for a non-root user
+    import tempfile
+
+    def mkstemp(dir, **kw):  # as in a folder a non-root user may not write into
+        if Path(dir) == tmp_path:
+            raise PermissionError(13, "Permission denied")
+        return real(dir=dir, **kw)
+
+    real = tempfile.mkstemp
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
     assert main(["evaluate", str(tmp_path / "none.pt"), "--json", str(tmp_path / "m.json")]) == 2
     assert one_line(capsys.readouterr().err).endswith(f"--json {tmp_path / 'm.json'}: cannot write into {tmp_path} "
                                                       "(permission denied)")
