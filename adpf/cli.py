@@ -127,7 +127,20 @@ def data_from_args(args, image_size: int) -> Prepared:
     if args.data == "synthetic":
         return load_prepared(default_dataset(image_size=image_size, n=args.synthetic_n,
                                              progress=not getattr(args, "no_progress", False)))
-    return load_prepared(args.data)
+    return check_ages(load_prepared(args.data))
+
+
+def check_ages(data: Prepared) -> Prepared:
+    """``data``, if every age of its meta.csv is a possible one (the data scripts' check,
+    ``readers.AGE_LIMIT``); else `PreparedFormatError` naming the first row that is not."""
+    from adpf.data.readers import AGE_LIMIT
+
+    ages = data.meta["age"].to_numpy()
+    bad = np.flatnonzero(~((ages >= 0) & (ages <= AGE_LIMIT)))
+    if len(bad):
+        raise PreparedFormatError(f"{Path(data.root) / 'meta.csv'}: row {bad[0]}: age {ages[bad[0]]:g} is not a "
+                                  f"possible age (0..{AGE_LIMIT} years){f'; {len(bad)} rows like it' if len(bad) > 1 else ''}")
+    return data
 
 
 def split_from_args(args, data: Prepared):
@@ -272,12 +285,14 @@ def cmd_evaluate(args) -> int:
         check_output(args.json, "--json", kind="json", inputs=[path])
     model = load_model(path, device_from_args(args))
     trained = trained_on.read(load_checkpoint(path))
-    if "data" in trained_on.fill_data_options(args, trained) and args.data != "synthetic" \
-            and not Path(args.data).is_dir():
+    taken = trained_on.fill_data_options(args, trained)
+    if "data" in taken and args.data != "synthetic" and not Path(args.data).is_dir():
         raise UsageError(f"{path} was trained on {args.data}, which is not there any more; pass --data")
     data = data_from_args(args, model.config.image_size)
     if data.image_size != model.config.image_size:
         raise UsageError(f"{data.root}: images are {data.image_size} px, the model takes {model.config.image_size} px")
+    if "data" in taken:
+        check_same_data(data, trained, path)
     rows = np.arange(len(data)) if args.on == "all" else getattr(split_from_args(args, data), args.on)
     if not len(rows):
         raise UsageError(f"the {args.on} set of this split is empty")
@@ -289,6 +304,17 @@ def cmd_evaluate(args) -> int:
     if args.json:
         write_json_output(args.json, metrics)
     return 0
+
+
+def check_same_data(data: Prepared, trained: dict, path: Path) -> None:
+    """Refuse the recorded training folder when its content is no longer what ``path`` was
+    trained on (``trained_on.record``'s content hash; its image count in older checkpoints)."""
+    from adpf.cache import data_identity
+
+    then, now = trained.get("content"), data_identity(data)["content"]
+    if (then or now) != now or trained.get("count") != len(data):
+        raise UsageError(f"{data.root}: its content changed since {path} was trained on it ({trained.get('count')} "
+                         f"images then, {len(data)} now); pass --data {data.root} to evaluate on it as it is")
 
 
 def progress_disabled(args) -> bool | None:

@@ -396,3 +396,38 @@ def test_sigterm_while_drawing_the_synthetic_faces_leaves_no_temporary_folder(en
     _, err = process.communicate(timeout=240)
     assert process.returncode == 143 and one_line(err) == "adpf train: terminated (SIGTERM)"
     assert not drawing.exists() and not temporaries(cache) and not list((cache / "data").iterdir())
+
+
+def test_evaluate_refuses_a_recorded_folder_whose_content_changed(env, tmp_path, capsys):
+    # once: a checkpoint of 60 faces evaluated an 8-image folder put at the same path: exit 0, no warning
+    from adpf import trained_on
+    from adpf.data.prepared import load_prepared
+
+    folder = tmp_path / "faces"
+    rng = np.random.default_rng(0)
+    meta = pd.DataFrame({"age": rng.integers(0, 10, 60).astype(float), "subject": np.arange(60) // 3})
+    write_prepared(folder, rng.integers(0, 256, (60, 16, 16, 3), dtype=np.uint8), meta, name="tiny")
+    options = argparse.Namespace(data=str(folder), synthetic_n=None, test=0.2, val=0.1, split_seed=0, fold=None)
+    checkpoint = tiny_checkpoint(tmp_path / "m.pt", meta={"trained_on": trained_on.record(options, load_prepared(folder))})
+    assert main(["evaluate", str(checkpoint), "--no-progress"]) == 0
+    capsys.readouterr()
+    write_prepared(folder, rng.integers(0, 256, (8, 16, 16, 3), dtype=np.uint8), meta[:8], name="tiny", overwrite=True)
+    assert main(["evaluate", str(checkpoint), "--no-progress"]) == 2
+    assert one_line(capsys.readouterr().err) == (f"adpf evaluate: error: {folder}: its content changed since "
+                                                 f"{checkpoint} was trained on it (60 images then, 8 now); pass "
+                                                 f"--data {folder} to evaluate on it as it is")
+    assert main(["evaluate", str(checkpoint), "--data", str(folder), "--on", "all", "--no-progress"]) == 0
+
+
+def test_an_impossible_age_in_meta_csv_is_refused(env, tmp_path, capsys):
+    # once: a hand-edited age of 1e9 loaded and gave "MAE 125000030"
+    folder = tmp_path / "edited"
+    rng = np.random.default_rng(0)
+    meta = pd.DataFrame({"age": rng.integers(0, 10, 20).astype(float), "subject": np.arange(20) // 2})
+    write_prepared(folder, rng.integers(0, 256, (20, 16, 16, 3), dtype=np.uint8), meta, name="tiny")
+    table = pd.read_csv(folder / "meta.csv")
+    table.loc[3, "age"] = 1e9
+    table.to_csv(folder / "meta.csv", index=False)
+    assert main(["evaluate", str(tiny_checkpoint(tmp_path / "m.pt")), "--data", str(folder), "--no-progress"]) == 2
+    assert one_line(capsys.readouterr().err) == (f"adpf evaluate: error: {folder / 'meta.csv'}: row 3: age 1e+09 is "
+                                                 "not a possible age (0..130 years)")
