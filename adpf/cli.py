@@ -529,6 +529,9 @@ def cmd_protocol(args) -> int:
     if data.image_size != config.image_size:
         raise UsageError(f"{data.root}: images are {data.image_size} px, the model takes {config.image_size} px")
     options = {name: getattr(args, name) for name in folds.DEFAULTS}
+    note = folds.split_note(args.name, data, options)
+    if note:
+        print(f"adpf protocol: note: {note}", file=sys.stderr)
     try:
         record = folds.run_folds(args.name, config, data, recipe, out, options, command=shlex.join(args.argv),
                                  max_folds=args.max_folds, restart=args.restart, progress=progress_disabled(args),

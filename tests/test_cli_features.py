@@ -352,6 +352,8 @@ def test_protocol_morph_and_cacd_splits(env, subjects_data):
     done = run_adpf(env, "protocol", "cacd", *TINY, "--data", subjects_data, *QUICK, "--out", env["root"] / "cacd")
     assert done.returncode == 0, done.stderr
     assert "cacd: 1 of 1 folds: MAE" in done.stdout and "nan" not in done.stdout
+    # once: nothing said about the 1,800 / 120 / 80 split it could not make
+    assert "not CACD's 2,000 celebrities (and no 'split' column): split in CACD's proportions instead" in done.stderr
     bad = run_adpf(env, "protocol", "morph-setting2", *TINY, "--data", env["data"], *QUICK, "--out",
                    env["root"] / "s2")
     assert bad.returncode == 2 and "need a 'race' column" in bad.stderr
