@@ -673,7 +673,11 @@ def build_parser() -> Parser:
                        epilog="Exit status: 0 every photo was predicted; 1 some photos were skipped (each named "
                               "on stderr with the reason, and in --csv/--json with its error), the others "
                               "predicted; 2 usage error (a bad option, a missing or unreadable checkpoint, no "
-                              "photos: one line on stderr); 130 interrupted.")
+                              "photos: one line on stderr); 130 interrupted (the rows predicted so far are written to --csv and "
+                              "--json). --csv and --json replace only an earlier adpf CSV or JSON, --save-patches only "
+                              "an earlier patch figure, never an input or an image; - is standard output. An age can "
+                              "differ by a few hundredths of a year between --batch-size values (float sums in "
+                              "another order can move a patch box by a pixel at its threshold).")
     p.add_argument("photos", nargs="*", metavar="PATH", help="photos, or folders (searched recursively for images)")
     p.add_argument("--list", action="append", default=[], metavar="FILE",
                    help="a text file naming one photo per line (relative to the file's folder); repeatable")

@@ -247,3 +247,21 @@ def test_outputs_nobody_can_write_are_refused_first_even_as_root(album, capsys, 
     assert one_line(capsys.readouterr().err).startswith("adpf evaluate: error: --json /proc/x.json: cannot write")
     assert main(["train", "--data", str(tmp_path / "nodata"), "--out", "/proc/nope/x"]) == 2
     assert "--out /proc/nope/x: cannot write into /proc" in one_line(capsys.readouterr().err)
+
+
+# --- 9. ages and the batch ----------------------------------------------------------------------
+
+def test_ages_agree_across_batch_sizes_within_the_stated_bound(album, capsys):
+    # the bound is documented (ages differed by up to 0.06 years between batch sizes 1, 3 and 8,
+    # with nothing said): float sums differ by ~1e-7 and can move a box by a pixel at its threshold
+    from adpf.checkpoint import load_model
+
+    model = load_model(album["checkpoint"], "cpu")
+    paths = sorted(album["photos"].iterdir()) * 3
+    ages = {b: [r.age for r in photos.predict_photos(model, paths, "resize", batch_size=b, progress=True)]
+            for b in (1, 3, 8)}
+    assert np.abs(np.array(ages[1]) - np.array(ages[3])).max() < 0.05
+    assert np.abs(np.array(ages[1]) - np.array(ages[8])).max() < 0.05
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    assert "differ by a few hundredths of a year between --batch-size" in " ".join(capsys.readouterr().out.split())
