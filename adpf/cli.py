@@ -511,7 +511,9 @@ def cmd_export(args) -> int:
         return 1
     size = model.config.image_size
     print(f"wrote {out} ({args.format}): images (B, 3, {size}, {size}) float32 in [0, 1] -> age (B,), std (B,)")
-    print(f"checked on {len(faces)} {what}: ages and stds within {difference:.2g} years of the PyTorch model")
+    agree = "the same as the PyTorch model's, to the bit" if difference == 0 else \
+        f"within {difference:.2g} years of the PyTorch model's"
+    print(f"checked on {len(faces)} {what}: ages and stds {agree}")
     return 0
 
 

@@ -117,6 +117,16 @@ def test_export_refuses_its_checkpoint_other_files_and_a_wrong_suffix(album, cap
     finally:
         os.umask(old)
     assert stat.S_IMODE(out.stat().st_mode) == 0o644  # once: 0600 (mkstemp's)
+    capsys.readouterr()
+    assert main(["evaluate", str(out)]) == 2  # once: "damaged (torch: RuntimeError)"
+    assert one_line(capsys.readouterr().err) == (f"adpf evaluate: error: checkpoint {out}: cannot be read: a "
+                                                 "TorchScript file (as adpf export writes), not a checkpoint: give "
+                                                 "the checkpoint it came from")
+    zero = album["root"] / "zero.pt"
+    zero.symlink_to("/dev/zero")
+    assert main(["evaluate", str(zero)]) == 2  # once: "no such file"
+    assert one_line(capsys.readouterr().err).endswith(f"checkpoint {zero}: not a regular file (a device, a pipe or "
+                                                      "a folder)")
     assert not list(album["root"].glob(".*tmp*"))
 
 
