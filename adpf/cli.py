@@ -492,8 +492,9 @@ def cmd_export(args) -> int:
 
     path = checkpoint_path(args.checkpoint)
     suffixes = EXPORT_SUFFIXES[args.format]
-    if Path(args.out).suffix.lower() not in suffixes:
-        raise UsageError(f"--out {args.out}: a {args.format} export is a {' or '.join(suffixes)} file")
+    if not Path(args.out).is_dir() and Path(args.out).suffix.lower() not in suffixes:
+        name = {"torchscript": "TorchScript", "onnx": "ONNX"}[args.format]
+        raise UsageError(f"--out {args.out}: {name} exports are {' or '.join(suffixes)} files")
     out = check_output(args.out, "--out", kind="export", inputs=[path], force=args.force)
     if args.check < 2:
         raise UsageError(f"--check {args.check}: expected at least 2 faces")

@@ -99,10 +99,10 @@ def test_export_refuses_its_checkpoint_other_files_and_a_wrong_suffix(album, cap
     assert main([*export, str(checkpoint), "--force"]) == 2
     assert "is an input of this command" in one_line(capsys.readouterr().err)
     assert main([*export, str(photo)]) == 2
-    assert one_line(capsys.readouterr().err) == (f"adpf export: error: --out {photo}: a torchscript export is a .pt "
-                                                 "or .pth or .ts file")
+    assert one_line(capsys.readouterr().err) == (f"adpf export: error: --out {photo}: TorchScript exports are .pt "
+                                                 "or .pth or .ts files")
     assert main([*export, str(album["root"] / "x.onnx")]) == 2
-    assert one_line(capsys.readouterr().err).endswith("x.onnx: a torchscript export is a .pt or .pth or .ts file")
+    assert one_line(capsys.readouterr().err).endswith("x.onnx: TorchScript exports are .pt or .pth or .ts files")
     other = album["root"] / "other.pt"
     other.write_bytes(saved)  # a checkpoint, not an export
     assert main([*export, str(other)]) == 2
