@@ -58,7 +58,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], mode: str
     except OSError as e:
         raise _naming(e, path) from None
     try:
-        os.fchmod(fd, _new_file_mode(path))
+        os.fchmod(fd, new_file_mode(path))
         with os.fdopen(fd, mode) as f:
             write(f)
             f.flush()
@@ -105,7 +105,8 @@ def _naming(error: OSError, path: Path) -> OSError:
     return type(error)(error.errno, f"cannot be written ({error.strerror})", str(path))
 
 
-def _new_file_mode(path: Path) -> int:
+def new_file_mode(path: Path) -> int:
+    """The mode a file written to ``path`` gets: the old file's, or what the umask gives a new one."""
     try:
         return stat.S_IMODE(path.stat().st_mode)
     except FileNotFoundError:
@@ -169,7 +170,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path}: no such file")
+        what = "not a regular file (a device, a pipe or a folder)" if path.exists() else "no such file"
+        raise CheckpointError(f"checkpoint {path}: {what}")
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols it reads anyway
             warnings.simplefilter("ignore")
@@ -204,6 +206,8 @@ def _why_unreadable(path: Path, error: Exception) -> str:
         if not zipfile.is_zipfile(path):
             return "truncated (its zip archive has no end: the file was cut short or is still being copied)"
         with zipfile.ZipFile(path) as z:
+            if any("/code/__torch__/" in name for name in z.namelist()):
+                return "a TorchScript file (as adpf export writes), not a checkpoint: give the checkpoint it came from"
             if not any(name.endswith("/data.pkl") for name in z.namelist()):
                 return "a zip archive, but not a PyTorch checkpoint"
         return f"damaged (torch: {type(error).__name__})"

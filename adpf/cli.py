@@ -37,7 +37,9 @@ from adpf.checkpoint import (CheckpointError, checkpoint_dict, config_from_check
 from adpf.config import PRESETS, ADPFConfig, get_preset
 from adpf.data.prepared import Prepared, PreparedFormatError, default_dataset, load_prepared
 from adpf.data.protocols import kfold_subjects, subject_split
+from adpf.export import TOLERANCE
 from adpf.losses import NonFiniteOutputError
+from adpf.outputs import STDOUT, check_output, write_json_output, write_output
 from adpf.recipes import RECIPES, get_recipe
 
 MODEL_FILE = "model.pt"
@@ -125,7 +127,20 @@ def data_from_args(args, image_size: int) -> Prepared:
     if args.data == "synthetic":
         return load_prepared(default_dataset(image_size=image_size, n=args.synthetic_n,
                                              progress=not getattr(args, "no_progress", False)))
-    return load_prepared(args.data)
+    return check_ages(load_prepared(args.data))
+
+
+def check_ages(data: Prepared) -> Prepared:
+    """``data``, if every age of its meta.csv is a possible one (the data scripts' check,
+    ``readers.AGE_LIMIT``); else `PreparedFormatError` naming the first row that is not."""
+    from adpf.data.readers import AGE_LIMIT
+
+    ages = data.meta["age"].to_numpy()
+    bad = np.flatnonzero(~((ages >= 0) & (ages <= AGE_LIMIT)))
+    if len(bad):
+        raise PreparedFormatError(f"{Path(data.root) / 'meta.csv'}: row {bad[0]}: age {ages[bad[0]]:g} is not a "
+                                  f"possible age (0..{AGE_LIMIT} years){f'; {len(bad)} rows like it' if len(bad) > 1 else ''}")
+    return data
 
 
 def split_from_args(args, data: Prepared):
@@ -251,28 +266,6 @@ def resume_note(config: ADPFConfig, data: Prepared, split, recipe, fresh: bool) 
     return f"the last checkpoint is {saved[-1]}; {how}"
 
 
-def check_output(path: str | Path, option: str, files: tuple[str, ...] = ()) -> Path:
-    """Refuse, before any work, an output that cannot be written: a file where a folder is
-    expected (``files``: the folder receives these files), a folder where a file is, a parent
-    that is a file or not writable. Returns the path."""
-    p = Path(path)
-    if files and p.exists() and not p.is_dir():
-        raise UsageError(f"{option} {p}: is a file; expected a folder to write {', '.join(files)} into")
-    for name in files:
-        if (p / name).is_dir():
-            raise UsageError(f"{option} {p}: {p / name} is a folder; cannot write the file {name} there")
-    if not files and p.is_dir():
-        raise UsageError(f"{option} {p}: is a folder; expected a file name")
-    parent = p if files else p.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise UsageError(f"{option} {p}: {parent} is a file, not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UsageError(f"{option} {p}: cannot write into {parent} (permission denied)")
-    return p
-
-
 def checkpoint_path(path: str) -> Path:
     """A checkpoint file, or the ``model.pt`` inside a folder written by ``adpf train --out``."""
     p = Path(path)
@@ -289,15 +282,17 @@ def cmd_evaluate(args) -> int:
 
     path = checkpoint_path(args.checkpoint)
     if args.json:
-        check_output(args.json, "--json")
+        check_output(args.json, "--json", kind="json", inputs=[path])
     model = load_model(path, device_from_args(args))
     trained = trained_on.read(load_checkpoint(path))
-    if "data" in trained_on.fill_data_options(args, trained) and args.data != "synthetic" \
-            and not Path(args.data).is_dir():
+    taken = trained_on.fill_data_options(args, trained)
+    if "data" in taken and args.data != "synthetic" and not Path(args.data).is_dir():
         raise UsageError(f"{path} was trained on {args.data}, which is not there any more; pass --data")
     data = data_from_args(args, model.config.image_size)
     if data.image_size != model.config.image_size:
         raise UsageError(f"{data.root}: images are {data.image_size} px, the model takes {model.config.image_size} px")
+    if "data" in taken:
+        check_same_data(data, trained, path)
     rows = np.arange(len(data)) if args.on == "all" else getattr(split_from_args(args, data), args.on)
     if not len(rows):
         raise UsageError(f"the {args.on} set of this split is empty")
@@ -307,8 +302,19 @@ def cmd_evaluate(args) -> int:
     print(f"{args.on} set of {data.root}: {metrics['count']} images; the model was {trained_on.describe(trained)}")
     print(format_metrics(metrics))
     if args.json:
-        write_json(Path(args.json), metrics)
+        write_json_output(args.json, metrics)
     return 0
+
+
+def check_same_data(data: Prepared, trained: dict, path: Path) -> None:
+    """Refuse the recorded training folder when its content is no longer what ``path`` was
+    trained on (``trained_on.record``'s content hash; its image count in older checkpoints)."""
+    from adpf.cache import data_identity
+
+    then, now = trained.get("content"), data_identity(data)["content"]
+    if (then or now) != now or trained.get("count") != len(data):
+        raise UsageError(f"{data.root}: its content changed since {path} was trained on it ({trained.get('count')} "
+                         f"images then, {len(data)} now); pass --data {data.root} to evaluate on it as it is")
 
 
 def progress_disabled(args) -> bool | None:
@@ -350,20 +356,17 @@ PATCH_FIGURE_FACES = 24
 
 
 def cmd_predict(args) -> int:
-    from tqdm.auto import tqdm
-
     from adpf import photos
 
-    if args.save_patches:  # checked (and a folder resolved to the file in it) before any work
-        args.save_patches = patch_figure_path(args.save_patches)
-    for option in ("csv", "json"):
-        if getattr(args, option):
-            check_output(getattr(args, option), f"--{option}")
+    if args.no_align and args.align != "auto":
+        raise UsageError(f"--no-align and --align {args.align}: give one of them (--no-align is --align resize)")
     if args.batch_size < 1:
         raise UsageError(f"--batch-size {args.batch_size}: expected at least 1")
     if not args.photos and not args.list:
         raise UsageError("name the photos (files or folders) or a --list FILE of them")
     path = checkpoint_path(args.checkpoint)
+    paths, problems = photos.photo_paths(args.photos, args.list)
+    check_predict_outputs(args, [*paths, *args.list, path])
     model = load_model(path, device_from_args(args))
     if args.save_patches and model.config.variant == "plain_cnn":
         raise UsageError("--save-patches needs a model with patches or attention (not plain_cnn)")
@@ -371,68 +374,115 @@ def cmd_predict(args) -> int:
     alignment = photos.choose_alignment("resize" if args.no_align else args.align, (trained or {}).get("alignment"))
     for note in photos.training_notes(trained, alignment, path):
         print(f"adpf predict: {note}", file=sys.stderr)
-    paths, problems = photos.photo_paths(args.photos, args.list)
     for problem in problems:
         print(f"adpf predict: {problem}", file=sys.stderr)
     if not paths:
         raise UsageError("no photos found in " + ", ".join(map(str, [*args.photos, *args.list])))
-    rows, failed = [], 0
-    for row in photos.predict_photos(model, paths, alignment, args.batch_size, all_faces=args.all_faces,
-                                     keep_images=PATCH_FIGURE_FACES if args.save_patches else 0,
-                                     progress=progress_disabled(args)):
-        rows.append(row)
-        if row.error:
-            failed += 1
-            tqdm.write(f"{row.file}: skipped: {row.error}", file=sys.stderr)
-            continue
-        which = f" [face {row.face + 1} of {row.faces_found}]" if args.all_faces and row.faces_found > 1 else ""
-        notes = [f"alignment doubtful: {row.doubts}"] if row.doubts else []
-        if row.faces_found > 1 and not args.all_faces:
-            notes.append(f"{row.faces_found} faces found; the largest, at {row.box}, is used (--all-faces: each)")
-        tqdm.write(f"{row.file}{which}: {row.age:.1f} ± {row.std:.1f} years" + "".join(f" ({n})" for n in notes),
-                   file=sys.stdout)
-    for fmt in ("csv", "json"):
-        if getattr(args, fmt):
-            photos.write_rows(rows, getattr(args, fmt), fmt)
+    rows = []
+    try:
+        for row in photos.predict_photos(model, paths, alignment, args.batch_size, all_faces=args.all_faces,
+                                         keep_images=PATCH_FIGURE_FACES if args.save_patches else 0,
+                                         progress=progress_disabled(args)):
+            rows.append(row)
+            report_row(row, args)
+    except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: keep what was predicted
+        if rows and (args.csv or args.json):
+            stop.args = (f"the {len(rows)} rows predicted so far are written to {write_predictions(rows, args)}",)
+        raise
+    write_predictions(rows, args)
     faces = [(r.file, r.image, r.age, r.std, r.patch_boxes[None]) for r in rows if r.image is not None]
     if args.save_patches and faces:
-        save_patch_figure(faces, Path(args.save_patches))
-        print(f"patches of the first {len(faces)} faces drawn in {args.save_patches}")
-    return 1 if failed or problems else 0
+        save_patch_figure(faces, args.save_patches)
+        print(f"patches of the first {len(faces)} faces drawn in {args.save_patches}", file=report_stream(args))
+    return 1 if problems or any(row.error for row in rows) else 0
+
+
+def check_predict_outputs(args, inputs: list) -> None:
+    """``--csv``, ``--json`` and ``--save-patches`` checked before any work (`check_output`):
+    none may be one of ``inputs`` or an existing file of another kind; ``-`` (standard output)
+    for one of --csv and --json only."""
+    if args.csv == STDOUT and args.json == STDOUT:
+        raise UsageError("--csv - and --json -: only one of them can go to standard output")
+    if args.save_patches:  # a folder resolved to the file in it
+        args.save_patches = patch_figure_path(args.save_patches, inputs)
+    for option in ("csv", "json"):
+        if getattr(args, option):
+            check_output(getattr(args, option), f"--{option}", kind=option, inputs=inputs)
+
+
+def report_stream(args):
+    """Where ``adpf predict`` prints its lines: stdout, or stderr when an output goes to stdout."""
+    return sys.stderr if STDOUT in (args.csv, args.json) else sys.stdout
+
+
+def report_row(row, args) -> None:
+    """One line per face: the age, or why the photo was skipped (stderr)."""
+    from tqdm.auto import tqdm
+
+    if row.error:
+        tqdm.write(f"{row.file}: skipped: {row.error}", file=sys.stderr)
+        return
+    which = f" [face {row.face + 1} of {row.faces_found}]" if args.all_faces and row.faces_found > 1 else ""
+    notes = [f"alignment doubtful: {row.doubts}"] if row.doubts else []
+    if row.faces_found > 1 and not args.all_faces:
+        notes.append(f"{row.faces_found} faces found; the largest, at {row.box}, is used (--all-faces: each)")
+    tqdm.write(f"{row.file}{which}: {row.age:.1f} ± {row.std:.1f} years" + "".join(f" ({n})" for n in notes),
+               file=report_stream(args))
+
+
+def write_predictions(rows, args) -> str:
+    """Write ``rows`` to ``--csv`` and ``--json`` (those given); returns where, for a message."""
+    from adpf.photos import write_rows
+
+    return " and ".join(write_rows(rows, getattr(args, fmt), fmt) for fmt in ("csv", "json") if getattr(args, fmt))
 
 
 FIGURE_FORMATS = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
 
 
-def patch_figure_path(text: str) -> Path:
+def patch_figure_path(text: str, inputs: list) -> Path:
     """``--save-patches``: a figure file (one of ``FIGURE_FORMATS``), or a folder (one that exists,
     or a name ending in /) that receives ``patches.png``; anything else is refused (matplotlib
-    would add ``.png`` to a name without a suffix and write beside the folder)."""
+    would add ``.png`` to a name without a suffix and write beside the folder). An existing file
+    is replaced only if it is an earlier patch figure (``outputs.FIGURE_MARK``)."""
     p = Path(text)
     if p.is_dir() or text.endswith(("/", os.sep)):
         p = p / "patches.png"
     elif p.suffix.lower() not in FIGURE_FORMATS:
         raise UsageError(f"--save-patches {text}: expected a file name ending in {', '.join(FIGURE_FORMATS)}, "
                          "or a folder")
-    return check_output(p, "--save-patches")
+    return check_output(p, "--save-patches", kind="figure", inputs=inputs)
 
 
 def save_patch_figure(faces, path: Path) -> None:
-    """One panel per face: the face with its ranked boxes P_1..P_n."""
+    """One panel per face: the face with its ranked boxes P_1..P_n, written atomically with
+    ``outputs.FIGURE_MARK`` in its metadata (names in scripts the font lacks show as boxes,
+    without matplotlib's warning)."""
+    import warnings
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from adpf.outputs import FIGURE_MARK
     from adpf.plotting import draw_boxes, grid, show_face
 
     fig, axes = grid(len(faces), ncols=min(4, len(faces)), size=2.6)
     for ax, (photo, face, age, std, boxes) in zip(axes.flat, faces):
         show_face(ax, face, f"{Path(photo).name}\n{age:.1f} ± {std:.1f} y")
         draw_boxes(ax, boxes[0], labels=[f"P{k + 1}" for k in range(boxes.shape[1])])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, bbox_inches="tight")
+    fmt = path.suffix.lower().lstrip(".")
+    mark = {"pil_kwargs": {"comment": FIGURE_MARK}} if fmt in ("jpg", "jpeg") else \
+        {"metadata": {"Software" if fmt == "png" else "Creator": FIGURE_MARK}}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Glyph .* missing from")
+        write_output(path, lambda f: fig.savefig(f, format=fmt, bbox_inches="tight", **mark), mode="wb")
     plt.close(fig)
+
+
+#: The file name endings of each export format (``adpf export --out``).
+EXPORT_SUFFIXES = {"torchscript": (".pt", ".pth", ".ts"), "onnx": (".onnx",)}
 
 
 def cmd_export(args) -> int:
@@ -440,23 +490,31 @@ def cmd_export(args) -> int:
 
     from adpf.export import export
 
-    out = check_output(args.out, "--out")
+    path = checkpoint_path(args.checkpoint)
+    suffixes = EXPORT_SUFFIXES[args.format]
+    if not Path(args.out).is_dir() and Path(args.out).suffix.lower() not in suffixes:
+        name = {"torchscript": "TorchScript", "onnx": "ONNX"}[args.format]
+        raise UsageError(f"--out {args.out}: {name} exports are {' or '.join(suffixes)} files")
+    out = check_output(args.out, "--out", kind="export", inputs=[path], force=args.force)
     if args.check < 2:
         raise UsageError(f"--check {args.check}: expected at least 2 faces")
     missing = [m for m in ("onnx", "onnxscript", "onnxruntime") if args.format == "onnx" and find_spec(m) is None]
     if missing:
         raise UsageError(f"--format onnx needs {', '.join(missing)}: pip install 'adpf[export]'")
-    path = checkpoint_path(args.checkpoint)
     model = load_model(path, "cpu")
     faces, what = trained_on.sample_faces(trained_on.read(load_checkpoint(path)), args.check, model.config.image_size)
     try:
         difference = export(model, out, args.format, faces)
     except ValueError as e:
+        if isinstance(e, NonFiniteOutputError):
+            raise
         print(f"adpf export: {e}", file=sys.stderr)
         return 1
     size = model.config.image_size
     print(f"wrote {out} ({args.format}): images (B, 3, {size}, {size}) float32 in [0, 1] -> age (B,), std (B,)")
-    print(f"checked on {len(faces)} {what}: ages and stds within {difference:.2g} years of the PyTorch model")
+    agree = "the same as the PyTorch model's, to the bit" if difference == 0 else \
+        f"within {difference:.2g} years of the PyTorch model's"
+    print(f"checked on {len(faces)} {what}: ages and stds {agree}")
     return 0
 
 
@@ -474,6 +532,9 @@ def cmd_protocol(args) -> int:
     if data.image_size != config.image_size:
         raise UsageError(f"{data.root}: images are {data.image_size} px, the model takes {config.image_size} px")
     options = {name: getattr(args, name) for name in folds.DEFAULTS}
+    note = folds.split_note(args.name, data, options)
+    if note:
+        print(f"adpf protocol: note: {note}", file=sys.stderr)
     try:
         record = folds.run_folds(args.name, config, data, recipe, out, options, command=shlex.join(args.argv),
                                  max_folds=args.max_folds, restart=args.restart, progress=progress_disabled(args),
@@ -615,7 +676,11 @@ def build_parser() -> Parser:
                        epilog="Exit status: 0 every photo was predicted; 1 some photos were skipped (each named "
                               "on stderr with the reason, and in --csv/--json with its error), the others "
                               "predicted; 2 usage error (a bad option, a missing or unreadable checkpoint, no "
-                              "photos: one line on stderr); 130 interrupted.")
+                              "photos: one line on stderr); 130 interrupted (the rows predicted so far are written to --csv and "
+                              "--json). --csv and --json replace only an earlier adpf CSV or JSON, --save-patches only "
+                              "an earlier patch figure, never an input or an image; - is standard output. An age can "
+                              "differ by a few hundredths of a year between --batch-size values (float sums in "
+                              "another order can move a patch box by a pixel at its threshold).")
     p.add_argument("photos", nargs="*", metavar="PATH", help="photos, or folders (searched recursively for images)")
     p.add_argument("--list", action="append", default=[], metavar="FILE",
                    help="a text file naming one photo per line (relative to the file's folder); repeatable")
@@ -645,9 +710,14 @@ def build_parser() -> Parser:
                               "2 usage error. ONNX needs the export extra: pip install 'adpf[export]'.")
     p.add_argument("checkpoint", help="a checkpoint file, or a folder written by adpf train --out")
     p.add_argument("--format", choices=["torchscript", "onnx"], required=True)
-    p.add_argument("--out", required=True, metavar="FILE", help="the file to write (.pt for TorchScript, .onnx)")
+    p.add_argument("--out", required=True, metavar="FILE",
+                   help="the file to write (.pt, .pth or .ts for TorchScript; .onnx). An existing file is replaced "
+                        "only if it is an earlier adpf export, never if it is the checkpoint")
+    p.add_argument("--force", action="store_true", help="replace an existing --out file of any kind (still not the "
+                                                        "checkpoint)")
     p.add_argument("--check", type=int, default=8, metavar="N",
-                   help="faces to compare the export with the PyTorch model on (default: 8)")
+                   help="faces to compare the export with the PyTorch model on (default: 8); the export is kept "
+                        f"when its ages and stds are within {TOLERANCE} years of the PyTorch model's")
     p.set_defaults(run=cmd_export)
 
     p = sub.add_parser("protocol", help="a paper protocol fold by fold (FG-NET LOPO, MORPH II Settings I-III, CACD)",

@@ -33,8 +33,8 @@ import pandas as pd
 from adpf.cache import code_version, data_identity, digest, read_json, write_json
 from adpf.config import ADPFConfig
 from adpf.data.prepared import Prepared
-from adpf.data.protocols import (Split, cacd_split, leave_one_person_out, morph_setting1, morph_setting2,
-                                 morph_setting3)
+from adpf.data.protocols import (CACD_CELEBRITIES, Split, cacd_split, leave_one_person_out, morph_setting1,
+                                 morph_setting2, morph_setting3)
 from adpf.experiments import split_row
 from adpf.recipes import SPEED_FIELDS, Recipe
 
@@ -62,6 +62,19 @@ def _cacd(meta: pd.DataFrame, options: dict) -> Split:
     if options["cacd_train"] == "val":
         return Split(f"{split.name}-train-on-val", split.val, split.test)
     return split
+
+
+def split_note(name: str, data: Prepared, options: dict) -> str | None:
+    """What a protocol did other than the paper's, to tell the user: CACD's 1,800 / 120 / 80
+    celebrities scaled down to a folder of another size (without a ``split`` column); else None."""
+    meta = data.meta
+    if name != "cacd" or "split" in meta.columns or meta["subject"].nunique() == sum(CACD_CELEBRITIES):
+        return None
+    split = cacd_split(meta, seed={**DEFAULTS, **options}["split_seed"])
+    people = [meta["subject"].iloc[rows].nunique() for rows in (split.train, split.val, split.test)]
+    return (f"{data.root} has {meta['subject'].nunique()} subjects, not CACD's 2,000 celebrities (and no 'split' "
+            f"column): split in CACD's proportions instead, {people[0]} / {people[1]} / {people[2]} subjects for "
+            "train / val / test")
 
 
 def protocol_splits(name: str, data: Prepared, options: dict | None = None) -> list[Split]:

@@ -60,6 +60,9 @@ class FaceRow:
     image: np.ndarray | None = field(default=None, repr=False)
     patch_boxes: np.ndarray | None = field(default=None, repr=False)
 
+    def __post_init__(self):
+        self.file, self.doubts, self.error = map(printable, (self.file, self.doubts, self.error))
+
     def to_dict(self) -> dict:
         """The row as plain JSON values (the box as x0..y1, None without one)."""
         x0, y0, x1, y1 = self.box if self.box is not None else (None,) * 4
@@ -69,37 +72,70 @@ class FaceRow:
                 "aligned": self.aligned, "faces_found": self.faces_found, "doubts": self.doubts, "error": self.error}
 
 
+def printable(text: str) -> str:
+    """``text`` with the bytes of a file name that are not UTF-8 (held by Python as lone
+    surrogates) written as ``\\xNN``, so that it can be printed and written as UTF-8."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that is not an undecodable byte
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
+
+
 def photo_paths(items: Iterable[str | Path], lists: Iterable[str | Path] = ()) -> tuple[list[Path], list[str]]:
     """The photos named by ``items`` (files, or folders searched recursively for `IMAGE_SUFFIXES`,
-    sorted, hidden files and folders left out) and by the list files ``lists`` (one path per line;
-    blank lines and lines starting with # are skipped; relative paths are relative to the list's folder).
+    sorted, hidden files and folders left out) and by the list files ``lists`` (one path per line,
+    a file or a folder as on the command line; blank lines and lines starting with # are skipped;
+    relative paths are relative to the list's folder; `read_list` caps the lines).
 
     Returns the paths in that order and the problems found (a folder with no image file, a list
     that cannot be read), each one line naming the path.
     """
     paths, problems = [], []
-    for item in items:
-        p = Path(item)
+    named = [Path(item) for item in items]
+    for name in lists:
+        try:
+            named += read_list(Path(name))
+        except ValueError as e:
+            problems.append(str(e))
+    for p in named:
         if p.is_dir():
             found = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()
                            and not any(part.startswith(".") for part in f.relative_to(p).parts))
             if not found:
-                problems.append(f"{p}: no image file in this folder ({', '.join(IMAGE_SUFFIXES)})")
+                problems.append(f"{printable(str(p))}: no image file in this folder ({', '.join(IMAGE_SUFFIXES)})")
             paths += found
         else:
             paths.append(p)
-    for name in lists:
-        lst = Path(name)
-        try:
-            lines = lst.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as e:
-            problems.append(f"{lst}: cannot read the list ({getattr(e, 'strerror', None) or e})")
-            continue
-        for line in lines:
-            line = line.strip()
-            if line and not line.startswith("#"):
-                paths.append(lst.parent / line if not Path(line).is_absolute() else Path(line))
     return paths, problems
+
+
+#: A list file's limits: bytes of one line (a path; Linux's PATH_MAX is 4096) and lines.
+MAX_LIST_LINE, MAX_LIST_LINES = 4096, 1_000_000
+
+
+def read_list(lst: Path) -> list[Path]:
+    """The paths a list file names, read line by line (a device such as /dev/zero is not read
+    into memory); ValueError naming the list when it cannot be read, or holds a line longer than
+    `MAX_LIST_LINE` bytes or more than `MAX_LIST_LINES` lines."""
+    paths = []
+    try:
+        with open(lst, "rb") as f:
+            for number in range(1, MAX_LIST_LINES + 2):
+                raw = f.readline(MAX_LIST_LINE + 1)
+                if not raw:
+                    return paths
+                if number > MAX_LIST_LINES:
+                    raise ValueError(f"{lst}: not a list of photos (more than {MAX_LIST_LINES:,} lines)")
+                if len(raw) > MAX_LIST_LINE:
+                    raise ValueError(f"{lst}: not a list of photos (line {number} is longer than "
+                                     f"{MAX_LIST_LINE} bytes)")
+                line = raw.decode("utf-8", "surrogateescape").strip()
+                if line and not line.startswith("#"):
+                    paths.append(lst.parent / line)
+    except OSError as e:
+        raise ValueError(f"{lst}: cannot read the list ({e.strerror})") from None
+    return paths
 
 
 def prepare_faces(path: str | Path, size: int, alignment: str, all_faces: bool = False) -> list[FaceRow]:
@@ -198,21 +234,41 @@ def one_line(e: Exception) -> str:
     return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
 
 
-def write_rows(rows: Sequence[FaceRow], path: str | Path, fmt: str = "csv") -> Path:
-    """Write the rows atomically as CSV (``fmt="csv"``: `COLUMNS`, empty cells where a value is
-    missing) or JSON (``fmt="json"``: a list of objects with the same keys, null where missing)."""
+#: First characters that make a spreadsheet read a cell as a formula (OWASP, "CSV Injection").
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value):
+    """A value as a CSV cell: empty for None; text that a spreadsheet would run as a formula
+    (`FORMULA_STARTS`) behind a ``'``, as OWASP advises."""
+    if value is None:
+        return ""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def write_rows(rows: Sequence[FaceRow], path: str | Path, fmt: str = "csv") -> str:
+    """Write the rows as CSV (``fmt="csv"``: `COLUMNS`, empty cells where a value is missing,
+    every cell holding a comma, quote, CR or LF quoted, formulas neutralised by `csv_cell`) or
+    JSON (``fmt="json"``: a list of objects with the same keys, null where missing), with
+    ``outputs.write_output`` (``-``: standard output; else atomically, through links).
+    Returns where they went."""
+    import csv
     import json
 
-    import pandas as pd
+    from adpf.outputs import write_output
 
-    from adpf.checkpoint import atomic_write
-
-    path = Path(path)
     records = [row.to_dict() for row in rows]
     if fmt == "json":
-        return atomic_write(path, lambda f: json.dump(records, f, indent=1, allow_nan=False), mode="w")
-    frame = pd.DataFrame(records, columns=list(COLUMNS)).astype({c: "Int64" for c in ("x0", "y0", "x1", "y1")})
-    return atomic_write(path, lambda f: frame.to_csv(f, index=False), mode="w")
+        return write_output(path, lambda f: json.dump(records, f, indent=1, allow_nan=False))
+
+    def write(f):
+        writer = csv.writer(f)  # the excel dialect: CRLF line ends, so a CR or LF in a cell is quoted
+        writer.writerow(COLUMNS)
+        writer.writerows([csv_cell(record[c]) for c in COLUMNS] for record in records)
+
+    return write_output(path, write)
 
 
 def choose_alignment(requested: str, trained: str | None) -> str:

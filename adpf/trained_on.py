@@ -7,6 +7,7 @@ the checkpoint still loads with ``weights_only=True``):
 ``root``         the prepared folder's absolute path (for the synthetic set, its cache folder)
 ``synthetic_n``  the number of drawn faces (synthetic data only, else None)
 ``name``, ``image_size``, ``count``   from the prepared folder's info.json
+``content``      a hash of the folder's files (``cache.data_identity``), checked by ``adpf evaluate``
 ``alignment``    how the training faces were made (`alignment_of`)
 ``info``         the whole info.json (the fill rule and anything else the data scripts record)
 ``split``        the split options: ``test``, ``val``, ``split_seed``, ``fold``
@@ -50,8 +51,10 @@ def alignment_of(info: dict) -> str | None:
 
 def record(args: argparse.Namespace, data: Prepared) -> dict:
     """The ``trained_on`` record of a training run from its options and its loaded data."""
+    from adpf.cache import data_identity
+
     synthetic = args.data == "synthetic"
-    return {"data": "synthetic" if synthetic else str(Path(data.root).resolve()),
+    return {"content": data_identity(data)["content"],"data": "synthetic" if synthetic else str(Path(data.root).resolve()),
             "root": str(Path(data.root).resolve()), "synthetic_n": args.synthetic_n if synthetic else None,
             "name": data.info.get("name"), "image_size": data.image_size, "count": len(data),
             "alignment": alignment_of(data.info), "info": dict(data.info),

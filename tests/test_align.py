@@ -387,3 +387,22 @@ def test_dlib_missing_says_how_to_install(monkeypatch):
             align_face(np.zeros((64, 64, 3), np.uint8))
     finally:
         align._models.cache_clear()
+
+
+def test_a_jpeg_past_the_pixel_limit_is_decoded_reduced_not_refused(tmp_path, monkeypatch):
+    """8160×6120 JPEGs (50 MP, 1 < 2 × 8192 px) were refused while 12000×9000 ones were decoded at 1/2."""
+    from adpf.data import align
+
+    monkeypatch.setattr(align, "MAX_PIXELS", 1_000_000)  # the same sizes, scaled by 1/50
+    photo = _save(Image.fromarray(np.full((1000, 1200, 3), 128, np.uint8)), tmp_path / "phone.jpg")
+    assert load_image(photo).shape == (500, 600, 3)  # the smallest reduction that fits: 1/2
+    png = _save(Image.fromarray(np.full((1000, 1200, 3), 128, np.uint8)), tmp_path / "big.png")
+    with pytest.raises(AlignmentError, match="1200×1000 pixels is more than adpf decodes"):
+        load_image(png)  # other formats decode whole: refused
+
+
+def test_a_long_strip_is_named_by_its_true_size(tmp_path):
+    """A 1×20000 PNG was reported as "1×5000 px" (its size after the box reduction)."""
+    strip = _save(Image.fromarray(np.full((1, 20000, 3), 128, np.uint8)), tmp_path / "strip.png")
+    with pytest.raises(AlignmentError, match="the image is 20000×1 px"):
+        align_face(strip)

@@ -20,8 +20,8 @@ from adpf.checkpoint import is_temporary, load_checkpoint, save_checkpoint
 from adpf.cli import main
 from adpf.config import get_preset
 from adpf.data.prepared import write_prepared
-from adpf.networks import build_model, parameter_table
-from cli_env import TINY, tiny_env
+from adpf.networks import parameter_table
+from cli_env import TINY, TINY_CONFIG, tiny_checkpoint, tiny_env
 
 AAF = Path(__file__).resolve().parents[2] / "shared" / "data" / "aaf-wild-sample" / "images"
 
@@ -129,17 +129,6 @@ def test_experiments_prints_the_table(env, capsys, monkeypatch):
 
 # --- one-line errors, checked before the work ---------------------------------------------------
 
-TINY_CONFIG = get_preset("cpu", image_size=16, x_size=4, stem_channels=(4, 4, 4), x_channels=6, heads=3,
-                         key_channels=4, value_channels=4, ca_reduction=2, fusion_channels=(4, 6, 8), patch_size=8,
-                         patch_channels=3, age_max=9)
-
-
-def tiny_checkpoint(path, config=TINY_CONFIG, **state):
-    """An untrained network of ``config`` saved as a checkpoint (enough for the checks before the work)."""
-    torch.manual_seed(0)
-    return save_checkpoint({"config": config.to_dict(), "model": build_model(config).state_dict(), **state}, path)
-
-
 def one_line(err: str) -> str:
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in err, err
@@ -215,7 +204,15 @@ def test_evaluate_checks_its_json_path_first_and_names_it(env, tmp_path, capsys)
 
 
 def test_an_unwritable_output_folder_is_refused_first(env, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != tmp_path)  # as for a non-root user
+    import tempfile
+
+    def mkstemp(dir, **kw):  # as in a folder a non-root user may not write into
+        if Path(dir) == tmp_path:
+            raise PermissionError(13, "Permission denied")
+        return real(dir=dir, **kw)
+
+    real = tempfile.mkstemp
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
     assert main(["evaluate", str(tmp_path / "none.pt"), "--json", str(tmp_path / "m.json")]) == 2
     assert one_line(capsys.readouterr().err).endswith(f"--json {tmp_path / 'm.json'}: cannot write into {tmp_path} "
                                                       "(permission denied)")
@@ -399,3 +396,38 @@ def test_sigterm_while_drawing_the_synthetic_faces_leaves_no_temporary_folder(en
     _, err = process.communicate(timeout=240)
     assert process.returncode == 143 and one_line(err) == "adpf train: terminated (SIGTERM)"
     assert not drawing.exists() and not temporaries(cache) and not list((cache / "data").iterdir())
+
+
+def test_evaluate_refuses_a_recorded_folder_whose_content_changed(env, tmp_path, capsys):
+    # once: a checkpoint of 60 faces evaluated an 8-image folder put at the same path: exit 0, no warning
+    from adpf import trained_on
+    from adpf.data.prepared import load_prepared
+
+    folder = tmp_path / "faces"
+    rng = np.random.default_rng(0)
+    meta = pd.DataFrame({"age": rng.integers(0, 10, 60).astype(float), "subject": np.arange(60) // 3})
+    write_prepared(folder, rng.integers(0, 256, (60, 16, 16, 3), dtype=np.uint8), meta, name="tiny")
+    options = argparse.Namespace(data=str(folder), synthetic_n=None, test=0.2, val=0.1, split_seed=0, fold=None)
+    checkpoint = tiny_checkpoint(tmp_path / "m.pt", meta={"trained_on": trained_on.record(options, load_prepared(folder))})
+    assert main(["evaluate", str(checkpoint), "--no-progress"]) == 0
+    capsys.readouterr()
+    write_prepared(folder, rng.integers(0, 256, (8, 16, 16, 3), dtype=np.uint8), meta[:8], name="tiny", overwrite=True)
+    assert main(["evaluate", str(checkpoint), "--no-progress"]) == 2
+    assert one_line(capsys.readouterr().err) == (f"adpf evaluate: error: {folder}: its content changed since "
+                                                 f"{checkpoint} was trained on it (60 images then, 8 now); pass "
+                                                 f"--data {folder} to evaluate on it as it is")
+    assert main(["evaluate", str(checkpoint), "--data", str(folder), "--on", "all", "--no-progress"]) == 0
+
+
+def test_an_impossible_age_in_meta_csv_is_refused(env, tmp_path, capsys):
+    # once: a hand-edited age of 1e9 loaded and gave "MAE 125000030"
+    folder = tmp_path / "edited"
+    rng = np.random.default_rng(0)
+    meta = pd.DataFrame({"age": rng.integers(0, 10, 20).astype(float), "subject": np.arange(20) // 2})
+    write_prepared(folder, rng.integers(0, 256, (20, 16, 16, 3), dtype=np.uint8), meta, name="tiny")
+    table = pd.read_csv(folder / "meta.csv")
+    table.loc[3, "age"] = 1e9
+    table.to_csv(folder / "meta.csv", index=False)
+    assert main(["evaluate", str(tiny_checkpoint(tmp_path / "m.pt")), "--data", str(folder), "--no-progress"]) == 2
+    assert one_line(capsys.readouterr().err) == (f"adpf evaluate: error: {folder / 'meta.csv'}: row 3: age 1e+09 is "
+                                                 "not a possible age (0..130 years)")

@@ -247,8 +247,10 @@ def test_predict_photos_batches_the_forward_passes(trained, photo_folder, tmp_pa
     assert model.calls == [2, 2]  # 4 readable photos, 2 per forward; the missing one never reaches the model
     assert [r.file for r in rows] == list(map(str, files)) and rows[2].error == "no such file"
     good = [f for f in files if f.exists()]
+    # batches of 2 against one forward each: float sums in another order (README: ages depend on the
+    # batch by up to a few hundredths of a year; 1.4e-4 seen here on this tiny model)
     for row, (age, std) in zip([r for r in rows if not r.error], expected_ages(trained / "model.pt", good)):
-        assert row.age == pytest.approx(age, abs=1e-4) and row.std == pytest.approx(std, abs=1e-4)
+        assert row.age == pytest.approx(age, abs=1e-3) and row.std == pytest.approx(std, abs=1e-3)
 
 
 def set_alignment(checkpoint, alignment, out):
@@ -352,6 +354,8 @@ def test_protocol_morph_and_cacd_splits(env, subjects_data):
     done = run_adpf(env, "protocol", "cacd", *TINY, "--data", subjects_data, *QUICK, "--out", env["root"] / "cacd")
     assert done.returncode == 0, done.stderr
     assert "cacd: 1 of 1 folds: MAE" in done.stdout and "nan" not in done.stdout
+    # once: nothing said about the 1,800 / 120 / 80 split it could not make
+    assert "not CACD's 2,000 celebrities (and no 'split' column): split in CACD's proportions instead" in done.stderr
     bad = run_adpf(env, "protocol", "morph-setting2", *TINY, "--data", env["data"], *QUICK, "--out",
                    env["root"] / "s2")
     assert bad.returncode == 2 and "need a 'race' column" in bad.stderr

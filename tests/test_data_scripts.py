@@ -232,7 +232,7 @@ def test_aaf_script_measures_alignment(tmp_path, capsys):
 def test_utkface_shared_subset(tmp_path, capsys):
     assert script("utkface")([str(UTK), *_quick(tmp_path, "--limit", "40")]) == 0
     out = capsys.readouterr().out
-    assert "UTKFace: 9780 image files found, 2 skipped by the reader, first 40 taken (--limit)" in out
+    assert "UTKFace: 9780 image files found, 2 skipped by the reader, a random sample of 40 taken (--limit, seed 0)" in out
     p = load_prepared(tmp_path / "out")
     assert p.info["count"] == 40 and p.info["subjects"] == 40 and p.images.shape == (40, 16, 16, 3)
 
@@ -399,3 +399,15 @@ def test_label_rows_leaving_the_folder_and_impossible_ages_are_refused_by_row(tm
     assert p.meta["age"].tolist() == [30.0, 115.0, 100.0] and p.info["ages_above_classes"] == 1
     assert p.info["alignment"] == "resize"
     assert len(pd.read_csv(tmp_path / "out" / "skipped.csv")) == 6
+
+
+def test_limit_takes_a_seeded_random_sample_in_path_order():
+    """--limit 600 took the first 600 files by name: UTKFace's names begin with the age (mean 13.1)."""
+    from adpf.data.scripts_common import take_limit
+
+    df = pd.DataFrame({"path": [f"{age}_{i}.jpg" for i, age in enumerate(np.repeat(np.arange(1, 101), 50))],
+                       "age": np.repeat(np.arange(1, 101), 50).astype(float)})
+    sample = take_limit(df, 600)
+    assert len(sample) == 600 and sample.index.is_monotonic_increasing
+    assert abs(sample["age"].mean() - df["age"].mean()) < 5 and sample["age"].max() > 90
+    assert sample.equals(take_limit(df, 600)) and take_limit(df, 10_000) is df

@@ -81,10 +81,11 @@ def test_the_check_is_sensitive_to_the_boxes():
     assert (ages_with_frozen_boxes(model, x) - age).abs().max() > 1e-2
 
 
-def test_onnx_gives_the_same_ages(tmp_path):
+def test_onnx_gives_the_same_ages(tmp_path, capfd):
     model, x = tiny_model(), faces(7)
     difference = export(model, tmp_path / "m.onnx", "onnx", x[:3])
     assert difference <= 1e-3
+    assert "torchvision" not in capfd.readouterr().err  # once: four "Skipping torchvision::nms" lines
     with torch.no_grad():
         age, std = AgeModel(model)(x)
     for batch in (x[:1], x):  # other batch sizes than the traced 2
@@ -127,3 +128,14 @@ def test_adpf_export_command(tmp_path):
         assert compare(model, out, fmt, x) < 1e-3
     refused = adpf("export", tmp_path / "run", "--format", "onnx", "--out", tmp_path, "--check", "5")
     assert refused.returncode == 2 and "is a folder" in refused.stderr
+
+
+def test_the_tolerance_is_what_a_user_cares_about_and_stated_in_help(capsys):
+    """0.01 years refused a UTKFace model whose ONNX ages were 0.0143 years off (a box a pixel away)."""
+    from adpf.cli import main
+    from adpf.export import TOLERANCE
+
+    assert TOLERANCE == 0.05
+    with pytest.raises(SystemExit):
+        main(["export", "--help"])
+    assert "within 0.05 years of the PyTorch model's" in " ".join(capsys.readouterr().out.split())

@@ -54,8 +54,9 @@ MIN_FACE_SIDE = 40
 #: 1/4 or 1/8 scale, others by box-averaging after decoding): detection runs on 1024 px and a
 #: face dlib finds there is still ≥ 160 px wide at this size, sharper than any crop needs.
 DECODE_SIDE = 4096
-#: Files that would decode to more pixels than this (after the JPEG reduction) are refused:
-#: 40 MP is a 7680×5120 frame; a 108 MP phone JPEG decodes at 1/2 scale to 27 MP.
+#: Files that would decode to more pixels than this are refused: 40 MP is a 7680×5120 frame.
+#: A JPEG is decoded at the smallest of 1/2, 1/4, 1/8 scale that fits (`jpeg_scale`): a 50 MP
+#: 8160×6120 phone photo at 1/2 scale is 12.5 MP, a 108 MP one 27 MP.
 MAX_PIXELS = 40_000_000
 LEFT_EYE, RIGHT_EYE = slice(36, 42), slice(42, 48)  # dlib's 68-point scheme, image left/right
 INNER_FACE = slice(27, 68)  # nose, eyes and mouth in dlib's scheme
@@ -129,6 +130,20 @@ def _own_size_check():
         Image.MAX_IMAGE_PIXELS = limit
 
 
+def decode_reduction(w: int, h: int) -> int:
+    """The whole factor a ``w``×``h`` image is reduced by to a longer side of `DECODE_SIDE` or
+    more; 1 when the shorter side would fall below `MIN_FACE_SIDE` (a 1×20000 strip is kept as
+    it is, and named by its true size)."""
+    k = max(w, h) // DECODE_SIDE
+    return k if k > 1 and min(w, h) // k >= MIN_FACE_SIDE else 1
+
+
+def jpeg_scale(w: int, h: int) -> int:
+    """The smallest of the JPEG decoder's reductions 1, 2, 4, 8 that brings a ``w``×``h`` JPEG
+    within `MAX_PIXELS` (8 when none does)."""
+    return next((k for k in (1, 2, 4) if -(-w // k) * -(-h // k) <= MAX_PIXELS), 8)
+
+
 def _decode(path: str | Path) -> tuple[np.ndarray, int]:
     """`load_image` and the factor ``f`` it was reduced by: file pixel centre
     ``(p + 0.5) · f − 0.5`` is loaded pixel centre ``p``."""
@@ -143,9 +158,10 @@ def _decode(path: str | Path) -> tuple[np.ndarray, int]:
         raise AlignmentError(path, "unreadable", f"cannot decode ({e})") from e
     with im:
         w, h = im.size
-        if im.format == "JPEG" and max(w, h) >= 2 * DECODE_SIDE:
-            k = max(w, h) // DECODE_SIDE
-            im.draft(im.mode, (max(1, w // k), max(1, h // k)))  # decodes at 1/2, 1/4 or 1/8 scale
+        if im.format == "JPEG":
+            k = max(decode_reduction(w, h), jpeg_scale(w, h))
+            if k > 1:
+                im.draft(im.mode, (max(1, w // k), max(1, h // k)))  # decodes at 1/2, 1/4 or 1/8 scale
         factor = round(w / im.size[0])
         if im.size[0] * im.size[1] > MAX_PIXELS:
             raise AlignmentError(path, "unreadable", f"{w}×{h} pixels is more than adpf decodes "
@@ -165,7 +181,7 @@ def _decode(path: str | Path) -> tuple[np.ndarray, int]:
             out = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba).convert("RGB")
         else:
             out = im.convert("L" if im.mode in ("1", "L") else "RGB")
-    k = max(out.size) // DECODE_SIDE
+    k = decode_reduction(*out.size)
     if k > 1:
         out, factor = out.reduce(k), factor * k
     a = np.asarray(out, dtype=np.uint8)

@@ -142,7 +142,8 @@ def common_parser(doc: str, name: str, align_default: bool = True) -> argparse.A
         p.add_argument("--no-align", dest="align", action="store_false", help="the faces come aligned: only crop square and resize")
     else:
         p.add_argument("--align", action="store_true", help="align the faces with dlib (they come aligned by default)")
-    p.add_argument("--limit", type=int, help="prepare only the first N images (in path order)")
+    p.add_argument("--limit", type=int, help="prepare only N images, a random sample (seed 0, kept in path order): file names often "
+                        "begin with the age, so the first N would be a biased sample")
     p.add_argument("--workers", type=int, default=os.cpu_count(), help="parallel processes (default: all cores)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an output folder that adpf prepared earlier (any other folder is refused)")
@@ -221,12 +222,20 @@ def run_and_measure(args: argparse.Namespace, read: Callable[[Path], pd.DataFram
     status = run(args, lambda root: frames.append(read(root)) or frames[-1], dataset)
     if status != 0 or not args.measure:
         return status
-    df = frames[0].iloc[: args.limit] if args.limit else frames[0]
+    df = take_limit(frames[0], args.limit)
     df = df[df[column] != ""]
     if df.empty:
         print(f"error: no {missing} beside the images to measure against", file=sys.stderr)
         return 2
     return measure(df["path"].tolist(), points, df[column].tolist(), markup)
+
+
+def take_limit(df: pd.DataFrame, limit: int | None) -> pd.DataFrame:
+    """``--limit``: ``limit`` rows of ``df`` drawn at random (seed 0) and kept in their order; all without one.
+    (The first rows in path order would be biased: UTKFace's names begin with the age.)"""
+    if not limit or limit >= len(df):
+        return df
+    return df.iloc[np.sort(np.random.default_rng(0).choice(len(df), limit, replace=False))]
 
 
 def prepare_frame(df: pd.DataFrame, out: Path, dataset: str, size: int, align: bool, workers: int | None,
@@ -247,7 +256,7 @@ def prepare_frame(df: pd.DataFrame, out: Path, dataset: str, size: int, align: b
     """
     skipped = list(df.attrs.get("skipped", []))
     found = len(df) + len(skipped)
-    df = df.iloc[:limit] if limit else df
+    df = take_limit(df, limit)
     batch = align_batch(df["path"].tolist(), work_dir / f"{'aligned' if align else 'resized'}-{size}", size,
                         workers=workers, progress=progress, align=align)
     keep = [i for i, o in enumerate(batch.outputs) if o is not None]
@@ -271,7 +280,7 @@ def prepare_frame(df: pd.DataFrame, out: Path, dataset: str, size: int, align: b
                         "ages_above_classes": above, **(info or {})})
     ages = meta["age"]
     lines = [f"{dataset}: {found} image files found, {len(skipped)} skipped by the reader"
-             + (f", first {len(df)} taken (--limit)" if limit else "")]
+             + (f", a random sample of {len(df)} taken (--limit, seed 0)" if limit else "")]
     lines += [f"  {path}: {reason}" for path, reason in skipped[:5]]
     if len(skipped) > 5:
         lines.append(f"  … and {len(skipped) - 5} more")
