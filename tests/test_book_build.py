@@ -106,3 +106,29 @@ def test_every_glued_value_is_read_by_the_text_or_a_book_check():
             if not in_text and not re.search(r"[\"']" + re.escape(key) + r"[\"']", checks):
                 unread.append(f"{chapter.name}: {key}")
     assert not unread
+
+
+def test_annotated_parameters_are_read_and_set_by_the_build(tmp_path, monkeypatch, caplog):
+    """The chapters' form (one annotated assignment a line): build.py reads it, and a value of
+    ``--param`` / ``--profile`` reaches the chapter through papermill, which knows the name."""
+    import logging
+
+    import nbformat
+
+    params = ('from typing import Optional\n\nprofile: str = "cpu"  # the setting\n'
+              "n_faces: Optional[int] = None  # drawn faces\nseed: int = 0  # the seed")
+    path = chapter(tmp_path, "07_training_attention", params)
+    with path.open("a") as f:
+        f.write('\n```{code-cell} ipython3\nprint(profile, n_faces, seed)\n```\n')
+    assert build.declared_parameters(build.jupytext.read(path)) == {"profile": "cpu", "n_faces": None, "seed": 0}
+    assert build.chapter_setting(path, {"profile": "paper"}) == {"profile": "paper", "n_faces": None, "seed": 0}
+    monkeypatch.setattr(build, "ROOT", tmp_path)
+    monkeypatch.setattr(build, "STAGE", tmp_path / "stage")
+    (tmp_path / "stage" / "book").mkdir(parents=True)
+    with caplog.at_level(logging.WARNING, logger="papermill"):
+        build.execute(path, {"profile": "paper", "n_faces": 1000, "rerun": True})
+    assert not [r.message for r in caplog.records if "parameter" in r.message]
+    cells = nbformat.read(build.staged(path), as_version=4).cells
+    injected = [c for c in cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert len(injected) == 1 and "rerun" not in injected[0].source
+    assert cells[-1].outputs[0]["text"] == "paper 1000 0\n"

@@ -1,0 +1,118 @@
+"""What every chapter's page holds before it is executed: parameters that papermill reads,
+code that fits the page, values recorded with one helper, and no buttons that lead nowhere.
+
+These read the chapters' sources (book/NN_*.md); tests/book reads the executed chapters.
+"""
+import ast
+import importlib.util
+import logging
+from pathlib import Path
+
+import jupytext
+import nbformat
+import papermill
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("book_build", REPO / "book" / "build.py")
+build = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(build)
+
+CHAPTERS = build.chapters()
+#: The width of the page's code column (at 1280 px) in characters, as the ruff line length
+#: of black and of the book's code cells.
+CODE_WIDTH = 88
+
+
+def test_the_book_has_its_chapters():
+    assert [p.stem[:2] for p in CHAPTERS] == [f"{n:02d}" for n in range(1, 13)]
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_papermill_finds_every_parameter_with_its_type_and_help(path, tmp_path, caplog):
+    """`papermill --help-notebook` lists what the build may set: papermill reads a parameters
+    cell line by line and skips a line with more than one ``=`` (``a = b = None``)."""
+    notebook = tmp_path / f"{path.stem}.ipynb"
+    nbformat.write(jupytext.read(path), notebook)
+    with caplog.at_level(logging.WARNING, logger="papermill"):
+        found = papermill.inspect_notebook(str(notebook))
+    assert not [r.message for r in caplog.records if "Unable to parse" in r.message]
+    declared = build.declared_parameters(jupytext.read(path))
+    assert declared, f"{path.name} has no parameters cell"
+    assert set(found) == set(declared)
+    for name, parameter in found.items():
+        assert parameter["inferred_type_name"] not in ("", "None"), (path.name, name)
+        assert parameter["help"], (path.name, name)
+        assert ast.literal_eval(parameter["default"]) == declared[name], (path.name, name)
+
+
+def test_the_build_flags_set_parameters_of_one_type_in_every_chapter(tmp_path):
+    """``--profile``, ``--device`` and ``--seed`` set the same names, of one type, everywhere."""
+    types: dict[str, set] = {}
+    for path in CHAPTERS:
+        notebook = tmp_path / f"{path.stem}.ipynb"
+        nbformat.write(jupytext.read(path), notebook)
+        for name, parameter in papermill.inspect_notebook(str(notebook)).items():
+            types.setdefault(name, set()).add(parameter["inferred_type_name"])
+    assert types["profile"] == {"str"} and types["device"] == {"str"}
+    assert types["seed"] == {"int"}
+
+
+def code_lines(path: Path):
+    for cell in jupytext.read(path).cells:
+        if cell.cell_type == "code":
+            yield from cell.source.splitlines()
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_code_fits_the_code_column(path):
+    wide = [line for line in code_lines(path) if len(line) > CODE_WIDTH]
+    assert wide == []
+
+
+def theme_options(config: dict) -> dict:
+    """The theme options Jupyter Book makes of a staged ``_config.yml`` (its schema checked)."""
+    from jupyter_book.config import get_final_config
+
+    sphinx, _ = get_final_config(user_yaml=config, sourcedir=REPO, raise_on_invalid=True,
+                                 cli_config={"latex_individualpages": False})
+    return sphinx["html_theme_options"]
+
+
+def shown_buttons(options: dict) -> dict:
+    launch = options.get("launch_buttons", {})
+    buttons = {key: launch[key] for key in ("binderhub_url", "jupyterhub_url", "colab_url",
+                                           "deepnote_url") if launch.get(key)}
+    if launch.get("thebe"):
+        buttons["thebe"] = True
+    buttons.update({key: True for key in ("use_repository_button", "use_edit_page_button",
+                                          "use_issues_button") if options.get(key)})
+    return buttons
+
+
+def test_no_button_leads_to_a_repository_that_does_not_exist():
+    """While ``repository.url`` names no repository, the pages have no launch, repository,
+    edit or issues button: each would point at it."""
+    config = yaml.safe_load((REPO / "_config.yml").read_text())
+    assert not build.is_repository(config["repository"]["url"])
+    assert shown_buttons(theme_options(build.book_config(config))) == {}
+    # nor when the book is built without build.py
+    assert shown_buttons(theme_options(config)) == {}
+    assert "OWNER" not in (REPO / "_config.yml").read_text().replace("<owner>", "")
+
+
+@pytest.mark.parametrize("url", ["", "https://github.com/OWNER/adpf", "adpf", "https://github.com/adpf"])
+def test_a_placeholder_url_gives_no_button(url):
+    config = yaml.safe_load((REPO / "_config.yml").read_text())
+    config["repository"]["url"] = url
+    assert shown_buttons(theme_options(build.book_config(config))) == {}
+
+
+def test_the_repository_url_is_the_one_setting_of_the_buttons():
+    config = yaml.safe_load((REPO / "_config.yml").read_text())
+    config["repository"]["url"] = "https://github.com/someone/adpf"
+    options = theme_options(build.book_config(config))
+    assert shown_buttons(options) == {"binderhub_url": "https://mybinder.org",
+                                      "use_repository_button": True}
+    assert options["repository_url"] == "https://github.com/someone/adpf"
