@@ -116,3 +116,23 @@ def test_the_repository_url_is_the_one_setting_of_the_buttons():
     assert shown_buttons(options) == {"binderhub_url": "https://mybinder.org",
                                       "use_repository_button": True}
     assert options["repository_url"] == "https://github.com/someone/adpf"
+
+
+def test_record_glues_every_value_as_a_number_the_page_can_format(monkeypatch):
+    import numpy as np
+    import torch
+    from myst_nb.ext import glue as glue_module
+
+    from adpf.book import record
+
+    shown = []
+    monkeypatch.setattr(glue_module, "ipy_display",
+                        lambda bundle, raw, metadata: shown.append((bundle, metadata)))
+    record(n_train=np.int64(2100), share=torch.tensor(0.25), mae=np.float64(3.5),
+           heads=(np.int64(1), 3), device="cpu")
+    names = [meta["scrapbook"]["name"] for _, meta in shown]
+    assert names == ["n_train", "share", "mae", "heads", "device"]
+    texts = [bundle["application/papermill.record/text/plain"] for bundle, _ in shown]
+    assert texts == ["2100", "0.25", "3.5", "(1, 3)", "'cpu'"]
+    # {glue:text}`n_train:,` formats what literal_eval reads from the text
+    assert [format(ast.literal_eval(t), ",") for t in texts[:1]] == ["2,100"]
