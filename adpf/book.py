@@ -30,3 +30,23 @@ def record(**values) -> None:
 
     for name, value in values.items():
         glue(name, plain(value), display=False)
+
+
+def command_lines(command: str, width: int = 88) -> str:
+    """A shell command broken into lines of at most ``width`` characters where it is longer:
+    at the spaces before its options (``--name value`` stays together), each line but the last
+    ending in `` \\`` and the next indented by four spaces, so the lines paste as one command.
+    A single option longer than the width keeps its line."""
+    groups: list[str] = []
+    for word in command.split():
+        if word.startswith("-") or not groups:
+            groups.append(word)
+        else:
+            groups[-1] += " " + word
+    lines = [groups[0]]
+    for group in groups[1:]:
+        if len(lines[-1]) + 1 + len(group) + 2 <= width:
+            lines[-1] += " " + group
+        else:
+            lines.append("    " + group)
+    return " \\\n".join(lines)

@@ -65,10 +65,37 @@ def code_lines(path: Path):
             yield from cell.source.splitlines()
 
 
+def shown_blocks(path: Path):
+    """The lines of the code blocks a page shows without running them (```bash, ```python)."""
+    import re
+
+    for block in re.findall(r"^```(?:bash|python|text|console)\n(.*?)^```$", path.read_text(),
+                            flags=re.S | re.M):
+        yield from block.splitlines()
+
+
 @pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
 def test_code_fits_the_code_column(path):
     wide = [line for line in code_lines(path) if len(line) > CODE_WIDTH]
+    wide += [line for line in shown_blocks(path) if len(line) > CODE_WIDTH]
     assert wide == []
+
+
+def test_printed_commands_fit_the_code_column():
+    import shlex
+
+    from adpf.book import command_lines
+
+    command = ("adpf experiments heads --preset paper --recipe long --data data/morph2-128 "
+               "--test 0.2 --val 0 --heads-list 1,2,3,4,5,6,7,8 --seeds 0 1 2 --out runs/heads")
+    lines = command_lines(command).splitlines()
+    assert len(lines) > 1 and all(len(line) <= CODE_WIDTH for line in lines)
+    assert all(line.endswith(" \\") for line in lines[:-1])
+    assert all(line.startswith("    --") for line in lines[1:])
+    # the shell reads the lines as the one command, every option with its values
+    assert shlex.split(command_lines(command).replace("\\\n", "")) == shlex.split(command)
+    assert "--seeds 0 1 2" in command_lines(command)
+    assert command_lines("adpf train --preset cpu") == "adpf train --preset cpu"
 
 
 def theme_options(config: dict) -> dict:
