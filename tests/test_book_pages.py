@@ -163,3 +163,22 @@ def test_record_glues_every_value_as_a_number_the_page_can_format(monkeypatch):
     assert texts == ["2100", "0.25", "3.5", "(1, 3)", "'cpu'"]
     # {glue:text}`n_train:,` formats what literal_eval reads from the text
     assert [format(ast.literal_eval(t), ",") for t in texts[:1]] == ["2,100"]
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_prose_quotes_counts_with_thousands_separators(path):
+    """A count (``n_...``) quoted in the text reads 3,000, not 3000 (``{glue:text}`n_faces:,```)."""
+    import re
+
+    bare = re.findall(r"\{glue:text\}`(n_\w+)`", path.read_text())
+    assert bare == []
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_prose_quotes_no_cache_key(path):
+    """A cache key is a hash that means nothing to a reader: the prose does not quote one."""
+    import re
+
+    recorded_keys = {k for k in re.findall(r"\b(\w+_key)=", path.read_text())}
+    quoted = re.findall(r"\{glue(?::\w+)?\}`(\w+)", path.read_text())
+    assert recorded_keys & set(quoted) == set()
