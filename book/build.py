@@ -166,6 +166,8 @@ def stage_tree(chapter_paths: list[Path]) -> None:
     config = book_config(yaml.safe_load((ROOT / "_config.yml").read_text()))
     (STAGE / "_config.yml").write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
     shutil.copy2(ROOT / "_toc.yml", STAGE / "_toc.yml")
+    # the book's CSS: Jupyter Book loads every .css file of _static/ beside _config.yml
+    shutil.copytree(ROOT / "_static", STAGE / "_static", dirs_exist_ok=True)
     sources = set(chapter_paths)
     for path in sorted(BOOK.rglob("*")):
         rel = path.relative_to(BOOK)

@@ -182,3 +182,19 @@ def test_prose_quotes_no_cache_key(path):
     recorded_keys = {k for k in re.findall(r"\b(\w+_key)=", path.read_text())}
     quoted = re.findall(r"\{glue(?::\w+)?\}`(\w+)", path.read_text())
     assert recorded_keys & set(quoted) == set()
+
+
+def test_output_tables_have_padding_between_their_columns(tmp_path, monkeypatch):
+    """The staged book loads _static/adpf.css, which pads the cells of printed tables."""
+    import re
+
+    from jupyter_book.config import get_final_config
+
+    monkeypatch.setattr(build, "STAGE", tmp_path)
+    build.stage_tree([])
+    css = (tmp_path / "_static" / "adpf.css").read_text()
+    rule = re.search(r"div\.cell_output table td\s*\{([^}]*)\}", css)
+    assert rule and re.search(r"padding:\s*[\d.]+em\s+[1-9\d.]*[.\d]+em", rule.group(1))
+    sphinx, _ = get_final_config(user_yaml=tmp_path / "_config.yml", sourcedir=tmp_path,
+                                 cli_config={"latex_individualpages": False})
+    assert "adpf.css" in sphinx["html_css_files"]
