@@ -198,3 +198,17 @@ def test_output_tables_have_padding_between_their_columns(tmp_path, monkeypatch)
     sphinx, _ = get_final_config(user_yaml=tmp_path / "_config.yml", sourcedir=tmp_path,
                                  cli_config={"latex_individualpages": False})
     assert "adpf.css" in sphinx["html_css_files"]
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_no_chapter_rebinds_the_record_helper(path):
+    """``record`` is adpf.book.record in every cell: a chapter that names a value ``record``
+    breaks every later call (seen: chapter 11's benchmark records)."""
+    bound = []
+    for cell in jupytext.read(path).cells:
+        if cell.cell_type != "code":
+            continue
+        for node in ast.walk(ast.parse(cell.source)):
+            if isinstance(node, ast.Name) and node.id == "record" and isinstance(node.ctx, ast.Store):
+                bound.append(node.lineno)
+    assert bound == []
