@@ -243,29 +243,58 @@ def plot_cs(ax: Axes, curves: dict, colors: Sequence | None = None) -> Axes:
     return ax
 
 
-def plot_stage_curves(curves, order: Sequence[str], constant: float, figsize=(10, 3.4)) -> Figure:
+#: Colours of the models (variants) compared on one axis: the colorblind palette without its
+#: vermillion and grey, which are too near its orange and the constant line, and with black.
+#: Any two are at least 0.25 apart in RGB (the orange and vermillion were 0.19); the markers
+#: tell them apart too.
+MODEL_COLORS = ("#0173b2", "#de8f05", "#029e73", "#cc78bc", "#56b4e9", "#ca9161", "#000000",
+                "#ece133")
+MODEL_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+
+def model_style(k: int) -> dict:
+    """The colour and marker of the ``k``-th model in a figure that compares models."""
+    return {"color": MODEL_COLORS[k % len(MODEL_COLORS)],
+            "marker": MODEL_MARKERS[k % len(MODEL_MARKERS)]}
+
+
+def plot_stage_curves(curves, order: Sequence[str], constant: float, figsize=(11, 3.4)) -> Figure:
     """Validation MAE after every epoch, two panels: stage 1 (AttentionNet) and stage 2 with the
     one-stage baselines; the mean over seeds with a band of ± one standard deviation.
 
     curves: `adpf.experiments.learning_curves` rows (model, seed, stage, epoch, val_mae).
-    order: the models in the order of their colours. constant: the MAE of always answering the
-    mean training age (a dashed line). Only models with an AttentionNet of their own are drawn in
-    stage 1 (ADPF, ADPF w/o ranking and AttentionNet alone share ADPF's).
+    order: the models in the order of their colours (`model_style`). constant: the MAE of
+    always answering the mean training age (a dashed line). Only models with an AttentionNet of
+    their own are drawn in stage 1 (ADPF, ADPF w/o ranking and AttentionNet alone share
+    ADPF's). One legend, right of the panels, outside the data.
     """
     own_stage1 = curves["model"].isin(["ADPF", "ADPF w/SA", "ADPF w/o diversity loss"])
     parts = ((curves[(curves["stage"] == "attention") & own_stage1], "stage 1: AttentionNet"),
              (curves[curves["stage"].isin(["fusion", "single"])], "stage 2 and the baselines"))
-    palette = {m: head_color(k) for k, m in enumerate(order)}
+    styles = {m: model_style(k) for k, m in enumerate(order)}
     fig, axes = plt.subplots(1, 2, figsize=figsize, sharey=True)
     for ax, (part, title) in zip(axes, parts):
-        sns.lineplot(data=part, x="epoch", y="val_mae", hue="model", palette=palette,
-                     errorbar="sd", marker="o", markersize=4, ax=ax)
-        ax.axhline(constant, color="0.4", linestyle="--")
+        for model in [m for m in order if m in set(part["model"])]:
+            rows = part[part["model"] == model].groupby("epoch")["val_mae"]
+            mean, sd = rows.mean(), rows.std().fillna(0.0)
+            style = styles[model]
+            ax.plot(mean.index, mean.to_numpy(), marker=style["marker"], markersize=4,
+                    color=style["color"], label=model)
+            ax.fill_between(mean.index, (mean - sd).to_numpy(), (mean + sd).to_numpy(),
+                            color=style["color"], alpha=0.12, linewidth=0)
+        ax.axhline(constant, color="0.4", linestyle="--", label="always the mean age")
         ax.set_title(title)
+        ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
         ax.set_ylabel("validation MAE (years)")
-        ax.legend(frameon=False, fontsize=7)
         sns.despine(ax=ax)
+    handles = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    labels = [m for m in order if m in handles] + ["always the mean age"]
+    fig.legend([handles[m] for m in labels], labels, loc="upper left", bbox_to_anchor=(1.0, 0.95),
+               frameon=False, fontsize=8)
     fig.tight_layout()
     return fig
 

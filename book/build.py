@@ -37,6 +37,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -126,11 +127,47 @@ def source_hash(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
+#: The buttons a page gets once ``_config.yml``'s ``repository.url`` names the project's
+#: public repository: Binder (it runs environment.yml and postBuild, which writes each
+#: chapter's notebook, and opens the page's notebook in JupyterLab) and a link to the
+#: repository. Colab opens only notebooks stored in the repository, and it stores MyST.
+LAUNCH_BUTTONS = {"notebook_interface": "jupyterlab", "binderhub_url": "https://mybinder.org"}
+REPOSITORY_BUTTONS = {"use_repository_button": True}
+
+
+def is_repository(url) -> bool:
+    """``url`` names a repository the buttons can lead to: ``https://github.com/OWNER/NAME``
+    with an owner and a name, and not the placeholder ``OWNER``."""
+    match = re.fullmatch(r"https://github\.com/([\w.-]+)/([\w.-]+?)/?", url or "")
+    return bool(match) and match.group(1) != "OWNER"
+
+
+def book_config(config: dict) -> dict:
+    """The staged ``_config.yml``: ``config`` with the launch and repository buttons where its
+    ``repository.url`` is a repository, and with none (not even the theme's) where it is not."""
+    config = json.loads(json.dumps(config))  # a deep copy
+    html = config.setdefault("html", {})
+    if is_repository(config.get("repository", {}).get("url")):
+        config["launch_buttons"] = dict(LAUNCH_BUTTONS)
+        html.update(REPOSITORY_BUTTONS)
+    else:
+        config["launch_buttons"] = {key: "" for key in ("binderhub_url", "jupyterhub_url",
+                                                        "colab_url", "deepnote_url")}
+        config["launch_buttons"]["thebe"] = False
+        html.update({key: False for key in ("use_repository_button", "use_edit_page_button",
+                                            "use_issues_button")})
+    return config
+
+
 def stage_tree(chapter_paths: list[Path]) -> None:
-    """Copy the config, the toc and every non-chapter file of book/ into the staging tree."""
+    """Copy the config (`book_config`), the toc and every non-chapter file of book/ into the
+    staging tree."""
     (STAGE / "book").mkdir(parents=True, exist_ok=True)
-    for name in ("_config.yml", "_toc.yml"):
-        shutil.copy2(ROOT / name, STAGE / name)
+    config = book_config(yaml.safe_load((ROOT / "_config.yml").read_text()))
+    (STAGE / "_config.yml").write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
+    shutil.copy2(ROOT / "_toc.yml", STAGE / "_toc.yml")
+    # the book's CSS: Jupyter Book loads every .css file of _static/ beside _config.yml
+    shutil.copytree(ROOT / "_static", STAGE / "_static", dirs_exist_ok=True)
     sources = set(chapter_paths)
     for path in sorted(BOOK.rglob("*")):
         rel = path.relative_to(BOOK)

@@ -92,17 +92,64 @@ def test_workers_must_be_positive():
         build.main(["--workers", "0"])
 
 
+def recorded_keys(path: Path) -> list[str]:
+    """The names a chapter records (``record(name=...)``, ``glue("name", ...)``), f-string
+    names aside."""
+    import ast
+
+    keys = []
+    for cell in build.jupytext.read(path).cells:
+        if cell.cell_type != "code":
+            continue
+        for node in ast.walk(ast.parse(cell.source)):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)):
+                continue
+            if node.func.id == "record":
+                keys += [k.arg for k in node.keywords if k.arg]
+            elif node.func.id == "glue" and isinstance(node.args[0], ast.Constant):
+                keys.append(node.args[0].value)
+    return keys
+
+
 def test_every_glued_value_is_read_by_the_text_or_a_book_check():
-    """A chapter glues only what its prose shows or tests/book checks (f-string keys aside)."""
+    """A chapter records only what its prose shows or tests/book checks (f-string keys aside)."""
     import re
 
     checks = "".join(p.read_text() for p in (REPO / "tests" / "book").glob("*.py"))
     unread = []
-    for chapter in sorted((REPO / "book").glob("[0-9]*.md")):
+    chapters = sorted((REPO / "book").glob("[0-9]*.md"))
+    assert sum(len(recorded_keys(c)) for c in chapters) > 100
+    for chapter in chapters:
         text = chapter.read_text()
-        for key in re.findall(r'glue\(\s*"([^"{}]+)"', text):
+        for key in recorded_keys(chapter):
             in_text = re.search(r"\{glue(?::\w+)?\}`" + re.escape(key) + r"[`:]", text) or \
                 re.search(r"```\{glue:\w+\}\s+" + re.escape(key) + r"\s", text)
             if not in_text and not re.search(r"[\"']" + re.escape(key) + r"[\"']", checks):
                 unread.append(f"{chapter.name}: {key}")
     assert not unread
+
+
+def test_annotated_parameters_are_read_and_set_by_the_build(tmp_path, monkeypatch, caplog):
+    """The chapters' form (one annotated assignment a line): build.py reads it, and a value of
+    ``--param`` / ``--profile`` reaches the chapter through papermill, which knows the name."""
+    import logging
+
+    import nbformat
+
+    params = ('from typing import Optional\n\nprofile: str = "cpu"  # the setting\n'
+              "n_faces: Optional[int] = None  # drawn faces\nseed: int = 0  # the seed")
+    path = chapter(tmp_path, "07_training_attention", params)
+    with path.open("a") as f:
+        f.write('\n```{code-cell} ipython3\nprint(profile, n_faces, seed)\n```\n')
+    assert build.declared_parameters(build.jupytext.read(path)) == {"profile": "cpu", "n_faces": None, "seed": 0}
+    assert build.chapter_setting(path, {"profile": "paper"}) == {"profile": "paper", "n_faces": None, "seed": 0}
+    monkeypatch.setattr(build, "ROOT", tmp_path)
+    monkeypatch.setattr(build, "STAGE", tmp_path / "stage")
+    (tmp_path / "stage" / "book").mkdir(parents=True)
+    with caplog.at_level(logging.WARNING, logger="papermill"):
+        build.execute(path, {"profile": "paper", "n_faces": 1000, "rerun": True})
+    assert not [r.message for r in caplog.records if "parameter" in r.message]
+    cells = nbformat.read(build.staged(path), as_version=4).cells
+    injected = [c for c in cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert len(injected) == 1 and "rerun" not in injected[0].source
+    assert cells[-1].outputs[0]["text"] == "paper 1000 0\n"

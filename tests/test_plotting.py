@@ -137,3 +137,46 @@ def test_draw_pipeline_has_every_labelled_part_in_ranked_rows():
     with pytest.raises(ValueError, match="one of each per head"):
         plotting.draw_pipeline(image, maps, boxes[:2], patches)
     matplotlib.pyplot.close(fig)
+
+
+def stage_curves_rows(models):
+    import pandas as pd
+
+    rows = []
+    for k, model in enumerate(models):
+        stages = [("attention", 3), ("fusion", 3)] if model.startswith("ADPF") else [("single", 3)]
+        for seed in (0, 1):
+            for stage, epochs in stages:
+                for epoch in range(1, epochs + 1):
+                    rows.append({"model": model, "seed": seed, "stage": stage, "epoch": epoch,
+                                 "val_mae": 10 - epoch + 0.1 * k + 0.2 * seed})
+    return pd.DataFrame(rows)
+
+
+def test_plot_stage_curves_gives_every_model_its_own_colour_and_one_legend_outside():
+    import itertools
+
+    import matplotlib
+    import numpy as np
+
+    from adpf.plotting import plot_stage_curves
+
+    order = ["ADPF", "ADPF w/o ranking", "ADPF w/SA", "ADPF w/o diversity loss",
+             "fixed patches", "plain CNN", "AttentionNet alone"]
+    fig = plot_stage_curves(stage_curves_rows(order), order, constant=11.0)
+    right = fig.axes[1]
+    assert [ax.get_legend() for ax in fig.axes] == [None, None] and len(fig.legends) == 1
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert set(order) <= set(labels) and "always the mean age" in labels
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    assert fig.legends[0].get_window_extent(renderer).x0 >= right.get_window_extent(renderer).x1
+    colours = {}
+    for ax in fig.axes:
+        for line in ax.get_lines():
+            if line.get_label() in order:
+                colours.setdefault(line.get_label(), matplotlib.colors.to_rgb(line.get_color()))
+    assert len(colours) == len(order)
+    assert min(np.linalg.norm(np.subtract(a, b))
+               for a, b in itertools.combinations(colours.values(), 2)) >= 0.25
+    matplotlib.pyplot.close(fig)
