@@ -59,6 +59,8 @@ class ADPFConfig:
         (book/open_choices.md, choice 5; paper: 0..100).
     sigma: standard deviation (years) of the Gaussian label distribution of Eq. 12
         (book/open_choices.md, choice 5; DLDL uses 2).
+    mae_weight: the weight w of L_MAE in Eq. 13, L_AE = w · L_MAE + L_KL (paper: 1, with L_MAE in
+        years; book/open_choices.md, choice 16).
     std_scale: the factor the standard deviation of the predicted age distribution is multiplied
         by to give the reported ± (book/open_choices.md, choice 15). 1.0 while training; after
         training, ``adpf.train.train`` fits it on the validation faces so that ±1σ holds 68.3 % of
@@ -121,6 +123,7 @@ class ADPFConfig:
     sigma: float = 2.0
     eq9: Literal["as_written", "raw"] = "as_written"
     std_scale: float = 1.0
+    mae_weight: float = 1.0
     # switches
     variant: Variant = "adpf"
     attention: Literal["hybrid", "self_sum"] = "hybrid"
@@ -146,6 +149,8 @@ class ADPFConfig:
                 raise ValueError(f"{name} must be a list of whole numbers >= 1, got {widths!r}")
         if not (_whole(self.age_min) and _whole(self.age_max)):
             raise ValueError(f"age_min and age_max must be whole numbers, got {self.age_min!r}, {self.age_max!r}")
+        if not (isinstance(self.mae_weight, (int, float)) and 0 <= self.mae_weight < float("inf")):
+            raise ValueError(f"mae_weight must be a finite number >= 0, got {self.mae_weight!r}")
         if not (isinstance(self.std_scale, (int, float)) and 0 < self.std_scale < float("inf")):
             raise ValueError(f"std_scale must be a finite number > 0, got {self.std_scale!r}")
         if not (isinstance(self.sigma, (int, float)) and self.sigma > 0):

@@ -209,13 +209,13 @@ def kl_loss(target: Tensor, log_probs: Tensor) -> Tensor:
 
 
 def age_estimation_loss(logits: Tensor, age: Tensor, config: ADPFConfig) -> Losses:
-    """Eq. 13: L_AE = L_MAE + L_KL. logits ``(B, q)``, age ``(B,)`` in years."""
+    """Eq. 13: L_AE = w · L_MAE + L_KL, w = ``config.mae_weight`` (the paper's: 1). logits ``(B, q)``, age ``(B,)`` in years."""
     probs = age_distribution(logits, config.eq9)
     ages = age_classes(config, probs)
     age = age.to(probs.dtype)
     mae = mae_loss(expected_age(probs, ages), age)
     kl = kl_loss(gaussian_label_distribution(age, ages, config.sigma), log_age_distribution(logits, config.eq9))
-    return Losses(total=mae + kl, mae=mae, kl=kl)
+    return Losses(total=config.mae_weight * mae + kl, mae=mae, kl=kl)
 
 
 #: The map scaling of each ``config.diversity_maps`` (Eq. 7 reads the scaled maps).

@@ -1,5 +1,7 @@
 """MAE, CS(v), per-decade errors, predictions from the age distribution, and the attention diagnostics,
 each against a plain float64 loop (those of adpf.reference where the loop is an equation's)."""
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,7 @@ from torch.utils.data import DataLoader
 from adpf import reference
 from adpf.config import get_preset
 from adpf.evaluate import (age_group_errors, attention_maps, attention_report, box_coverage, calibration,
+                           fit_std_scale,
                            constant_baseline, cs_curve, head_overlap, head_similarity, mae, mask_share, predict,
                            ranked_boxes, summarize)
 from adpf.networks import ModelOutput, build_model
@@ -263,3 +266,18 @@ def test_patch_reliance_swaps_only_the_patches(variant):
     assert found["another face's patches"] == pytest.approx(float(other), abs=1e-6)
     assert found["blank patches"] == pytest.approx(float(blank), abs=1e-6)
     assert found["another face's patches"] != found["own patches"]  # the patches do reach the estimate
+
+
+def test_fit_std_scale_makes_one_sigma_hold_68_percent():
+    rng = np.random.default_rng(0)
+    std = rng.uniform(1, 5, 4000)
+    errors = rng.normal(0, 1, 4000) * std * 3.0  # the reported ± is three times too narrow
+    scale = fit_std_scale(errors, std)
+    assert scale == pytest.approx(3.0, rel=0.05)
+    assert np.mean(np.abs(errors) <= scale * std) == pytest.approx(0.6827, abs=0.002)
+    # by a loop: between the two sorted ratios |error| / std around the 68.27 % position
+    ratios = sorted(abs(e) / s for e, s in zip(errors, std))
+    k = math.floor((len(ratios) - 1) * math.erf(1 / math.sqrt(2)))
+    assert ratios[k] <= scale <= ratios[k + 1]
+    with pytest.raises(ValueError, match="positive stds"):
+        fit_std_scale(np.ones(3), np.zeros(3))

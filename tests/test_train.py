@@ -2,6 +2,7 @@
 shared stage 1, exact resume after a crash, the result record, and bad input."""
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -291,3 +292,42 @@ def test_a_diverging_learning_rate_stops_with_a_clear_message(data, cache):
     with pytest.raises(NonFiniteTrainingError, match=r"stage attention \(attention_only\) went non-finite in epoch 1/2") as e:
         train(tiny(variant="attention_only"), data, SPLIT, recipe, progress=False)
     assert "No epoch had finished, so there is no checkpoint." in str(e.value)
+
+
+def test_keep_best_ends_each_stage_with_its_best_validation_epoch(data, cache):
+    recipe = RECIPE.replace(attention_epochs=4, fusion_epochs=4, lr=0.3, keep_best=True)
+    result, trained = run(tiny(), data, recipe)
+    for stage in ("attention", "fusion"):
+        history = result.history[stage]
+        best = min(history, key=lambda r: (r["val_mae"], r["epoch"]))["epoch"]
+        assert result.best_epochs[stage] == best
+        folder = Path(result.checkpoint).parents[1] / f"{stage}-{result.stage_keys[stage]}"
+        kept, saved = load_checkpoint(folder / "checkpoint.pt"), load_checkpoint(folder / "best.pt")
+        assert kept["meta"]["best_epoch"] == best and saved["epoch"] == best
+        for k, v in saved["model"].items():  # the stage's checkpoint holds the best epoch's weights
+            assert torch.equal(kept["model"][k], v), k
+    # the validation MAE of the kept model is the best epoch's (the fusion stage ends the model)
+    assert result.metrics["val"]["mae"] == pytest.approx(
+        min(r["val_mae"] for r in result.history["fusion"]), abs=1e-4)
+    # without keep_best the last epoch is kept, and the record says None
+    last, _ = run(tiny(), data, recipe.replace(keep_best=False))
+    assert last.best_epochs == {"attention": None, "fusion": None}
+    assert last.metrics["val"]["mae"] == pytest.approx(last.history["fusion"][-1]["val_mae"], abs=1e-4)
+
+
+def test_the_plus_minus_is_calibrated_on_validation_and_kept_in_the_checkpoint(data, cache):
+    result, _ = run(tiny(variant="plain_cnn"), data)
+    model = load_model(result.checkpoint)
+    scale = model.config.std_scale
+    assert scale != 1.0 and load_checkpoint(result.checkpoint)["config"]["std_scale"] == scale
+    val = predict(model, DataLoader(PreparedFaces(data, SPLIT["val"]), batch_size=8))
+    # a plain reference: the 68.27 % quantile of |error| / raw std on the validation faces
+    ratios = sorted(abs(e) / (s / scale) for e, s in zip(val.errors, val.std))
+    assert scale == pytest.approx(float(np.quantile(ratios, math.erf(1 / math.sqrt(2)))), rel=1e-5)
+    assert result.metrics["val"]["calibration"]["within_1std"] == pytest.approx(
+        np.mean(np.abs(val.errors) <= val.std), abs=1e-9)
+    # the scale changes the ± only, never the age
+    raw = load_model(result.checkpoint)
+    raw.config = raw.config.replace(std_scale=1.0)
+    plain = predict(raw, DataLoader(PreparedFaces(data, SPLIT["val"]), batch_size=8))
+    assert np.allclose(plain.predicted, val.predicted) and np.allclose(plain.std * scale, val.std)
