@@ -52,7 +52,7 @@ from adpf.cache import (attention_config, code_version, data_identity, digest, r
 from adpf.checkpoint import (check_config, checkpoint_dict, load_checkpoint, load_model_state, rng_state,
                              save_checkpoint, set_rng_state)
 from adpf.config import ADPFConfig
-from adpf.data.prepared import Prepared, PreparedFaces, load_prepared
+from adpf.data.prepared import DeviceBatches, Prepared, PreparedFaces, load_prepared
 from adpf.distributed import Process, close_process, setup_process
 from adpf.evaluate import fit_std_scale, predict, summarize
 from adpf.losses import age_estimation_loss, attention_net_loss
@@ -201,11 +201,30 @@ def as_split(split, count: int) -> dict[str, np.ndarray]:
     return out
 
 
+def data_on_device(recipe: Recipe, process: Process) -> bool:
+    """Whether the training reads its faces from the device (`DeviceBatches`) rather than a DataLoader:
+    ``recipe.data_on_device``, or where that is None (auto), on CUDA with one process."""
+    if recipe.data_on_device is None:
+        return process.device.type == "cuda" and not process.distributed
+    if recipe.data_on_device and process.distributed:
+        raise ValueError("data_on_device=True needs one process (under torchrun the DataLoader shards the data)")
+    return recipe.data_on_device
+
+
 def make_loader(data: Prepared, indices: np.ndarray, recipe: Recipe, process: Process, train: bool,
-                generator: torch.Generator | None = None) -> DataLoader:
-    """A DataLoader over some rows: shuffled and augmented for training (sharded under DDP)."""
-    dataset = PreparedFaces(data, indices, augment=train, pad=recipe.pad)
+                generator: torch.Generator | None = None) -> DataLoader | DeviceBatches:
+    """Batches of some rows: shuffled and augmented for training (sharded under DDP).
+
+    A DataLoader over `PreparedFaces`, or, where `data_on_device`, `DeviceBatches` (the rows
+    held on the device, each batch gathered and augmented there); both yield ``image``
+    ``(B, 3, H, W)`` float32, ``age`` ``(B,)``, ``index`` ``(B,)``. Training batches hold
+    ``batch_size`` faces (per process), evaluation batches twice as many.
+    """
     per_process = recipe.batch_size // process.world_size
+    if data_on_device(recipe, process):
+        return DeviceBatches(data, indices, per_process if train else 2 * recipe.batch_size, process.device,
+                             train, pad=recipe.pad, generator=generator)
+    dataset = PreparedFaces(data, indices, augment=train, pad=recipe.pad)
     sampler = None
     if train:
         sampler = (DistributedSampler(dataset, process.world_size, process.rank, shuffle=True,
@@ -266,10 +285,12 @@ def trained_parameters(stage: Stage, model: nn.Module) -> list[nn.Parameter]:
 
 
 def make_optimizer(recipe: Recipe, parameters: list[nn.Parameter]) -> torch.optim.Optimizer:
-    """The recipe's optimiser over ``parameters``."""
+    """The recipe's optimiser over ``parameters``, fused: one kernel a step, and a step that
+    `skip_update_if` marks is skipped on the device (how a non-finite step is kept out without a sync)."""
     if recipe.optimizer == "adamw":
-        return torch.optim.AdamW(parameters, lr=recipe.lr, weight_decay=recipe.weight_decay)
-    return torch.optim.SGD(parameters, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
+        return torch.optim.AdamW(parameters, lr=recipe.lr, weight_decay=recipe.weight_decay, fused=True)
+    return torch.optim.SGD(parameters, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay,
+                           fused=True)
 
 
 def make_scheduler(recipe: Recipe, optimizer: torch.optim.Optimizer, steps_per_epoch: int,
@@ -286,18 +307,70 @@ def stage_loss(stage: Stage, output, age: torch.Tensor):
     return age_estimation_loss(output.logits.float(), age, stage.config)
 
 
-def check_finite_step(stage: Stage, values: dict[str, float], epoch: int, step: int, steps: int,
-                      checkpoint_path: Path, process: Process) -> None:
-    """Raise `NonFiniteTrainingError` when this step's loss is NaN or ±inf on any process.
+class EpochTally:
+    """An epoch's loss parts summed over its images, and its first non-finite step, kept on the
+    device so that a training step never waits for the host; `read` fetches them once.
 
-    ``values`` are the loss parts already read as floats; under DDP the verdict is shared by an
-    all-reduce so that every process stops at the same step.
+    `add` takes a step's loss parts (0-dim tensors) and returns ``skip``, a 0-dim bool on the
+    device: true from the first step whose loss parts are not all finite on, for the rest of the
+    epoch (`skip_update_if` turns it into skipped optimiser steps, so the weights stay those from
+    before that step's update).
     """
-    if process.anywhere(not all(math.isfinite(v) for v in values.values())):
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.names: list[str] = []
+        self.sums = self.bad_parts = None  # (k,) float32: the parts times the images, the first bad step's
+        self.first_bad = torch.full((), -1, dtype=torch.int64, device=device)
+        self.seen = 0
+
+    def add(self, step: int, losses, n: int) -> torch.Tensor:
+        """Count step ``step`` (0-based) of ``n`` images; returns ``skip`` (0-dim bool, on the device)."""
+        parts = {f.name: v for f in dataclasses.fields(losses) if (v := getattr(losses, f.name)) is not None}
+        values = torch.stack([v.detach().float().reshape(()) for v in parts.values()])  # (k,)
+        if self.sums is None:
+            self.names = list(parts)
+            self.sums, self.bad_parts = torch.zeros_like(values), torch.zeros_like(values)
+        newly_bad = ~torch.isfinite(values).all() & (self.first_bad < 0)
+        self.first_bad = torch.where(newly_bad, step, self.first_bad)
+        self.bad_parts = torch.where(newly_bad, values, self.bad_parts)
+        skip = self.first_bad >= 0
+        self.sums += torch.where(skip, 0.0, values * n)
+        self.seen += n
+        return skip
+
+    def read(self) -> tuple[dict[str, float], int | None, dict[str, float]]:
+        """One host read: the parts averaged over the images, the first non-finite step (0-based;
+        None when every step was finite) and that step's parts."""
+        if self.sums is None:
+            return {}, None, {}
+        flat = torch.cat([self.sums / max(self.seen, 1), self.bad_parts, self.first_bad[None].float()]).tolist()
+        k = len(self.names)
+        bad = int(flat[-1])
+        return (dict(zip(self.names, flat[:k])), None if bad < 0 else bad, dict(zip(self.names, flat[k:2 * k])))
+
+
+def skip_update_if(optimizer: torch.optim.Optimizer, skip: torch.Tensor) -> None:
+    """Make ``optimizer``'s next step a no-op where ``skip`` (0-dim bool on the device) is true:
+    weights, momenta and step counts untouched, decided on the device (the fused optimisers'
+    ``found_inf``, which `make_optimizer`'s are)."""
+    optimizer.grad_scale, optimizer.found_inf = None, skip.float()
+
+
+def check_finite_step(stage: Stage, bad_step: int | None, values: dict[str, float], epoch: int, steps: int,
+                      checkpoint_path: Path, process: Process) -> None:
+    """Raise `NonFiniteTrainingError` when a step of this epoch had a NaN or ±inf loss on any process.
+
+    ``bad_step`` (0-based, None: none) and its loss parts ``values`` are `EpochTally.read`'s,
+    read once at the epoch's end; that step and every later one of the epoch were skipped
+    (`skip_update_if`). Under DDP the verdict is shared by an all-reduce so that every process stops.
+    """
+    if process.anywhere(bad_step is not None):
         parts = ", ".join(f"{k} {v:.4g}" for k, v in values.items() if k != "total")
+        where = f"step {bad_step + 1}/{steps}" if bad_step is not None else "on another process"
         raise NonFiniteTrainingError(
             f"stage {stage.name} ({stage.config.variant}) went non-finite in epoch {epoch + 1}/{stage.epochs}, "
-            f"step {step + 1}/{steps}: loss {values.get('total', float('nan')):.4g} ({parts}); stopped before "
+            f"{where}: loss {values.get('total', float('nan')):.4g} ({parts}); stopped before "
             f"this step's update. {last_good(checkpoint_path, epoch)} Lower the learning rate, "
             "add a warm-up or clip the gradients (Recipe.lr, warmup_epochs, clip_grad_norm).")
 
@@ -409,53 +482,63 @@ def training_forward(model: nn.Module, recipe: Recipe, process: Process) -> Call
     return torch.compile(net) if recipe.compile else net
 
 
-def train_one_epoch(stage: Stage, epoch: int, model: nn.Module, forward: Callable, loader: DataLoader,
+def training_batch(batch: dict, recipe: Recipe, process: Process) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch's images ``(B, 3, H, W)`` (channels-last on CUDA when the recipe asks) and ages ``(B,)``
+    on the process's device; copies from pinned memory do not wait, batches already there are kept."""
+    images = batch["image"].to(process.device, non_blocking=True)
+    if process.device.type == "cuda" and recipe.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, batch["age"].to(process.device, non_blocking=True)
+
+
+def train_step(stage: Stage, step: int, forward: Callable, images: torch.Tensor, age: torch.Tensor,
+               optimizer: torch.optim.Optimizer, scheduler, recipe: Recipe, tally: EpochTally) -> None:
+    """One optimiser step, with no host sync: forward (bf16 autocast on CUDA when ``recipe.amp``),
+    loss (`stage_loss`), backward, the loss parts counted on the device (`EpochTally.add`), gradient
+    clipping, the optimiser step (skipped on the device from a non-finite step on), the scheduler."""
+    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=images.device.type == "cuda" and recipe.amp):
+        output = forward(images)
+    losses = stage_loss(stage, output, age)
+    optimizer.zero_grad(set_to_none=True)
+    losses.total.backward()
+    skip = tally.add(step, losses, len(images))
+    if recipe.clip_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(optimizer.param_groups[0]["params"], recipe.clip_grad_norm)
+    skip_update_if(optimizer, skip)
+    optimizer.step()
+    scheduler.step()
+
+
+def train_one_epoch(stage: Stage, epoch: int, model: nn.Module, forward: Callable, loader: DataLoader | DeviceBatches,
                     optimizer: torch.optim.Optimizer, scheduler, recipe: Recipe, process: Process,
                     checkpoint_path: Path, bar) -> dict:
-    """One epoch (0-based ``epoch``) of optimiser steps on ``stage``'s loss (`stage_loss`).
+    """One epoch (0-based ``epoch``) of `train_step` on ``stage``'s loss, then the epoch's one host read.
 
-    ``forward`` is ``model`` as `training_forward` made it. Each step: forward (bf16 autocast on
-    CUDA when ``recipe.amp``), loss, backward, the finiteness check (`check_finite_step`),
-    gradient clipping, optimiser and scheduler step. Returns the epoch's history row: epoch
-    (1-based), lr (at its start), loss and loss parts averaged over the images, train_mae,
-    seconds, images_per_s.
+    ``forward`` is ``model`` as `training_forward` made it. The loss parts and the finiteness of
+    every step stay on the device (`EpochTally`) and are read once, after the last step; a step
+    whose loss is NaN or ±inf (and every later step of the epoch) is skipped on the device and
+    the read raises `NonFiniteTrainingError` naming it (`check_finite_step`). Returns the epoch's
+    history row: epoch (1-based), lr (at its start), loss and loss parts averaged over the images,
+    train_mae, seconds, images_per_s.
     """
-    if isinstance(loader.sampler, DistributedSampler):
+    if isinstance(getattr(loader, "sampler", None), DistributedSampler):
         loader.sampler.set_epoch(epoch)
-    cuda, steps = process.device.type == "cuda", len(loader)
+    steps = len(loader)
     model.train()
     row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
-    sums, seen, tic = {}, 0, time.perf_counter()
+    tally, tic = EpochTally(process.device), time.perf_counter()
     for step, batch in enumerate(loader):
-        images = batch["image"].to(process.device, non_blocking=True)
-        if cuda and recipe.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        age = batch["age"].to(process.device, non_blocking=True)
-        with torch.autocast(process.device.type, dtype=torch.bfloat16, enabled=cuda and recipe.amp):
-            output = forward(images)
-        losses = stage_loss(stage, output, age)
-        optimizer.zero_grad(set_to_none=True)
-        losses.total.backward()
-        values = {f.name: value.item() for f in dataclasses.fields(losses)
-                  if (value := getattr(losses, f.name)) is not None}
-        check_finite_step(stage, values, epoch, step, steps, checkpoint_path, process)
-        if recipe.clip_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(optimizer.param_groups[0]["params"], recipe.clip_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        n = len(images)
-        for name, value in values.items():
-            sums[name] = sums.get(name, 0.0) + value * n
-        seen += n
+        images, age = training_batch(batch, recipe, process)
+        train_step(stage, step, forward, images, age, optimizer, scheduler, recipe, tally)
         bar.update()
-        bar.set_postfix(epoch=epoch + 1, loss=f"{values['total']:.3f}", mae=f"{values['mae']:.2f}")
-    if cuda:
-        torch.cuda.synchronize()
+    means, bad_step, bad_values = tally.read()  # waits for the device: the epoch's only sync
     seconds = time.perf_counter() - tic
+    check_finite_step(stage, bad_step, bad_values, epoch, steps, checkpoint_path, process)
     process.share_buffers(model)  # BatchNorm statistics: every process keeps process 0's
-    row.update({f"loss_{k}" if k != "total" else "loss": v / max(seen, 1) for k, v in sums.items()})
+    row.update({f"loss_{k}" if k != "total" else "loss": v for k, v in means.items()})
     row["train_mae"] = row.pop("loss_mae", float("nan"))
-    row.update(seconds=seconds, images_per_s=seen * process.world_size / seconds)
+    row.update(seconds=seconds, images_per_s=tally.seen * process.world_size / seconds)
+    bar.set_postfix(epoch=epoch + 1, loss=f"{row.get('loss', float('nan')):.3f}", mae=f"{row['train_mae']:.2f}")
     return row
 
 

@@ -7,6 +7,9 @@
     python benchmarks/gpu_bench.py --part train    --out OUT  # adpf.train, gpu recipe, 10,000 drawn faces
     python benchmarks/gpu_bench.py --part syncs    --out OUT  # host syncs: box finding, a step, adpf.train's step
     python benchmarks/gpu_bench.py --part chapters --out OUT  # book/build.py --only 07 --only 09 --profile paper
+    python benchmarks/gpu_bench.py --part steps    --out OUT  # adpf's bare training steps, eager, batch 256
+    python benchmarks/gpu_bench.py --part loop     --out OUT  # adpf.train's loop against those steps, data on the device
+    python benchmarks/gpu_bench.py --part compile  --out OUT  # the bare steps under torch.compile
     python benchmarks/gpu_bench.py --part summary  --out OUT  # the table (stdout and OUT/gpu_table.md)
 
 The networks are the ``paper`` preset (128×128 faces) in bf16 autocast with channels-last memory,
@@ -47,7 +50,9 @@ FALLBACK_EPOCHS = 6  # the training part's epochs per stage when the measure par
 STAGES = ("attention", "fusion")
 #: the JSON file each part writes (the summary reads them; eight files in all with the table and log)
 FILES = {"matmul": "matmul.json", "measure": "measure.json", "profile": "profile.json", "train": "train.json",
-         "syncs": "syncs.json", "chapters": "chapters.json"}
+         "syncs": "syncs.json", "chapters": "chapters.json", "steps": "steps.json", "loop": "loop.json",
+         "compile": "compile.json"}
+LOOP_TARGET = 0.85  # the loop's images/s over the bare steps' (issue 18)
 
 
 def settings(args, batch_size: int | None = None) -> benchmark.Settings:
@@ -294,6 +299,160 @@ def part_train(args) -> None:
     write(args, "train", record)
 
 
+# --- steps, loop, compile: the loop as fast as its steps ----------------------------------------
+
+def bare_rates(args, compile: bool) -> dict:
+    """Images/s of adpf's bare training steps (``benchmark.train_step``: no data, no loop) per stage,
+    at the large batch; with ``compile`` under torch.compile (the first calls compile: warm-up)."""
+    s = settings(args)
+    s = benchmark.Settings(**{**s.__dict__, "compile": compile, "warmup": max(s.warmup, 3 if compile else 1)})
+    config = benchmark.case_config(PRESET, "adpf", args.tiny)
+    images, ages = batch_of(config, s)
+    record = {"settings": s.describe(), "batch_size": s.batch_size, "machine": benchmark.machine(),
+              "torch": torch.__version__, "images_per_s": {}, "warmup_s": {}}
+    for stage in STAGES:
+        step = benchmark.train_step(config, stage, images, ages, s)
+        start = time.perf_counter()
+        step()  # the first call: compilation (or cuDNN's autotuning)
+        benchmark.synchronize(s.device)
+        record["warmup_s"][stage] = time.perf_counter() - start
+        record["images_per_s"][stage] = s.batch_size / seconds_of(step, s)
+        write(args, "compile" if compile else "steps", record)  # a part stopped at its limit keeps its stages
+        del step
+    return record
+
+
+def part_steps(args) -> None:
+    """The bare steps the loop is held to (eager, the recipe's bf16 and channels-last)."""
+    bare_rates(args, compile=False)
+
+
+def part_compile(args) -> None:
+    """The same bare steps under ``torch.compile`` (inductor); the summary sets them beside eager."""
+    bare_rates(args, compile=True)
+
+
+def data_rate(data, indices, recipe, device: torch.device, epochs: int) -> float:
+    """Images/s of the loop's data alone: `DeviceBatches` (gather, pad-crop-flip, to float) over ``epochs``
+    epochs, synchronised at the end (the first epoch, with the copy to the device, not counted)."""
+    from adpf.distributed import Process
+    from adpf.train import make_loader
+
+    batches = make_loader(data, indices, recipe.replace(data_on_device=True), Process(device=device), train=True,
+                          generator=torch.Generator().manual_seed(0))
+    for _ in batches:  # the first epoch: allocations
+        pass
+    benchmark.synchronize(device)
+    start, seen = time.perf_counter(), 0
+    for _ in range(epochs):
+        for batch in batches:
+            seen += len(batch["image"])
+    benchmark.synchronize(device)
+    return seen / (time.perf_counter() - start)
+
+
+def timed_training(config, data, split, recipe) -> dict:
+    """``adpf.train.train`` with the epochs' rates and what each epoch spent beside its steps.
+
+    Per stage: images/s of each epoch (``history``), the median over all but the first epoch
+    (cuDNN's autotuning, first allocations), and the share of the stage's wall time spent outside
+    the epochs' steps (validation, checkpoint, the host: the time between two epochs' callbacks
+    minus the epoch's own seconds)."""
+    from adpf.train import train
+
+    marks: dict[str, list[tuple[float, float]]] = {}
+    clock = {"last": time.perf_counter()}
+
+    def callback(stage, row, model):
+        now = time.perf_counter()
+        marks.setdefault(stage.name, []).append((now - clock["last"], row["seconds"]))
+        clock["last"] = now
+
+    start = time.perf_counter()
+    result = train(config, data, split, recipe, use_cache=False, progress=False, callback=callback)
+    out = {"wall_s": time.perf_counter() - start, "test_mae": result.mae, "recipe": recipe.to_dict(), "stages": {}}
+    for stage, rows in result.history.items():
+        rates = [r["images_per_s"] for r in rows]
+        steady = sorted(rates[1:] or rates)
+        between = marks.get(stage, [])[1:]  # the first interval also holds the stage's set-up
+        wall = sum(w for w, _ in between)
+        out["stages"][stage] = {"images_per_s_per_epoch": rates, "images_per_s": steady[len(steady) // 2],
+                                "outside_steps_share": (wall - sum(e for _, e in between)) / wall if wall else None}
+    return out
+
+
+def part_loop(args) -> None:
+    """``adpf.train``'s loop with the gpu recipe on ``--images`` drawn faces, set against the bare steps
+    (steps part): the data on the device (the recipe's default on CUDA), then the DataLoader with 8
+    workers beside it, and the data path alone (`data_rate`). A few epochs a stage: the numbers are
+    rates, not a trained model."""
+    from adpf.recipes import get_recipe
+
+    device = torch.device("cpu" if args.tiny else "cuda")
+    config = benchmark.case_config(PRESET, "adpf", args.tiny)
+    start = time.perf_counter()
+    data, split = drawn(config.image_size, args.images)
+    epochs = 2 if args.tiny else args.loop_epochs
+    recipe = get_recipe("gpu", device=device.type, attention_epochs=epochs, fusion_epochs=epochs, warmup_epochs=1,
+                        lr_step=epochs, **({"batch_size": args.batch_size} if args.tiny else {}))
+    record = {"images": len(data), "image_size": config.image_size, "draw_seconds": time.perf_counter() - start,
+              "train_images": len(split.train), "epochs": epochs, "batch_size": recipe.batch_size, "runs": {}}
+    record["data_on_device_images_per_s"] = data_rate(data, split.train, recipe, device, 1 if args.tiny else 3)
+    write(args, "loop", record)
+    runs = {"data on device": recipe.replace(data_on_device=True),
+            "DataLoader, 8 workers": recipe.replace(data_on_device=False, num_workers=0 if args.tiny else 8,
+                                                    attention_epochs=2, fusion_epochs=2, lr_step=2)}
+    for name, r in runs.items():
+        print(f"adpf.train, {name}: {r.attention_epochs} + {r.fusion_epochs} epochs of {len(split.train)} faces",
+              flush=True)
+        record["runs"][name] = timed_training(config, data, split, r)
+        write(args, "loop", record)
+
+
+def loop_lines(steps: dict, loop: dict, compiled: dict) -> list[str]:
+    """The summary's section on the loop against its bare steps: rates, ratios, and what limits the loop."""
+    bare = steps.get("images_per_s", {})
+    lines = ["", "## The loop against its steps (adpf.train, gpu recipe)", ""]
+    if not loop:
+        return lines + ["loop part missing."]
+    lines += [f"{loop['train_images']:,} drawn faces a stage, batch {loop['batch_size']}, {loop['epochs']} epochs a "
+              "stage (rates: median over the epochs after the first). Bare steps: the steps part"
+              f"{'' if bare else ' (missing)'}. Data on the device alone (gather and pad-crop-flip): "
+              f"{_f(loop.get('data_on_device_images_per_s'), ',.0f')} images/s.", "",
+              "| loop | stage | bare steps images/s | loop images/s | loop ÷ bare | outside the steps (validation, "
+              "checkpoint) |", "|---|---|---|---|---|---|"]
+    for name, run in loop["runs"].items():
+        for stage in STAGES:
+            r = run["stages"].get(stage, {})
+            ratio = r.get("images_per_s") / bare[stage] if r.get("images_per_s") and bare.get(stage) else None
+            lines.append(f"| {name} | {stage} | {_f(bare.get(stage), ',.0f')} | {_f(r.get('images_per_s'), ',.0f')} | "
+                         f"{_f(ratio and 100 * ratio, '.0f')} % | {_f(r.get('outside_steps_share') and 100 * r['outside_steps_share'], '.0f')} % |")
+    lines += ["", f"Target: the loop ≥ {100 * LOOP_TARGET:.0f} % of the bare steps in each stage."]
+    device_run = loop["runs"].get("data on device", {}).get("stages", {})
+    for stage in STAGES:
+        r, b = device_run.get(stage, {}), bare.get(stage)
+        if not (r.get("images_per_s") and b):
+            continue
+        ratio = r["images_per_s"] / b
+        limits = []
+        if (loop.get("data_on_device_images_per_s") or 0) < 3 * b:
+            limits.append(f"the data path (alone {_f(loop.get('data_on_device_images_per_s'), ',.0f')} images/s, "
+                          "under 3× the steps)")
+        if (r.get("outside_steps_share") or 0) > 0.1:
+            limits.append(f"validation and checkpoints ({100 * r['outside_steps_share']:.0f} % of the stage)")
+        if not limits:
+            limits.append("the step itself as the loop runs it (the loss tally, gradient clipping, the scheduler, "
+                          "launching from the host); the data path and validation are not it")
+        lines.append(f"- {stage}: {100 * ratio:.0f} % → **{'met' if ratio >= LOOP_TARGET else 'short'}**"
+                     + ("" if ratio >= LOOP_TARGET else f"; what limits it: {'; '.join(limits)}") + ".")
+    comp = compiled.get("images_per_s", {})
+    lines += ["", "torch.compile (bare steps): " + (", ".join(
+        f"{st} {_f(comp.get(st), ',.0f')} images/s ({_f(comp.get(st) and bare.get(st) and comp[st] / bare[st], '.2f')}× "
+        f"eager; compiling {_f(compiled.get('warmup_s', {}).get(st), '.0f')} s)" for st in STAGES)
+        if comp else "compile part missing.")]
+    return lines
+
+
 # --- syncs --------------------------------------------------------------------------------------
 
 def counted_syncs(fn, cuda: bool) -> tuple[int | None, list[str]]:
@@ -415,13 +574,13 @@ def schedule_hours(rates: dict) -> float | None:
 
 def part_summary(args) -> None:
     """One Markdown table of every part's numbers, the target and, when short of it, what limits it."""
-    matmul, measure, prof, real, syncs, chapters = (read(args, p) for p in FILES)
+    matmul, measure, prof, real, syncs, chapters, steps, loop, compiled = (read(args, p) for p in FILES)
     peak = matmul.get("bf16_tflops")
     results = measure.get("presets", {}).get(PRESET, {}).get("results", {})
     small = measure.get("small_batch", {})
-    lines = [f"# ADPF on one GPU: {measure.get('machine') or matmul.get('machine', '?')}, "
+    lines = [f"# ADPF on one GPU: {measure.get('machine') or matmul.get('machine') or steps.get('machine', '?')}, "
              f"{measure.get('date', time.strftime('%Y-%m-%d'))}", "",
-             f"torch {measure.get('torch') or matmul.get('torch', '?')}; preset {PRESET}"
+             f"torch {measure.get('torch') or matmul.get('torch') or steps.get('torch', '?')}; preset {PRESET}"
              f"{' (tiny: a few pixels, CPU rehearsal)' if args.tiny else ''}; "
              f"{measure.get('presets', {}).get(PRESET, {}).get('settings', 'measure part missing')}.", ""]
     lines.append(f"Measured bf16 matmul ({matmul.get('n', '?')}³, random data): {_f(peak, '.1f')} TFLOP/s." if peak
@@ -446,8 +605,10 @@ def part_summary(args) -> None:
                                       .get("peak_mib")),
                                      (measure.get("batch_size") or args.batch_size, ips, m["train_memory"].get(stage))):
                 row(label, batch, rate, mib, flops)
-    best = {s: results.get("adpf", {}).get("train", {}).get(s) for s in STAGES}
+    best = {s: results.get("adpf", {}).get("train", {}).get(s) or steps.get("images_per_s", {}).get(s)
+            for s in STAGES}
     paper = real.get("paper_preset", {})
+    lines += loop_lines(steps, loop, compiled)
     lines += ["", "## Real training (adpf.train: data loading, validation each epoch, checkpoints)", ""]
     if real:
         ep = real["epochs"]
@@ -490,7 +651,8 @@ def part_summary(args) -> None:
     else:
         lines.append("chapters part missing.")
     lines += ["", "## Against the target", ""]
-    real_rates = paper.get("images_per_s", {})
+    real_rates = paper.get("images_per_s") or {
+        s: r.get("images_per_s") for s, r in loop.get("runs", {}).get("data on device", {}).get("stages", {}).items()}
     lines.append(f"Target: ≥ {TARGET:,} training images/s in each stage, i.e. the paper's {PAPER_EPOCHS} + "
                  f"{PAPER_EPOCHS} epochs on MORPH II Setting I (≈ {PAPER_IMAGES:,} images) in under an hour "
                  f"(the paper: ≈ {PAPER_HOURS} h).")
@@ -539,6 +701,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, help="drawn faces to train on (default 10,000; 60 with --tiny)")
     parser.add_argument("--train-seconds", type=float, default=110,
                         help="time the paper preset's training may take (default 110); fewer epochs when short")
+    parser.add_argument("--loop-epochs", type=int, default=4,
+                        help="epochs a stage in the loop part, data on the device (default 4; 2 with --tiny)")
     parser.add_argument("--chapter-epochs", type=int, help="epochs per stage in the chapters (default 3; 2 with --tiny: "
                         "chapter 9 reads the change over the last epoch)")
     args = parser.parse_args()
@@ -553,7 +717,8 @@ def main() -> None:
     if not args.tiny:
         torch.backends.cudnn.benchmark = True
     {"matmul": part_matmul, "measure": part_measure, "profile": part_profile, "train": part_train,
-     "syncs": part_syncs, "chapters": part_chapters, "summary": part_summary}[args.part](args)
+     "syncs": part_syncs, "chapters": part_chapters, "steps": part_steps, "loop": part_loop,
+     "compile": part_compile, "summary": part_summary}[args.part](args)
 
 
 if __name__ == "__main__":

@@ -1,19 +1,25 @@
 #!/usr/bin/env bash
-# One GPU session in at most 8 minutes (the parts' limits add up to 470 s): the card's bf16 matmul
-# rate; the paper preset's training steps beside plain attention and plain_cnn at batch 32 and 256;
-# a profile of what limits them; a real two-stage training with the gpu recipe on 10,000 drawn
-# 128×128 faces (and the cpu preset beside it); host syncs; chapters 7 and 9 executed with the
-# paper profile on the card; then one table. Each part (benchmarks/gpu_bench.py) has its own
-# time limit and writes its JSON into $OUT, so a part that runs over loses only itself.
+# One GPU session. The default (at most 4 minutes: the parts' limits add up to 225 s) is the loop
+# against its steps (issue 18): adpf's bare training steps at batch 256 (steps), adpf.train's loop
+# with the gpu recipe and the data on the device beside the DataLoader with 8 workers, with the
+# loop's share of the bare steps, the share of validation and checkpoints, and what limits it
+# (loop); host syncs per step (syncs); the bare steps under torch.compile (compile); chapter 9
+# (chapters, only where papermill is installed); then one table. --full adds the first session's
+# parts (at most 8 more minutes): the bf16 matmul rate, the paper preset beside plain attention and
+# plain_cnn at batch 32 and 256, a profile, and a longer real training. Each part
+# (benchmarks/gpu_bench.py) has its own time limit and writes its JSON into OUT, so a part that
+# runs over loses only itself.
 #
-#   bash benchmarks/gpu_run.sh                 # on a GPU: $OUT/gpu_table.md, the JSON files, gpu_log.txt
-#   bash benchmarks/gpu_run.sh --tiny          # the same parts on this CPU, a few pixels and faces (a rehearsal)
+#   bash benchmarks/gpu_run.sh [OUT]           # on a GPU: OUT/gpu_table.md, the JSON files, gpu_log.txt
+#   bash benchmarks/gpu_run.sh --full [OUT]    # and the first session's parts
+#   bash benchmarks/gpu_run.sh --tiny [OUT]    # the same parts on this CPU, a few pixels and faces (a rehearsal)
 #   bash benchmarks/gpu_run.sh --fetch-wheels  # where PyPI is reachable: what the chapters need (papermill,
 #                                              # jupytext, ipykernel, myst-nb) for the GPU's Python, into
 #                                              # .whl/gpu_run/; the run installs those its Python lacks
 #
-# Nothing is downloaded during the run. PYTHON picks the interpreter (default python3); OUT the
-# folder (default benchmarks/results/gpu-run; /tmp/adpf-gpu-run-tiny with --tiny); ADPF_CACHE_DIR
+# Nothing is downloaded during the run. PYTHON picks the interpreter (default python3); OUT (the
+# argument, or the variable) the folder (default benchmarks/results/gpu-run;
+# /tmp/adpf-gpu-run-tiny with --tiny); ADPF_CACHE_DIR
 # the cache of drawn faces and trainings, shared by the training part and the chapters (default
 # /tmp/adpf-cache). The chapters part runs book/build.py in this checkout (it writes _build/).
 set -uo pipefail
@@ -75,21 +81,31 @@ run() {
   install_wheels
   "$PY" -c "import torch; print('torch', torch.__version__, '| cuda', torch.cuda.is_available(), '|',
     torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu')"
-  if [ -z "$TINY" ]; then  # limits on one H200, 470 s together
-    part matmul 15; part measure 75; part profile 35; part train 170; part syncs 30; part chapters 130
+  if [ -z "$TINY" ]; then  # limits on one H200: 225 s together, 470 s more with --full
+    part steps 30; part loop 95; part syncs 30; part compile 60
+    if [ -n "$FULL" ]; then part matmul 15; part measure 75; part profile 35; part train 170; fi
+    if [ -n "$FULL" ]; then part chapters 130
+    elif "$PY" -c "import papermill" 2>/dev/null; then part chapters 60
+    else echo "=== chapters: skipped (no papermill here; bash benchmarks/gpu_run.sh --fetch-wheels brings it)"; fi
   else  # the rehearsal on a small, shared CPU
-    part matmul 60; part measure 300; part profile 300; part train 300; part syncs 300; part chapters 900
+    part steps 120; part loop 300; part syncs 300; part compile 300
+    if [ -n "$FULL" ]; then part matmul 60; part measure 300; part profile 300; part train 300; part chapters 900; fi
   fi
   part summary 15
   echo "total: $((SECONDS - start)) s"
 }
 
-case "${1:-}" in
-  --fetch-wheels) fetch_wheels; exit;;
-  --tiny) TINY=--tiny;;
-  "") TINY="";;
-  *) echo "usage: bash benchmarks/gpu_run.sh [--tiny | --fetch-wheels]" >&2; exit 2;;
-esac
+TINY="" FULL=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --fetch-wheels) fetch_wheels; exit;;
+    --tiny) TINY=--tiny;;
+    --full) FULL=1;;
+    -*) echo "usage: bash benchmarks/gpu_run.sh [--tiny] [--full] [OUT] | --fetch-wheels" >&2; exit 2;;
+    *) OUT="$1";;
+  esac
+  shift
+done
 [ -n "$TINY" ] && OUT="${OUT:-${TMPDIR:-/tmp}/adpf-gpu-run-tiny}"  # a rehearsal's numbers are no result
 OUT="${OUT:-benchmarks/results/gpu-run}"
 mkdir -p "$OUT"

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from adpf.data.prepared import (PreparedFaces, PreparedFormatError, PreparedWriter, default_dataset,
-                                images_to_tensor, load_prepared, pad_crop_flip, write_prepared,
-                                write_synthetic_prepared)
+from adpf.data.prepared import (DeviceBatches, PreparedFaces, PreparedFormatError, PreparedWriter, augment_batch,
+                                default_dataset, draw_offsets, images_to_tensor, load_prepared, pad_crop_flip,
+                                write_prepared, write_synthetic_prepared)
 from adpf.data.synthetic import REGION_NAMES, make_synthetic_faces
 
 
@@ -81,6 +81,66 @@ def test_pad_crop_flip_matches_a_loop_and_moves_masks_with_the_image():
         torch.testing.assert_close(out_masks, out[:2] > 0.5)
         seen.add((top, left, flip))
     assert {t for t, _, _ in seen} == set(range(7)) and {f for *_, f in seen} == {True, False}
+
+
+def test_the_batch_augmentation_is_pad_crop_flip_face_by_face():
+    """augment_batch (the device path) with the offsets draw_offsets gives equals pad_crop_flip (the
+    DataLoader path) with the same generator, face by face: the same augmentation, drawn the same way."""
+    rng = np.random.default_rng(0)
+    faces = rng.integers(0, 256, (40, 9, 11, 3), dtype=np.uint8)
+    pad = 3
+    offsets = draw_offsets(len(faces), pad, torch.Generator().manual_seed(1))
+    batch = augment_batch(torch.from_numpy(faces), offsets, pad)
+    assert batch.shape == (40, 3, 9, 11) and batch.dtype == torch.float32
+    assert batch.is_contiguous(memory_format=torch.channels_last)
+    for face, out, (top, left, flip) in zip(faces, batch, offsets.tolist()):
+        reference = _reference_augment(images_to_tensor(face).numpy(), pad, top, left, flip)
+        np.testing.assert_array_equal(out.numpy(), reference)
+    for seed in range(5):  # one face: pad_crop_flip consumes the generator exactly as draw_offsets(1)
+        expected, _ = pad_crop_flip(images_to_tensor(faces[0]), None, pad, torch.Generator().manual_seed(seed))
+        got = augment_batch(torch.from_numpy(faces[:1]), draw_offsets(1, pad, torch.Generator().manual_seed(seed)), pad)
+        torch.testing.assert_close(got[0], expected, rtol=0, atol=0)
+
+
+def test_offsets_are_uniform_and_independent():
+    pad, n = 2, 50_000
+    offsets = draw_offsets(n, pad, torch.Generator().manual_seed(0)).numpy()
+    cells = np.unique(offsets, axis=0, return_counts=True)[1]
+    assert len(cells) == 5 * 5 * 2  # every (top, left, flip)
+    expected = n / len(cells)
+    chi2 = ((cells - expected) ** 2 / expected).sum()
+    assert chi2 < 100  # 49 degrees of freedom: P(chi2 > 100) < 1e-4
+
+
+def test_device_batches_shuffle_augment_and_cover_the_rows(tmp_path):
+    root = write_synthetic_prepared(tmp_path / "syn", 11, 16, seed=1)
+    data = load_prepared(root)
+    rows = np.array([1, 2, 3, 5, 7, 8, 9, 10])
+    batches = DeviceBatches(data, rows, 3, "cpu", train=True, pad=1, generator=torch.Generator().manual_seed(0))
+    plain = PreparedFaces(data)
+    assert len(batches) == 2  # 8 rows in batches of 3: the incomplete last batch dropped
+    orders = []
+    for _ in range(4):
+        seen = []
+        for batch in batches:
+            assert batch["image"].shape == (3, 3, 16, 16) and batch["age"].dtype == torch.float32
+            for image, age, j in zip(batch["image"], batch["age"], batch["index"].tolist()):
+                assert age == plain[j]["age"]
+                candidates = [augment_batch(torch.from_numpy(np.array(data.images[j:j + 1])),
+                                            torch.tensor([[t, left, f]]), 1)[0]
+                              for t in range(3) for left in range(3) for f in range(2)]
+                assert any(torch.equal(image, c) for c in candidates)  # a pad-crop-flip of its own row
+            seen += batch["index"].tolist()
+        assert len(set(seen)) == 6 and set(seen) <= set(rows.tolist())
+        orders.append(seen)
+    assert len({tuple(o) for o in orders}) == 4  # a fresh order every epoch
+    evaluation = DeviceBatches(data, rows, 5, "cpu", train=False)
+    got = list(evaluation)
+    assert [len(b["index"]) for b in got] == [5, 3]
+    assert torch.cat([b["index"] for b in got]).tolist() == rows.tolist()
+    for batch in got:
+        for image, j in zip(batch["image"], batch["index"].tolist()):
+            torch.testing.assert_close(image, plain[j]["image"], rtol=0, atol=0)
 
 
 def test_augmented_items_keep_masks_on_the_image(tmp_path):

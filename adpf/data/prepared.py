@@ -323,6 +323,42 @@ def images_to_tensor(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(array).permute(*dims).float().div_(255)
 
 
+def draw_offsets(n: int, pad: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The random part of the paper's augmentation for ``n`` faces: ``(n, 3)`` int64 on the host,
+    columns top and left (uniform in 0..2·pad: where the crop's window starts in the padded
+    image) and flip (0 or 1, each with probability 1/2), all independent.
+
+    The one draw both training paths use: `pad_crop_flip` (one face on the host, the DataLoader
+    path) and `DeviceBatches` (a whole epoch's faces at once, applied by `augment_batch`), so
+    the two apply the same distribution of augmentations. For ``n = 1`` it consumes the
+    generator as the former ``randint((2,))`` then ``randint((1,))`` did.
+    """
+    corner = torch.randint(0, 2 * pad + 1, (n, 2), generator=generator)
+    flip = torch.randint(0, 2, (n, 1), generator=generator)
+    return torch.cat([corner, flip], dim=1)
+
+
+def augment_batch(images: torch.Tensor, offsets: torch.Tensor, pad: int) -> torch.Tensor:
+    """`pad_crop_flip` for a batch, on whatever device ``images`` live, without a host sync.
+
+    images: ``(B, H, W, 3)`` uint8 (the stored layout); offsets: ``(B, 3)`` int64 on the same
+    device, as `draw_offsets` gives them (top, left, flip). Returns ``(B, 3, H, W)`` float32 in
+    [0, 1] in channels-last memory, each face equal to ``pad_crop_flip(images_to_tensor(face),
+    None, pad)`` with its offsets: zero padding by ``pad``, the ``H × W`` window at (top, left),
+    mirrored when flip is 1. One gather of pixels (no data-dependent shape, no ``.item()``);
+    another augmentation (a random scale, say) is another column of ``offsets`` read here.
+    """
+    b, h, w, _ = images.shape
+    padded = torch.nn.functional.pad(images, (0, 0, pad, pad, pad, pad))  # (B, H + 2p, W + 2p, 3)
+    y = torch.arange(h, device=images.device)
+    x = torch.arange(w, device=images.device)
+    rows = offsets[:, 0:1] + y  # (B, H)
+    cols = offsets[:, 1:2] + torch.where(offsets[:, 2:3].bool(), w - 1 - x, x)  # (B, W)
+    batch = torch.arange(b, device=images.device)[:, None, None]
+    out = padded[batch, rows[:, :, None], cols[:, None, :]]  # (B, H, W, 3)
+    return out.permute(0, 3, 1, 2).float().div_(255)
+
+
 def pad_crop_flip(image: torch.Tensor, masks: torch.Tensor | None, pad: int,
                   generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The paper's augmentation: zero-pad by ``pad`` pixels, crop a random window of the
@@ -331,8 +367,7 @@ def pad_crop_flip(image: torch.Tensor, masks: torch.Tensor | None, pad: int,
     image: ``(C, H, W)``; masks: ``(R, H, W)`` or None. Returns tensors of the same shapes.
     """
     _, h, w = image.shape
-    top, left = (int(v) for v in torch.randint(0, 2 * pad + 1, (2,), generator=generator))
-    flip = bool(torch.randint(0, 2, (1,), generator=generator))
+    top, left, flip = (int(v) for v in draw_offsets(1, pad, generator)[0])
 
     def move(t: torch.Tensor) -> torch.Tensor:
         t = torch.nn.functional.pad(t, (pad, pad, pad, pad))[:, top: top + h, left: left + w]
@@ -390,3 +425,64 @@ class PreparedFaces(Dataset):
         if masks is not None:
             item["masks"] = masks
         return item
+
+
+class DeviceBatches:
+    """Batches of some rows of a prepared dataset held on ``device`` as uint8 and augmented there:
+    the training loop's data without a DataLoader, a worker or a per-batch copy.
+
+    Each batch is a dict like a collated `PreparedFaces` batch: ``image`` ``(B, 3, H, W)``
+    float32 in [0, 1] (channels-last memory) on ``device``; ``age`` ``(B,)`` float32 and
+    ``index`` ``(B,)`` int64 (the row in the folder), on ``device`` for training and on the host
+    otherwise (what ``evaluate.predict`` reads).
+
+    train=True: every epoch (every ``iter``) a fresh order (``randperm``) and the augmentation's
+    offsets (`draw_offsets`, ``pad`` as in `PreparedFaces`) are drawn from ``generator`` on the
+    host, once, and copied to the device in one non-blocking copy; each batch is then a gather
+    and `augment_batch` on the device. As the DataLoader path drops a last incomplete batch
+    (unless the rows are fewer than one batch), so does this. The generator is the stage's, saved
+    in its checkpoint, so a resumed stage draws what an uninterrupted one would.
+    train=False: the rows in order, unaugmented, the last batch possibly short.
+    Memory: the rows' uint8 images, 49 KB a face at 128 px (2.1 GB for MORPH II's 44,000).
+    """
+
+    def __init__(self, data: Prepared, indices, batch_size: int, device: torch.device | str, train: bool,
+                 pad: int | None = None, generator: torch.Generator | None = None):
+        self.device, self.train, self.batch_size = torch.device(device), train, batch_size
+        self.indices = torch.as_tensor(np.asarray(indices, dtype=np.int64))
+        self.pad = data.image_size // 16 if pad is None else pad
+        self.generator = generator
+        self.images = torch.from_numpy(np.ascontiguousarray(data.images[self.indices.numpy()])).to(self.device)
+        ages = torch.from_numpy(data.meta["age"].to_numpy(np.float32)[self.indices.numpy()])
+        self.ages = ages.to(self.device) if train else ages
+        self.rows = self.indices.to(self.device) if train else self.indices
+
+    def __len__(self) -> int:
+        n = len(self.indices)
+        if self.train:
+            return max(1, n // self.batch_size) if n else 0
+        return -(-n // self.batch_size)
+
+    def __iter__(self):
+        if not self.train:
+            for start in range(0, len(self.indices), self.batch_size):
+                part = slice(start, start + self.batch_size)
+                yield {"image": self.images[part].permute(0, 3, 1, 2).float().div_(255),
+                       "age": self.ages[part], "index": self.rows[part]}
+            return
+        order, offsets = self._draw_epoch()
+        size = min(self.batch_size, len(self.indices))
+        for step in range(len(self)):
+            take = order[step * size: (step + 1) * size]
+            yield {"image": augment_batch(self.images[take], offsets[step * size: (step + 1) * size], self.pad),
+                   "age": self.ages[take], "index": self.rows[take]}
+
+    def _draw_epoch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """One epoch's order ``(N,)`` and offsets ``(N, 3)``, drawn on the host and moved to the device
+        without waiting (pinned memory, non-blocking: no host sync)."""
+        n = len(self.indices)
+        drawn = torch.cat([torch.randperm(n, generator=self.generator)[:, None],
+                           draw_offsets(n, self.pad, self.generator)], dim=1)
+        if self.device.type == "cuda":
+            drawn = drawn.pin_memory().to(self.device, non_blocking=True)
+        return drawn[:, 0], drawn[:, 1:]
