@@ -91,8 +91,11 @@ class ADPFConfig:
 
     From maps to patches (book/open_choices.md, choice 7)
     -----------------------------------------------------
-    patch_threshold: a map (min-max normalised to [0, 1]) is thresholded at this value,
-        or at its spatial mean when "mean".
+    patch_baseline: the level a map is normalised from before thresholding: "median" (default;
+        its background) or "min" (the earlier min-max normalisation); its peak goes to 1.
+    patch_threshold: a map so normalised is thresholded at this value, or at its spatial mean
+        when "mean" (defaults: 0.5 above the median, the half maximum; earlier "mean" of the
+        min-max map, which put 94 % of the boxes at the largest side: benchmarks/results/box-rule.md).
     patch_min_frac, patch_max_frac: the box side is clamped to these fractions of the image.
 
     Implementation
@@ -132,7 +135,8 @@ class ADPFConfig:
     diversity_weight: float = 0.01
     diversity_maps: Literal["unit", "normalized", "raw"] = "unit"
     # maps to patches
-    patch_threshold: float | Literal["mean"] = "mean"
+    patch_threshold: float | Literal["mean"] = 0.5
+    patch_baseline: Literal["median", "min"] = "median"
     patch_min_frac: float = 0.15
     patch_max_frac: float = 0.6
     # implementation
@@ -179,7 +183,7 @@ class ADPFConfig:
         for name, allowed in [("variant", ("adpf", "attention_only", "plain_cnn", "fixed_patches", "resnet18")),
                               ("attention", ("hybrid", "self_sum")), ("rank_by", ("value", "abs")),
                               ("eq9", ("as_written", "raw")), ("diversity_maps", ("unit", "normalized", "raw")),
-                              ("attention_impl", ("sdpa", "plain")), ("patch_stream", ("strided", "resize"))]:
+                              ("attention_impl", ("sdpa", "plain")), ("patch_baseline", ("median", "min")), ("patch_stream", ("strided", "resize"))]:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
 

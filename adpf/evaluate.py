@@ -235,8 +235,8 @@ def ranked_boxes(attention: AttentionOutput, config) -> Tensor:
 
     The rule ADPF crops with: ``patches.maps_to_boxes`` on ``attention.ranked`` (HA_k · sign(a_k), ranked).
     """
-    return maps_to_boxes(attention.ranked, config.image_size,
-                         config.patch_threshold, config.patch_min_frac, config.patch_max_frac)
+    return maps_to_boxes(attention.ranked, config.image_size, config.patch_threshold, config.patch_min_frac,
+                         config.patch_max_frac, baseline=config.patch_baseline)
 
 
 def box_coverage(boxes: Tensor, regions: Tensor) -> dict[str, int]:

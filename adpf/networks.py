@@ -215,7 +215,7 @@ class ADPF(nn.Module):
             att = self.attention_net(x)
         c = self.config
         boxes = maps_to_boxes(att.attention.ranked.detach(), c.image_size, c.patch_threshold, c.patch_min_frac,
-                              c.patch_max_frac, method=self.box_method)
+                              c.patch_max_frac, method=self.box_method, baseline=c.patch_baseline)
         patches = crop_patches(x, boxes, c.patch_size)
         fused = self.fusion_net(x, patches)
         return ModelOutput(logits=fused.logits, attention=att.attention, attention_logits=att.logits,

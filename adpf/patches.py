@@ -5,8 +5,15 @@ boundary" of the highlighted area and crops that area. The project's rule for th
 (book/open_choices.md, choice 7) is made here, with two implementations that give the same
 boxes:
 
-1. resize the map to the image size (bilinear), then min-max normalise it to [0, 1];
-2. threshold it at ``threshold`` (a value in [0, 1]) or, with ``"mean"``, at its spatial mean;
+1. resize the map to the image size (bilinear), then normalise it so that its peak is 1 and its
+   ``baseline`` 0: with ``"median"`` (the default) the baseline is the map's median, the level
+   of its background, and the pixels below it go negative; with ``"min"`` (the earlier rule)
+   it is the map's minimum, a min-max normalisation to [0, 1];
+2. threshold it at ``threshold`` (a value in [0, 1]) or, with ``"mean"``, at its spatial mean.
+   The default, half way from the background to the peak (0.5 above the median), is the
+   half-maximum of a blob on a background: min-max normalisation let one dark pixel decide
+   the scale, and a map that is high almost everywhere with one low spot then kept most of
+   the image above the mean or above 0.7 (``benchmarks/results/box-rule.md``);
 3. keep the connected region (8-connected) of the thresholded mask that contains the map's
    peak (the first maximum in row-major order) and take its bounding box. ``method="cv2"``
    finds it with ``cv2.findContours`` (the outer contour that contains the peak, the smallest
@@ -50,13 +57,15 @@ FACE_PARTS: dict[str, tuple[float, float, float]] = {
 }
 
 
-def _threshold_masks(maps: Tensor, image_size: int, threshold: float | str) -> tuple[Tensor, Tensor, Tensor]:
+def _threshold_masks(maps: Tensor, image_size: int, threshold: float | str,
+                     baseline: str = "median") -> tuple[Tensor, Tensor, Tensor]:
     """Steps 1–2 for M maps ``(M, h, w)`` → masks ``(M, S, S)`` bool, peaks ``(M, 2)`` (y, x), flat ``(M,)`` bool."""
     m = maps.detach().float()
     finite = torch.isfinite(m).all(dim=(1, 2))
     m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
     up = F.interpolate(m[:, None], size=(image_size, image_size), mode="bilinear", align_corners=False)[:, 0]
-    lo, hi = up.amin(dim=(1, 2)), up.amax(dim=(1, 2))
+    hi = up.amax(dim=(1, 2))
+    lo = up.flatten(1).median(dim=1).values if baseline == "median" else up.amin(dim=(1, 2))
     span = hi - lo
     flat = ~finite | (span <= 1e-5 * torch.maximum(hi.abs(), lo.abs()))
     norm = (up - lo[:, None, None]) / torch.where(flat, torch.ones_like(span), span)[:, None, None]
@@ -197,9 +206,10 @@ def _square_boxes(regions: Tensor, peaks: Tensor, image_size: int, min_side: int
     return torch.stack([bx, by, bx + side, by + side], dim=1)
 
 
-def maps_to_boxes(maps: Tensor, image_size: int, threshold: float | Literal["mean"] = "mean",
+def maps_to_boxes(maps: Tensor, image_size: int, threshold: float | Literal["mean"] = 0.5,
                   min_frac: float = 0.15, max_frac: float = 0.6,
-                  method: Literal["torch", "cv2"] = "torch") -> Tensor:
+                  method: Literal["torch", "cv2"] = "torch",
+                  baseline: Literal["median", "min"] = "median") -> Tensor:
     """Boxes ``(B, n, 4)`` int64 (x0, y0, x1, y1), x1/y1 exclusive, from maps ``(B, n, h, w)``.
 
     Pass the maps already in ranked order (``maps[:, order]``) so box k is patch P_k. See the
@@ -211,8 +221,10 @@ def maps_to_boxes(maps: Tensor, image_size: int, threshold: float | Literal["mea
         raise ValueError(f"threshold must be 'mean' or a number in [0, 1], got {threshold!r}")
     if not 0 < min_frac <= max_frac <= 1:
         raise ValueError(f"need 0 < min_frac <= max_frac <= 1, got {min_frac}, {max_frac}")
+    if baseline not in ("median", "min"):
+        raise ValueError(f"baseline must be 'median' or 'min', got {baseline!r}")
     b, n, h, w = maps.shape
-    masks, peaks, _ = _threshold_masks(maps.reshape(b * n, h, w), image_size, threshold)
+    masks, peaks, _ = _threshold_masks(maps.reshape(b * n, h, w), image_size, threshold, baseline)
     if method == "torch":
         regions = _region_boxes_torch(masks, peaks)
     elif method == "cv2":

@@ -357,10 +357,13 @@ def bilinear_resize(m, size: int) -> Tensor:
     return _tensor(out)
 
 
-def map_box(m, size: int, min_frac: float, max_frac: float, threshold: float | str = "mean") -> list[int]:
+def map_box(m, size: int, min_frac: float, max_frac: float, threshold: float | str = "mean",
+            baseline: str = "min") -> list[int]:
     """The box ``[x0, y0, x1, y1]`` (x1, y1 exclusive) of one finite map ``(h, w)``: steps 1–4 of the rule.
 
-    1. resize (``bilinear_resize``) and min-max normalise; 2. keep the pixels at or above
+    1. resize (``bilinear_resize``) and normalise from the baseline (``"min"``: the smallest
+    value; ``"median"``: the lower of the two middle values of the sorted pixels) to the peak;
+    2. keep the pixels at or above
     ``threshold`` (``"mean"``: the normalised map's mean); 3. a breadth-first search from the
     peak (the first maximum, row-major) over the 8 neighbours kept; 4. a square of side
     max(width, height) clamped to [min_frac, max_frac] · size, centred on the region, moved
@@ -369,8 +372,9 @@ def map_box(m, size: int, min_frac: float, max_frac: float, threshold: float | s
     """
     up = _floats(bilinear_resize(m, size))
     values = [v for row in up for v in row]
-    lo, hi = min(values), max(values)
-    if hi - lo <= 1e-5 * max(abs(hi), abs(lo)):  # flat
+    hi = max(values)
+    lo = min(values) if baseline == "min" else sorted(values)[(len(values) - 1) // 2]
+    if hi - lo <= 1e-5 * max(abs(hi), abs(lo)):  # flat: the peak does not rise above the baseline
         inside = [[True] * size for _ in range(size)]
         py = px = size // 2
     else:

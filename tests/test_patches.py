@@ -294,3 +294,18 @@ def test_fixed_boxes():
     assert eyes[0, 0] < 64 < eyes[1, 2]  # left eye left of centre, right eye right of it
     with pytest.raises(ValueError, match="face parts"):
         fixed_boxes(len(FACE_PARTS) + 1, 128)
+
+
+def test_the_median_baseline_keeps_one_dark_pixel_from_making_the_box_the_whole_face():
+    # a blob of side ~4 cells on a flat background, and one very dark cell far from it
+    ys, xs = torch.meshgrid(torch.arange(16.0), torch.arange(16.0), indexing="ij")
+    m = torch.exp(-((ys - 5) ** 2 + (xs - 10) ** 2) / (2 * 1.5 ** 2))
+    m[14, 1] = -5.0
+    maps = m[None, None]
+    by_min = maps_to_boxes(maps, 64, 0.5, 0.15, 0.6, baseline="min")[0, 0]
+    by_median = maps_to_boxes(maps, 64, 0.5, 0.15, 0.6, baseline="median")[0, 0]
+    assert by_min[2] - by_min[0] == round(0.6 * 64)  # min-max: everything but the dark cell is "high"
+    side = int(by_median[2] - by_median[0])
+    assert 8 <= side <= 20  # half maximum of a blob with sigma 1.5 cells (4 px each): about 4 * 2.4 * 1.5 px
+    cx, cy = (by_median[0] + by_median[2]) / 2, (by_median[1] + by_median[3]) / 2
+    assert abs(cx - 10.5 * 4) <= 4 and abs(cy - 5.5 * 4) <= 4

@@ -61,15 +61,15 @@ def smooth_maps(n, h, seed):
 
 
 @pytest.mark.parametrize("method", ["torch", "cv2"])
-@pytest.mark.parametrize("threshold", ["mean", 0.3])
-def test_maps_to_boxes_gives_exactly_the_boxes_of_the_loops(method, threshold):
+@pytest.mark.parametrize("threshold,baseline", [("mean", "min"), (0.3, "min"), (0.5, "median"), ("mean", "median")])
+def test_maps_to_boxes_gives_exactly_the_boxes_of_the_loops(method, threshold, baseline):
     noise = torch.randn(6, 8, 8, dtype=D, generator=torch.Generator().manual_seed(2))
     noise[:, 1:-1, 1:-1] += 0.5  # scattered regions, the peak inside the border ring (see smooth_maps)
     maps = torch.cat([smooth_maps(10, 8, seed=1), noise, torch.full((1, 8, 8), 3.0, dtype=D),
                       -smooth_maps(1, 8, seed=3)])
     size, min_frac, max_frac = 32, 0.15, 0.6
-    got = maps_to_boxes(maps[None], size, threshold, min_frac, max_frac, method=method)[0]
-    expected = torch.tensor([reference.map_box(m, size, min_frac, max_frac, threshold) for m in maps])
+    got = maps_to_boxes(maps[None], size, threshold, min_frac, max_frac, method=method, baseline=baseline)[0]
+    expected = torch.tensor([reference.map_box(m, size, min_frac, max_frac, threshold, baseline) for m in maps])
     assert torch.equal(got, expected)
 
 
