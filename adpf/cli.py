@@ -40,7 +40,7 @@ from adpf.data.protocols import kfold_subjects, subject_split
 from adpf.export import TOLERANCE
 from adpf.losses import NonFiniteOutputError
 from adpf.outputs import STDOUT, check_output, write_json_output, write_output
-from adpf.recipes import RECIPES, get_recipe
+from adpf.recipes import RECIPES, Recipe, get_recipe
 
 MODEL_FILE = "model.pt"
 
@@ -70,8 +70,8 @@ class Parser(argparse.ArgumentParser):
 def add_model_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--preset", choices=sorted(PRESETS), default="cpu", help="config preset (default: cpu)")
-    g.add_argument("--variant", choices=["adpf", "attention_only", "plain_cnn", "fixed_patches"], default="adpf",
-                   help="ADPF, AttentionNet alone, or a baseline (default: adpf)")
+    g.add_argument("--variant", choices=["adpf", "attention_only", "plain_cnn", "fixed_patches", "resnet18"],
+                   default="adpf", help="ADPF, AttentionNet alone, a baseline, or the ResNet-18 reference (default: adpf)")
     g.add_argument("--heads", type=int, help="number of attention heads (keeps c_head; Table IX)")
     g.add_argument("--self-sum", action="store_true", help="ablation ADPF w/SA: self-attention summed over channels")
     g.add_argument("--no-ranking", action="store_true", help="ablation: patches in head order, not ranked by a_k")
@@ -92,11 +92,17 @@ def config_changes(args) -> dict:
         changes["ranking"] = False
     if args.no_diversity:
         changes["diversity_weight"] = 0.0
-    fields = ADPFConfig.__dataclass_fields__
-    for item in args.set:
+    changes.update(field_values(args.set, ADPFConfig, "--set"))
+    return changes
+
+
+def field_values(items: list[str], cls, option: str) -> dict:
+    """``FIELD=VALUE`` items (JSON values, else strings) as changes to the dataclass ``cls``."""
+    fields, changes = cls.__dataclass_fields__, {}
+    for item in items:
         name, sep, text = item.partition("=")
         if not sep or name not in fields:
-            raise UsageError(f"--set {item!r}: expected FIELD=VALUE with FIELD one of {sorted(fields)}")
+            raise UsageError(f"{option} {item!r}: expected FIELD=VALUE with FIELD one of {sorted(fields)}")
         try:
             value = json.loads(text)
         except json.JSONDecodeError:
@@ -170,10 +176,13 @@ def add_recipe_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--deterministic", action="store_true", help="deterministic algorithms")
     g.add_argument("--no-cache", action="store_true", help="train afresh even if the cache holds this training")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    g.add_argument("--set-recipe", action="append", default=[], metavar="FIELD=VALUE",
+                   help="change any Recipe field (JSON value, e.g. --set-recipe optimizer=adamw "
+                        "--set-recipe clip_grad_norm=null); repeatable")
 
 
 def recipe_from_args(args):
-    changes = {}
+    changes = field_values(args.set_recipe, Recipe, "--set-recipe")
     if args.epochs:
         try:
             epochs = [int(v) for v in args.epochs.split(",")]

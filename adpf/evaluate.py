@@ -326,13 +326,18 @@ def attention_report(model: nn.Module, loader: DataLoader, max_batches: int | No
     in ranked order (mean share of its mass on the union of the true age regions) and
     ``region_area`` (the union's share of the image, what a uniform map would score).
     """
-    sims, shares, areas, seen = [], [], [], 0
+    sims, shares, areas, boxes, box_shares, seen = [], [], [], [], [], 0
+    config = attention_net_of(model).config
     for i, batch in enumerate(loader):
         if max_batches is not None and i >= max_batches:
             break
         att = attention_maps(model, batch["image"])
         sims.append(head_similarity(att.maps) * len(att.maps))
         seen += len(att.maps)
+        found = ranked_boxes(att, config)  # (B, n, 4)
+        boxes.append(found.cpu())
+        if "masks" in batch:
+            box_shares.append(box_region_share(found, batch["masks"].to(found.device).any(dim=1)).cpu())
         if "masks" in batch:
             union = batch["masks"].to(att.maps.device).any(dim=1, keepdim=True)
             shares.append(mask_share(att.maps[:, att.order], union)[..., 0].sum(dim=0))
@@ -344,7 +349,40 @@ def attention_report(model: nn.Module, loader: DataLoader, max_batches: int | No
         "head_overlap": _off_diagonal_mean(sim),
         "head_similarity": sim.cpu().tolist(),
     }
+    report.update(box_statistics(torch.cat(boxes), config))
     if shares:
         report["region_share"] = (torch.stack(shares).sum(dim=0) / seen).cpu().tolist()
         report["region_area"] = float(torch.stack(areas).sum() / seen)
+        report["box_region_share"] = torch.cat(box_shares).mean(dim=0).tolist()
     return report
+
+
+def box_region_share(boxes: Tensor, regions: Tensor) -> Tensor:
+    """The share of each box's pixels that lie on the true age regions: ``(B, n)`` from boxes
+    ``(B, n, 4)`` and region masks ``(B, S, S)`` bool (their union)."""
+    size = regions.shape[-1]
+    ys = torch.arange(size, device=boxes.device)
+    x0, y0, x1, y1 = (boxes[..., i, None] for i in range(4))  # (B, n, 1)
+    inside_y = (ys >= y0) & (ys < y1)  # (B, n, S)
+    inside_x = (ys >= x0) & (ys < x1)
+    box = inside_y[..., :, None] & inside_x[..., None, :]  # (B, n, S, S)
+    on = (box & regions[:, None]).sum(dim=(-2, -1)).float()
+    return on / box.sum(dim=(-2, -1)).clamp_min(1).float()
+
+
+def box_statistics(boxes: Tensor, config) -> dict:
+    """How the patch boxes ``(N, n, 4)`` of N faces vary: ``box_side_median`` (the median side, a
+    share of the image), ``box_side_quartiles`` (25 %, 75 %), ``box_at_clamp`` (the share of boxes
+    at the largest side allowed, ``config.patch_max_frac``), ``box_side_median_by_rank`` (P_1..P_n),
+    and ``box_centre_spread`` (the standard deviation over faces of each patch's centre, in
+    shares of the image, averaged over x, y and the patches: 0 when every face gets the same boxes)."""
+    size = config.image_size
+    side = (boxes[..., 2] - boxes[..., 0]).double() / size  # (N, n)
+    largest = max(1, round(config.patch_max_frac * size)) / size
+    centres = torch.stack([boxes[..., 0] + boxes[..., 2], boxes[..., 1] + boxes[..., 3]], dim=-1).double() / (2 * size)
+    return {"box_side_median": float(torch.quantile(side.flatten(), 0.5)),
+            "box_side_quartiles": [float(q) for q in torch.quantile(side.flatten(), torch.tensor([0.25, 0.75],
+                                                                                                 dtype=side.dtype))],
+            "box_at_clamp": float((side >= largest - 1e-9).double().mean()),
+            "box_side_median_by_rank": torch.quantile(side, 0.5, dim=0).tolist(),
+            "box_centre_spread": float(centres.std(dim=0).mean()) if len(boxes) > 1 else 0.0}

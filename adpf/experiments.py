@@ -63,6 +63,7 @@ ABLATIONS: dict[str, dict] = {
     "AttentionNet alone": {"variant": "attention_only"},
     "plain CNN": {"variant": "plain_cnn"},
     "fixed patches": {"variant": "fixed_patches"},
+    "ResNet-18 (reference)": {"variant": "resnet18"},
 }
 
 #: Where the book's records live (in a source checkout), and the command that makes each, run
@@ -73,18 +74,14 @@ BOOK_RECORDS: dict[str, str] = {
     "ablation-synthetic": "adpf experiments ablation --data synthetic --synthetic-n 3000 --recipe book "
                           "--attention --seeds 0 1 2 --record benchmarks/results/ablation-synthetic.json",
     "heads-synthetic": "adpf experiments heads --data synthetic --synthetic-n 3000 --recipe book "
-                       "--heads-list 1,3,5 --seeds 0 1 2 --record benchmarks/results/heads-synthetic.json",
-    # The same rows for three times the book's budget (12 + 12 epochs): the learning curves to a
-    # plateau, and the verdicts where the variants have stopped improving
-    "curves-synthetic": "adpf experiments ablation --data synthetic --synthetic-n 3000 --recipe book "
-                        "--epochs 12,12 --attention --seeds 0 1 2 --record benchmarks/results/curves-synthetic.json",
-    # UTKFace (3,000 of the faces, dlib-aligned at 64 px: see benchmarks/results/README.md), every
-    # model also tested on the All-Age-Faces photos aligned from the wild (train on one set,
-    # predict on another); the same recipe as on the drawn faces; ADPF and the baselines (the
-    # Table VII ablations are measured on the drawn faces, where the true regions are known)
-    "ablation-utkface": "adpf experiments ablation --data data/utkface-64 --recipe book "
-                        "--rows 'ADPF,AttentionNet alone,plain CNN,fixed patches' --seeds 0 1 2 "
-                        "--test-on data/aaf-64 --record benchmarks/results/ablation-utkface.json",
+                       "--heads-list 1,2,3,4,5,6,8 --seeds 0 1 2 --record benchmarks/results/heads-synthetic.json",
+    # UTKFace (the shared 9,690 faces, dlib-aligned at 64 px: see benchmarks/results/README.md),
+    # every model also tested on the All-Age-Faces photos aligned from the wild (train on one
+    # set, predict on another); the cpu recipe; ADPF, the baselines and the reference network
+    # (the Table VII ablations are measured on the drawn faces, where the true regions are known)
+    "ablation-utkface": "adpf experiments ablation --data data/utkface-64 --recipe cpu "
+                        "--rows 'ADPF,AttentionNet alone,plain CNN,fixed patches,ResNet-18 (reference)' "
+                        "--seeds 0 1 2 --test-on data/aaf-64 --attention --record benchmarks/results/ablation-utkface.json",
 }
 
 RECORD_FORMAT = 1
@@ -102,6 +99,9 @@ def result_row(result: TrainResult) -> dict:
             "cs5": test["cs"][5] if len(test["cs"]) > 5 else float("nan"),
             "parameters": count_parameters(build_model(config)),
             "train_seconds": sum(result.timings.values()),
+            "within_1std": test["calibration"]["within_1std"], "within_2std": test["calibration"]["within_2std"],
+            "mean_std": test["mean_std"], "std_scale": result.std_scale,
+            "best_epochs": result.best_epochs,
             **{f"images_per_s_{k}": v for k, v in result.throughput.items()},
             "cached": result.cached}
 
@@ -114,6 +114,11 @@ def attention_columns(result: TrainResult, data: Prepared, indices, batch_size: 
     loader = DataLoader(PreparedFaces(data, indices), batch_size=batch_size)
     report = attention_report(load_model(result.checkpoint), loader)
     row = {"head_overlap": report["head_overlap"]}
+    if config.variant == "adpf":
+        row.update({k: v for k, v in report.items() if k.startswith("box_") and k != "box_region_share"})
+        if "box_region_share" in report:
+            share = report["box_region_share"]
+            row.update(box_region_share=sum(share) / len(share), box_region_share_p1=share[0])
     if "region_share" in report:
         share = report["region_share"]
         row.update(region_share=sum(share) / len(share), region_share_p1=share[0],
@@ -326,6 +331,28 @@ def read_record(path: str | Path, kind: str | None = None) -> dict:
     return record
 
 
+def merge_records(records: Sequence[dict], command: str) -> dict:
+    """One record from records of the same kind and identity (made apart, e.g. one process per
+    seed): every row, the union of models and seeds, the latest date; ``command`` is the one
+    command that makes the whole record. Raises ValueError when they were made differently."""
+    if not records:
+        raise ValueError("merge_records: no records")
+    first = records[0]
+    for other in records[1:]:
+        if (other["kind"], other["identity"]) != (first["kind"], first["identity"]):
+            raise ValueError("merge_records: the records were made by other code, data, split or recipe")
+    merged = {**first, "command": command, "date": max(r["date"] for r in records),
+              "models": list(dict.fromkeys(m for r in records for m in r["models"])),
+              "seeds": sorted({s for r in records for s in r["seeds"]}), "rows": []}
+    seen = set()
+    for record in records:
+        for row in record["rows"]:
+            if (row["model"], row["seed"]) not in seen:
+                seen.add((row["model"], row["seed"]))
+                merged["rows"].append(row)
+    return merged
+
+
 def record_rows(record: dict) -> pd.DataFrame:
     """The rows of a record, in the order of its models, then seeds."""
     rows = pd.DataFrame(record["rows"])
@@ -507,6 +534,7 @@ CLAIMS = [Claim(*c) for c in [
      "ADPF", "plain CNN", "mae"),
     ("with the diversity loss more attention lands on the true age regions", "this project's question",
      "ADPF", "ADPF w/o diversity loss", "region_lift", True),
+    ("ADPF beats a ResNet-18 of its size", "this project's reference", "ADPF", "ResNet-18 (reference)", "mae"),
 ]]
 
 _UNITS = {"mae": "MAE (years)", "head_overlap": "head overlap", "region_lift": "attention on the regions ÷ chance"}

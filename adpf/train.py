@@ -131,6 +131,8 @@ class TrainResult:
     history: per stage, one dict per epoch (lr, loss parts, train_mae, val_mae, seconds,
         images_per_s).
     timings: seconds of each stage's training (as it was trained, also when loaded from cache).
+    std_scale: the calibration of the ± fitted on the validation faces (``config.std_scale`` of
+        the checkpoint; 1.0 without validation faces).
     best_epochs: per stage, the epoch whose weights were kept (the lowest validation MAE, with
         ``Recipe.keep_best``; None: the last epoch's).
     throughput: training images per second of each stage.
@@ -150,6 +152,7 @@ class TrainResult:
     stage_keys: dict[str, str]
     cached: bool = False
     best_epochs: dict[str, int | None] = dataclasses.field(default_factory=dict)
+    std_scale: float = 1.0
 
     @property
     def mae(self) -> float:
@@ -628,7 +631,7 @@ def train(config: ADPFConfig, data: str | os.PathLike | Prepared, split, recipe:
             hardware={**hardware(), "device": str(process.device), "world_size": process.world_size},
             versions=versions(), checkpoint=str(stages[-1].folder / "checkpoint.pt"),
             stage_keys={s.name: s.key for s in stages},
-            best_epochs={k: r.get("best_epoch") for k, r in records.items()})
+            best_epochs={k: r.get("best_epoch") for k, r in records.items()}, std_scale=model.config.std_scale)
         if process.main:
             write_json(result_path, result.to_dict())
         process.barrier()

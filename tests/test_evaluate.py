@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 from adpf import reference
 from adpf.config import get_preset
 from adpf.evaluate import (age_group_errors, attention_maps, attention_report, box_coverage, calibration,
-                           fit_std_scale,
+                           box_region_share, box_statistics, fit_std_scale,
                            constant_baseline, cs_curve, head_overlap, head_similarity, mae, mask_share, predict,
                            ranked_boxes, summarize)
 from adpf.networks import ModelOutput, build_model
@@ -281,3 +281,29 @@ def test_fit_std_scale_makes_one_sigma_hold_68_percent():
     assert ratios[k] <= scale <= ratios[k + 1]
     with pytest.raises(ValueError, match="positive stds"):
         fit_std_scale(np.ones(3), np.zeros(3))
+
+
+def test_box_statistics_and_region_share_match_loops():
+    config = get_preset("cpu", image_size=64)
+    g = torch.Generator().manual_seed(0)
+    sides = torch.randint(10, 39, (30, 5), generator=g)
+    x0 = torch.randint(0, 20, (30, 5), generator=g)
+    y0 = torch.randint(0, 20, (30, 5), generator=g)
+    sides[:4, 0] = round(0.6 * 64)  # four boxes at the largest side
+    boxes = torch.stack([x0, y0, x0 + sides, y0 + sides], dim=-1)
+    stats = box_statistics(boxes, config)
+    flat = sorted(float(s) / 64 for s in sides.flatten())
+    assert stats["box_side_median"] == pytest.approx(float(np.median(flat)))
+    assert stats["box_at_clamp"] == pytest.approx(sum(s >= 38 / 64 for s in flat) / len(flat))
+    for k in range(5):
+        assert stats["box_side_median_by_rank"][k] == pytest.approx(float(np.median(sides[:, k].numpy() / 64)))
+    spreads = [np.std([(float(b[k, a]) + float(b[k, a + 2])) / 128 for b in boxes], ddof=1)
+               for k in range(5) for a in (0, 1)]
+    assert stats["box_centre_spread"] == pytest.approx(float(np.mean(spreads)))
+    regions = torch.rand(30, 64, 64, generator=g) > 0.7
+    share = box_region_share(boxes, regions)
+    for i in (0, 7, 29):
+        for k in range(5):
+            bx0, by0, bx1, by1 = boxes[i, k].tolist()
+            on = sum(bool(regions[i, y, x]) for y in range(by0, by1) for x in range(bx0, bx1))
+            assert share[i, k] == pytest.approx(on / ((bx1 - bx0) * (by1 - by0)))

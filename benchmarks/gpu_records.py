@@ -1,0 +1,166 @@
+"""Make the book's records (``adpf.experiments.BOOK_RECORDS``) on one GPU, one process per seed.
+
+Each record's command is run once per seed (``--seeds k`` and a record file of its own) with
+``--device cuda --no-amp`` (float32 as on a CPU; the data on the device), all processes side by
+side on the one card, each under a time limit; the per-seed records are then merged
+(``experiments.merge_records``) into ``OUT/records/NAME.json``, with the record's own command.
+A process stopped by its limit keeps the rows it finished (a record is written row by row).
+Prepared real-face folders travel as ``carry/*.npz`` (``benchmarks/device_data.py``) and are
+unpacked into ``data/`` first. Then, on seed 0, the recipe alternatives the recipe was chosen
+against (``SWEEP``), each a training of its own with its validation curve, into
+``OUT/records/recipe-sweep.json``.
+
+    python benchmarks/gpu_records.py OUT [--limit SECONDS] [--only NAME ...] [--tiny]
+
+``--tiny`` rehearses on this CPU: every record at 1 + 1 epochs on 200 drawn faces and the first
+600 real ones, device cpu.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from adpf.experiments import BOOK_RECORDS, merge_records, read_record  # noqa: E402
+
+#: Recipe alternatives measured beside the chosen recipe on UTKFace, seed 0 (changes to `adpf train`).
+SWEEP = {
+    "cpu recipe, 30 epochs": ["--epochs", "30,30"],
+    "AdamW lr 1e-3, decay 0.05, no clipping": ["--set-recipe", "optimizer=adamw", "--set-recipe", "lr=0.001",
+                                               "--set-recipe", "weight_decay=0.05", "--set-recipe",
+                                               "clip_grad_norm=null"],
+    "SGD lr 0.05": ["--lr", "0.05"],
+}
+
+
+#: How a record's rows are shared out between processes (each seed's rows in these groups), so that
+#: no process runs much longer than the others; the rows of a group share what they can (ADPF's
+#: stage 1 is AttentionNet alone's, and w/o ranking's).
+GROUPS = {
+    "ablation-utkface": [["ADPF", "AttentionNet alone"], ["plain CNN", "ResNet-18 (reference)"], ["fixed patches"]],
+    "ablation-synthetic": [["ADPF", "AttentionNet alone", "ADPF w/o ranking"], ["ADPF w/SA"],
+                           ["ADPF w/o diversity loss"], ["plain CNN", "fixed patches", "ResNet-18 (reference)"]],
+    "heads-synthetic": [["1", "2", "3", "4"], ["5", "6", "8"]],
+}
+
+
+def _take(argv: list[str], option: str) -> list[str]:
+    """The values after ``option`` (up to the next option), removed from ``argv``."""
+    at = argv.index(option)
+    end = next((i for i in range(at + 1, len(argv)) if argv[i].startswith("--")), len(argv))
+    values = argv[at + 1:end]
+    del argv[at:end]
+    return values
+
+
+def seed_commands(name: str, out: Path, tiny: bool) -> list[tuple[str, list[str]]]:
+    """(log name, argv) for each seed and row group of one record's command."""
+    argv = shlex.split(BOOK_RECORDS[name])[1:]  # without "adpf"
+    seeds = _take(argv, "--seeds")
+    _take(argv, "--record")
+    option = "--heads-list" if argv[1] == "heads" else "--rows"
+    if option in argv:
+        _take(argv, option)
+    if tiny:
+        for dropped in ("--epochs", "--synthetic-n"):
+            if dropped in argv:
+                _take(argv, dropped)
+        argv += ["--device", "cpu", "--epochs", "1,1", "--synthetic-n", "200"]
+    else:
+        argv += ["--device", "cuda", "--no-amp"]
+    commands = []
+    for seed in seeds:
+        for j, group in enumerate(GROUPS[name]):
+            record = out / "parts" / f"{name}-seed{seed}-{j}.json"
+            commands.append((f"{name}-seed{seed}-{j}",
+                             [sys.executable, "-m", "adpf.cli", *argv, option, ",".join(group), "--seeds", seed,
+                              "--record", str(record), "--no-progress"]))
+    return commands
+
+
+def sweep_commands(out: Path, tiny: bool) -> list[tuple[str, list[str]]]:
+    data = ["--data", "data/utkface-64"]
+    base = ["--recipe", "cpu", "--seed", "0", "--no-progress"]
+    extra = ["--device", "cpu", "--epochs", "1,1"] if tiny else ["--device", "cuda", "--no-amp"]
+    commands = []
+    for i, changes in enumerate(SWEEP.values()):
+        for variant in ("attention_only", "plain_cnn"):
+            run = out / "parts" / f"sweep{i}-{variant}"
+            # the rehearsal's --epochs comes last, so it wins over a change's
+            commands.append((f"sweep{i}-{variant}", [sys.executable, "-m", "adpf.cli", "train", "--variant", variant,
+                                                     *data, *base, *changes, *extra, "--out", str(run)]))
+    return commands
+
+
+def unpack_carried() -> None:
+    for packed in sorted((ROOT / "carry").glob("*.npz")):
+        target = ROOT / "data" / packed.stem
+        if not target.exists():
+            subprocess.run([sys.executable, str(ROOT / "benchmarks" / "device_data.py"), "unpack", str(packed),
+                            str(target)], check=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--limit", type=float, default=380, help="seconds every process may run (default 380)")
+    parser.add_argument("--only", nargs="+", choices=list(BOOK_RECORDS) + ["sweep"])
+    parser.add_argument("--tiny", action="store_true")
+    args = parser.parse_args()
+    (args.out / "parts").mkdir(parents=True, exist_ok=True)
+    (args.out / "records").mkdir(parents=True, exist_ok=True)
+    unpack_carried()
+    names = args.only or [*BOOK_RECORDS, "sweep"]
+    jobs = [c for name in names if name != "sweep" for c in seed_commands(name, args.out, args.tiny)]
+    if "sweep" in names:
+        jobs += sweep_commands(args.out, args.tiny)
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+           "OMP_NUM_THREADS": "1"}
+    # the drawn faces once, before the processes that share them start
+    subprocess.run([sys.executable, "-c", "from adpf.data.prepared import default_dataset as d; "
+                    f"d(image_size=64, n={200 if args.tiny else 3000}, progress=False)"], env=env, check=True, cwd=ROOT)
+    start, running = time.time(), []
+    for label, argv in jobs:
+        log = open(args.out / "parts" / f"{label}.log", "w")
+        running.append((label, subprocess.Popen(["timeout", "-k", "5", str(int(args.limit)), *argv], stdout=log,
+                                                stderr=subprocess.STDOUT, env=env, cwd=ROOT), log))
+    print(f"{len(running)} processes started", flush=True)
+    status = {}
+    for label, proc, log in running:
+        status[label] = proc.wait()
+        log.close()
+        print(f"{label}: exit {status[label]} after {time.time() - start:.0f} s", flush=True)
+    for name in names:
+        if name == "sweep":
+            continue
+        parts = [read_record(p) for p in sorted((args.out / "parts").glob(f"{name}-seed*.json"))]
+        if parts:
+            merged = merge_records(parts, BOOK_RECORDS[name])
+            merged["made_by"] = ("benchmarks/gpu_records.py: one process per seed, "
+                                 + ("--device cpu (rehearsal)" if args.tiny else "--device cuda --no-amp"))
+            (args.out / "records" / f"{name}.json").write_text(json.dumps(merged, indent=1))
+            print(f"{name}: {len(merged['rows'])} rows, seeds {merged['seeds']}", flush=True)
+    sweep = {}
+    for i, label in enumerate(SWEEP):
+        for variant in ("attention_only", "plain_cnn"):
+            result = args.out / "parts" / f"sweep{i}-{variant}" / "result.json"
+            if result.is_file():
+                r = json.loads(result.read_text())
+                sweep[f"{label} / {variant}"] = {"test_mae": r["metrics"]["test"]["mae"],
+                                                 "val_mae": r["metrics"]["val"]["mae"], "history": r["history"],
+                                                 "recipe": r["recipe"], "best_epochs": r.get("best_epochs")}
+    if sweep:
+        (args.out / "records" / "recipe-sweep.json").write_text(json.dumps(sweep, indent=1))
+    print(json.dumps(status), flush=True)
+
+
+if __name__ == "__main__":
+    main()
