@@ -239,7 +239,7 @@ def test_a_recommended_paper_recipe_carries_its_warning():
     assert {p.stem[:2] for p in recommending} >= {"10", "11"}
     for path in recommending:
         warnings = re.findall(r"^```\{warning\}\n(.*?)^```$", markdown_of(path), flags=re.S | re.M)
-        assert any("NaN" in w and "{ref}`choice-9`" in w and "--recipe gpu" in w for w in warnings), path.name
+        assert any("NaN" in w and "<choice-9>`" in w and "--recipe gpu" in w for w in warnings), path.name
 
 
 def test_chapter_10_says_the_head_counts_and_the_one_seed_claims_from_its_records():
