@@ -32,6 +32,15 @@ def record(**values) -> None:
         glue(name, plain(value), display=False)
 
 
+def spoken_list(items) -> str:
+    """``items`` as the text says them: "5", "1 and 3", "1, 3 and 5" (numbers with thousands
+    separators); for a sentence whose list comes from a record, not from the author."""
+    words = [f"{x:,}" if isinstance(x, int) else str(x) for x in (plain(x) for x in items)]
+    if len(words) < 2:
+        return "".join(words)
+    return ", ".join(words[:-1]) + " and " + words[-1]
+
+
 def command_lines(command: str, width: int = 88) -> str:
     """A shell command broken into lines of at most ``width`` characters where it is longer:
     at the spaces before its options (``--name value`` stays together), each line but the last

@@ -366,6 +366,7 @@ PATCH_FIGURE_FACES = 24
 
 def cmd_predict(args) -> int:
     from adpf import photos
+    from adpf.data.align import require_aligner
 
     if args.no_align and args.align != "auto":
         raise UsageError(f"--no-align and --align {args.align}: give one of them (--no-align is --align resize)")
@@ -381,6 +382,8 @@ def cmd_predict(args) -> int:
         raise UsageError("--save-patches needs a model with patches or attention (not plain_cnn)")
     trained = trained_on.read(load_checkpoint(path))
     alignment = photos.choose_alignment("resize" if args.no_align else args.align, (trained or {}).get("alignment"))
+    if alignment == "dlib":  # a missing dlib is said once, before any photo (AlignerMissingError: exit 2)
+        require_aligner()
     for note in photos.training_notes(trained, alignment, path):
         print(f"adpf predict: {note}", file=sys.stderr)
     for problem in problems:

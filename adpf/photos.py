@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from adpf.data.align import align_faces, load_image, square_resize
+from adpf.data.align import AlignerMissingError, align_faces, load_image, square_resize
 from adpf.data.prepared import images_to_tensor
 from adpf.evaluate import model_device, ranked_boxes
 from adpf.losses import predict_age
@@ -173,7 +173,8 @@ def predict_photos(model: nn.Module, paths: Sequence[str | Path], alignment: str
     device) ``batch_size`` at a time.
 
     A photo that cannot be read, has no face, or fails in any other way gets one row with its
-    error, and the others go on; so does a face whose output is not finite. The first
+    error, and the others go on; so does a face whose output is not finite. A missing dlib
+    (``align.AlignerMissingError``) concerns every photo and is raised at once. The first
     ``keep_images`` faces keep their input ``image`` and ``patch_boxes`` (for drawing); the
     others drop the image once predicted. ``progress``: tqdm's ``disable`` (None: a bar on a
     terminal only).
@@ -219,6 +220,8 @@ def predict_photos(model: nn.Module, paths: Sequence[str | Path], alignment: str
         for path in tqdm(paths, desc="predicting", unit="photo", disable=progress, dynamic_ncols=True):
             try:
                 pending += prepare_faces(path, config.image_size, alignment, all_faces)
+            except AlignerMissingError:  # no photo can be aligned: say so once, not once per photo
+                raise
             except Exception as e:  # one bad photo must not stop the batch: report it and go on
                 pending.append(FaceRow(str(path), error=getattr(e, "reason", None) or one_line(e)))
             if sum(row.image is not None for row in pending) >= batch_size:

@@ -299,6 +299,36 @@ def plot_stage_curves(curves, order: Sequence[str], constant: float, figsize=(11
     return fig
 
 
+def plot_attention_share(epochs: Sequence[int], share, chance: float, lift, regions: Sequence[str],
+                         figsize=(9.5, 3.6)) -> Figure:
+    """Where the heads' attention lands, two panels.
+
+    Left: ``share`` ``(len(epochs), n)``, the share of each head's map on the age regions after
+    every epoch, one line per head (`head_color`), with ``chance`` dashed and the legend below
+    the panel. Right: ``lift`` ``(n, R)``, each head's share on each of the ``regions`` divided by
+    the region's area (1 is chance), as a heatmap with the values printed in its cells. Its head
+    labels are horizontal and its region labels vertical, so that none covers another.
+    """
+    import pandas as pd
+
+    share, lift = np.asarray(share, dtype=float), np.asarray(lift, dtype=float)
+    heads = [f"head {k + 1}" for k in range(share.shape[1])]
+    fig, (left, right) = plt.subplots(1, 2, figsize=figsize, gridspec_kw={"width_ratios": [1.3, 1]})
+    for k, label in enumerate(heads):
+        left.plot(epochs, share[:, k], marker="o", color=head_color(k), label=label)
+    left.axhline(chance, color="0.4", linestyle="--", label="chance (area)")
+    left.set(xlabel="epoch", ylabel="share of the map on age regions", xticks=list(epochs))
+    left.legend(frameon=False, fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.3))
+    sns.despine(ax=left)
+    table = pd.DataFrame(lift, index=heads, columns=[r.replace("_", " ") for r in regions])
+    sns.heatmap(table, annot=True, fmt=".1f", cmap="magma", ax=right, cbar_kws={"label": "share ÷ area"})
+    right.tick_params(axis="y", labelrotation=0)  # seaborn may turn them vertical, on top of each other
+    right.tick_params(axis="x", labelrotation=90)
+    right.set_title("after training: each head on each region")
+    fig.tight_layout()
+    return fig
+
+
 def draw_learning_paths(ax: Axes, sizes: Sequence[int], widths: Sequence[int],
                         colors: Sequence | None = None) -> Axes:
     """FusionNet's main stream as a row of stages, with patch P_k joining stage k (Eq. 8).

@@ -212,3 +212,40 @@ def test_no_chapter_rebinds_the_record_helper(path):
             if isinstance(node, ast.Name) and node.id == "record" and isinstance(node.ctx, ast.Store):
                 bound.append(node.lineno)
     assert bound == []
+
+
+def test_spoken_list_says_a_record_s_items_as_the_text_would():
+    import numpy as np
+
+    from adpf.book import spoken_list
+
+    assert spoken_list(np.array([1, 3, 5])) == "1, 3 and 5"  # NumPy integers, as a record's column gives them
+    assert spoken_list([4, 8]) == "4 and 8"
+    assert spoken_list([np.int64(2100)]) == "2,100"
+    assert spoken_list([]) == ""
+
+
+def markdown_of(path: Path) -> str:
+    """The prose of a chapter: its markdown cells, without the code."""
+    return "\n".join(c.source for c in jupytext.read(path).cells if c.cell_type == "markdown")
+
+
+def test_a_recommended_paper_recipe_carries_its_warning():
+    """Open choice 9: the `paper` recipe (lr 0.1, no clipping) diverged to NaN on the drawn
+    faces. Every chapter that recommends it says so in a warning and points to `--recipe gpu`."""
+    import re
+
+    recommending = [p for p in CHAPTERS if "--recipe paper" in p.read_text()]
+    assert {p.stem[:2] for p in recommending} >= {"10", "11"}
+    for path in recommending:
+        warnings = re.findall(r"^```\{warning\}\n(.*?)^```$", markdown_of(path), flags=re.S | re.M)
+        assert any("NaN" in w and "<choice-9>`" in w and "--recipe gpu" in w for w in warnings), path.name
+
+
+def test_chapter_10_says_the_head_counts_and_the_one_seed_claims_from_its_records():
+    """The head counts are the record's (1, 3 and 5 once, while the text said "1 to 8"), and the
+    sentence on claims with one seed is recorded by the code cell, empty when there are none."""
+    prose = markdown_of(REPO / "book" / "10_ablations.md")
+    assert "eight head counts" not in prose and "1 to 8 heads" not in prose
+    assert prose.count("{glue:text}`head_counts`") == 2
+    assert "{glue:text}`one_seed_note`" in prose and "n_one_seed" not in prose

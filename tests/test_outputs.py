@@ -244,6 +244,33 @@ def test_align_and_no_align_together_are_refused(album, capsys):
                                                  "(--no-align is --align resize)")
 
 
+def test_a_missing_dlib_is_said_once_with_exit_2_before_any_photo(album, capsys, monkeypatch):
+    # once: every photo got its own "skipped: face alignment needs dlib" line, and the exit was 1
+    import sys
+
+    from adpf.checkpoint import load_model
+    from adpf.data import align
+
+    folder = album["root"] / "large"  # photos large enough for the detector (noise_photo's are not)
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (80, 80, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    align._models.cache_clear()  # forget a dlib loaded by an earlier test
+    monkeypatch.setitem(sys.modules, "dlib", None)  # `import dlib` now raises ImportError
+    try:
+        status = main(["predict", str(folder), "--checkpoint", str(album["checkpoint"]), "--align", "dlib",
+                       "--no-progress"])
+        captured = capsys.readouterr()
+        model = load_model(album["checkpoint"], "cpu")
+        with pytest.raises(align.AlignerMissingError):  # the library raises it too, not one row per photo
+            list(photos.predict_photos(model, sorted(folder.iterdir()), "dlib", progress=True))
+    finally:
+        align._models.cache_clear()
+    assert status == 2 and captured.out == ""
+    assert one_line(captured.err).startswith("adpf predict: error: face alignment needs dlib, which is not installed")
+    assert "--no-align" in captured.err  # the way on without dlib
+
+
 # --- 15. every output checked before the work ---------------------------------------------------
 
 def test_outputs_nobody_can_write_are_refused_first_even_as_root(album, capsys, tmp_path, monkeypatch):

@@ -180,3 +180,30 @@ def test_plot_stage_curves_gives_every_model_its_own_colour_and_one_legend_outsi
     assert min(np.linalg.norm(np.subtract(a, b))
                for a, b in itertools.combinations(colours.values(), 2)) >= 0.25
     matplotlib.pyplot.close(fig)
+
+
+def overlapping(texts, renderer) -> list[tuple[str, str]]:
+    """The pairs of non-empty ``texts`` whose drawn boxes overlap."""
+    boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in texts if t.get_text()]
+    return [(a, b) for i, (a, box_a) in enumerate(boxes) for b, box_b in boxes[i + 1:] if box_a.overlaps(box_b)]
+
+
+@pytest.mark.parametrize("heads", [5, 8])
+def test_attention_share_labels_do_not_overlap(heads):
+    # Fig 7.3 once printed its five head labels vertically, on top of each other
+    from adpf.data.synthetic import REGION_NAMES
+
+    rng = np.random.default_rng(0)
+    share = 0.3 + 0.01 * rng.standard_normal((7, heads))
+    lift = 1 + 0.1 * rng.standard_normal((heads, len(REGION_NAMES)))
+    fig = plotting.plot_attention_share(np.arange(7), share, 0.3, lift, REGION_NAMES)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    left, right = fig.axes[:2]
+    rows = right.get_yticklabels()
+    assert [t.get_text() for t in rows] == [f"head {k + 1}" for k in range(heads)]
+    assert overlapping(rows, renderer) == []
+    assert overlapping(right.get_xticklabels(), renderer) == []
+    assert overlapping(left.get_legend().get_texts(), renderer) == []
+    assert np.allclose(left.lines[0].get_ydata(), share[:, 0])  # head 1's line is head 1's shares
+    matplotlib.pyplot.close(fig)

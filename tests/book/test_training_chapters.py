@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from book_outputs import glued
 
+from adpf.book import spoken_list
 from adpf.cache import code_version
 
 
@@ -90,6 +91,11 @@ def test_ch10_reads_its_records_and_says_when_the_code_changed():
 
     if all(len(s) >= 2 for s in [*seeds_of(record["rows"], "model"), *seeds_of(heads["rows"], "heads")]):
         assert values["n_one_seed"] == 0
+    # the sentence on claims with one seed is said only when there are some ("0 have …" once)
+    assert (values["one_seed_note"] == "") == (values["n_one_seed"] == 0)
+    assert values["one_seed_note"].startswith(f"{values['n_one_seed']:,} have only one seed") or not values["n_one_seed"]
+    # the text says the head counts the record holds ("1 to 8" once, for a record of 1, 3 and 5)
+    assert values["head_counts"] == spoken_list(sorted({row["heads"] for row in heads["rows"]}))
     # a record made by other code carries a visible warning
     stale = {name for name, r in (("ablation-synthetic", record), ("heads-synthetic", heads))
              if r["code_version"] != code_version()}
