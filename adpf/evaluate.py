@@ -27,7 +27,8 @@ class Predictions:
     """One prediction per image, in loader order (all ``(N,)`` numpy arrays).
 
     age: the true age; predicted: E of Eq. 10; std: the standard deviation of the predicted
-    age distribution (the model's own uncertainty); index: the dataset item's ``index``.
+    age distribution (the model's own uncertainty) times ``config.std_scale`` (the ± as reported,
+    book/open_choices.md, choice 15); index: the dataset item's ``index``.
     """
 
     age: np.ndarray

@@ -15,6 +15,9 @@ Open choices made here (numbered as in ``book/open_choices.md``, "choice N"):
     is a cosine, so L_div = n(n−1) × the head overlap; why, in ``attention_net_loss``.
 12. Every loss is a mean over the batch (Eq. 11 says so; Eq. 7 and 12 are per image and
     are averaged the same way so that λ does not depend on the batch size).
+15. The reported ± is the predicted distribution's standard deviation times
+    ``config.std_scale``, fitted on validation faces after training (``predict_age``).
+16. L_AE = w · L_MAE + L_KL (Eq. 13) with w = ``config.mae_weight``, the paper's 1 by default.
 """
 from __future__ import annotations
 
@@ -62,8 +65,9 @@ def normalize_maps(maps: Tensor) -> Tensor:
 
     The diversity loss on these maps is bounded, is zero exactly when the heads' supports
     (above their minima) are disjoint, and cannot be lowered by scaling a map up or flipping
-    its sign; the shift matches how ``maps_to_boxes`` reads a map (min-max normalised), so
-    less overlap here means less overlap between patches. A flat map has no support and
+    its sign; the shift matches how ``maps_to_boxes`` read a map under its earlier rule
+    (min-max normalised; it now measures from the map's median), so less overlap here means
+    less overlap between patches. A flat map has no support and
     becomes uniform (it overlaps every other head, so the loss discourages it).
     """
     shifted = maps - maps.amin(dim=(-2, -1), keepdim=True)

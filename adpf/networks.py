@@ -22,6 +22,8 @@ Open choices made here (numbered as in ``book/open_choices.md``, "choice N"):
      t_k (the earlier design: P_4 and P_5 arrive as 4×4 averages of patch-size features).
 
    Measured against each other on the same split and seeds: ``benchmarks/results/patch_streams.md``.
+14. The ``resnet18`` reference (not in the paper): ResNet-18's layout at about ADPF's parameter
+    count (``ReferenceResNet``, ``config.reference_width``).
 
 Images enter as ``(B, 3, H, W)`` in [0, 1] and are mapped to [-1, 1] inside the model
 (fixed, no dataset statistics, so every dataset and the synthetic faces are treated alike).
@@ -184,8 +186,9 @@ class ADPF(nn.Module):
 
     ``freeze_attention()`` starts stage 2: AttentionNet stops learning, stays in eval mode
     and runs under ``no_grad``. Boxes come from the maps as the FC sees them, HA_k · sign(a_k)
-    in ranked order (``AttentionOutput.ranked``: min-max normalisation makes a positive a_k
-    irrelevant to the box, and a negative one flips the map). Stage 1 trains
+    in ranked order (``AttentionOutput.ranked``: the box rule normalises each map from its
+    median to its peak, which makes a positive a_k irrelevant to the box; a negative one flips
+    the map). Stage 1 trains
     ``model.attention_net`` on its own.
     """
 

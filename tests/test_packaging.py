@@ -53,13 +53,15 @@ def test_readme_parameter_counts_are_the_models():
         return int(text.replace(",", ""))
 
     rows = {m.group(1): m.groups()[1:] for m in re.finditer(
-        r"^\| `(\w+)` \| [^|]+\| \**([\d,]+)\** \(([\d,]+) \+ ([\d,]+)\) \| ([\d,]+) \|$",
+        r"^\| `(\w+)` \| [^|]+\| \**([\d,]+)\** \(([\d,]+) \+ ([\d,]+)\) \| ([\d,]+) \| ([\d,]+) \(w = (\d+)\) \|$",
         (ROOT / "README.md").read_text(), flags=re.M)}
     assert set(rows) == {"paper", "cpu"}
-    for preset, (total, attention, fusion, plain) in rows.items():
+    for preset, (total, attention, fusion, plain, reference, width) in rows.items():
         config = get_preset(preset)
         adpf_model = build_model(config)
         assert n(total) == count_parameters(adpf_model), preset
         assert n(attention) == count_parameters(adpf_model.attention_net), preset
         assert n(fusion) == count_parameters(adpf_model.fusion_net), preset
         assert n(plain) == count_parameters(build_model(config.replace(variant="plain_cnn"))), preset
+        assert int(width) == config.reference_width, preset
+        assert n(reference) == count_parameters(build_model(config.replace(variant="resnet18"))), preset
