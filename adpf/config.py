@@ -75,6 +75,12 @@ class ADPFConfig:
         "plain_cnn" (FusionNet's main stream without attention or patches),
         "fixed_patches" (FusionNet fed with patches at the same place in every image),
         "resnet18" (a ResNet-18 of about ADPF's size, not in the paper: ``networks.ReferenceResNet``).
+    fusion_head: how FusionNet's last features ``(B, c, t, t)`` reach its age layer (book/open_choices.md,
+        choice 8): "pool" averages them over space (one c-vector), "flatten" keeps every position
+        (c·t² inputs), as AttentionNet's age layer reads every position of its maps.
+    fusion_stem_stride: the stride of FusionNet's first conv block (book/open_choices.md, choice 1):
+        2 (default) halves the image before the first stage; 1 keeps the first stage at full
+        resolution, as AttentionNet's stem does.
     reference_width: w, the first stage's width of the ``resnet18`` reference (widths w, 2w,
         4w, 8w; book/open_choices.md, choice 14), set per preset to about ADPF's parameter count.
     attention: "hybrid" (Eq. 5) or "self_sum" (ADPF w/SA: self-attention summed over channels).
@@ -120,6 +126,8 @@ class ADPFConfig:
     patch_channels: int = 32
     patch_stream: Literal["strided", "resize"] = "strided"
     reference_width: int = 42
+    fusion_head: Literal["pool", "flatten"] = "pool"
+    fusion_stem_stride: int = 2
     # age output
     age_min: int = 0
     age_max: int = 100
@@ -144,7 +152,8 @@ class ADPFConfig:
 
     def __post_init__(self) -> None:
         for name in ("heads", "image_size", "in_channels", "x_size", "x_channels", "key_channels",
-                     "value_channels", "ca_reduction", "patch_size", "patch_channels", "reference_width"):
+                     "value_channels", "ca_reduction", "patch_size", "patch_channels", "reference_width",
+                     "fusion_stem_stride"):
             if not _whole(getattr(self, name)) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a whole number >= 1, got {getattr(self, name)!r}")
         for name in ("stem_channels", "fusion_channels"):
@@ -183,7 +192,8 @@ class ADPFConfig:
         for name, allowed in [("variant", ("adpf", "attention_only", "plain_cnn", "fixed_patches", "resnet18")),
                               ("attention", ("hybrid", "self_sum")), ("rank_by", ("value", "abs")),
                               ("eq9", ("as_written", "raw")), ("diversity_maps", ("unit", "normalized", "raw")),
-                              ("attention_impl", ("sdpa", "plain")), ("patch_baseline", ("median", "min")), ("patch_stream", ("strided", "resize"))]:
+                              ("attention_impl", ("sdpa", "plain")), ("patch_baseline", ("median", "min")),
+                              ("fusion_head", ("pool", "flatten")), ("patch_stream", ("strided", "resize"))]:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
 

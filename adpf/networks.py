@@ -151,8 +151,8 @@ class FusionNet(nn.Module):
         self.config, self.use_patches = config, use_patches
         widths = config.fusion_channels
         extra = config.patch_channels if use_patches else 0
-        self.stem = conv_block(config.in_channels, widths[0], stride=2)
-        self.input_sizes, stages, side, prev = [], [], config.image_size // 2, widths[0]
+        self.stem = conv_block(config.in_channels, widths[0], stride=config.fusion_stem_stride)
+        self.input_sizes, stages, side, prev = [], [], config.image_size // config.fusion_stem_stride, widths[0]
         for width in widths:
             stride = 2 if side > MIN_SIDE else 1
             self.input_sizes.append(side)
@@ -162,7 +162,8 @@ class FusionNet(nn.Module):
         self.patch_streams = nn.ModuleList(
             PatchStream(config.in_channels, config.patch_channels, config.patch_size, size, config.patch_stream)
             for size in self.input_sizes) if use_patches else None
-        self.fc = nn.Linear(widths[-1], config.num_classes)
+        last = side if config.fusion_head == "flatten" else 1
+        self.fc = nn.Linear(widths[-1] * last * last, config.num_classes)
 
     def forward(self, x: Tensor, patches: Tensor | None = None) -> ModelOutput:
         check_images(x, self.config)
@@ -178,7 +179,8 @@ class FusionNet(nn.Module):
                 p = self.patch_streams[k](normalize_images(patches[:, k]))
                 features = torch.cat([features, p], dim=1)
             features = stage(features)
-        return ModelOutput(logits=self.fc(features.mean(dim=(2, 3))), patches=patches)
+        pooled = features.flatten(1) if self.config.fusion_head == "flatten" else features.mean(dim=(2, 3))
+        return ModelOutput(logits=self.fc(pooled), patches=patches)
 
 
 class ADPF(nn.Module):

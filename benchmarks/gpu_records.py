@@ -41,12 +41,16 @@ SWEEP = {
 
 
 #: Records beyond the book's: why FusionNet ends where it does on the drawn faces (capacity: a
-#: main stream and patch streams twice as wide; training: three times the epochs of stage 2),
+#: main stream and patch streams twice as wide; resolution: its first stage at full resolution,
+#: as AttentionNet's stem; training: three times the epochs of stage 2),
 #: each beside the plain CNN given the same change.
 EXTRA_RECORDS = {
     "fusion-wide-synthetic": "adpf experiments ablation --data synthetic --synthetic-n 3000 --recipe book "
                              "--rows 'ADPF,plain CNN' --set fusion_channels=[32,64,64,96,96] --set patch_channels=32 "
                              "--seeds 0 1 2 --record benchmarks/results/fusion-wide-synthetic.json",
+    "fusion-fullres-synthetic": "adpf experiments ablation --data synthetic --synthetic-n 3000 --recipe book "
+                                "--rows 'ADPF,plain CNN' --set fusion_stem_stride=1 --seeds 0 1 2 "
+                                "--record benchmarks/results/fusion-fullres-synthetic.json",
     "fusion-long-synthetic": "adpf experiments ablation --data synthetic --synthetic-n 3000 --recipe book "
                              "--epochs 10,24 --rows 'ADPF,plain CNN' --seeds 0 1 2 "
                              "--record benchmarks/results/fusion-long-synthetic.json",
@@ -63,6 +67,7 @@ GROUPS = {
     "heads-synthetic": [["1", "2", "3", "4"], ["5", "6", "8"]],
     "fusion-wide-synthetic": [["ADPF", "plain CNN"]],
     "fusion-long-synthetic": [["ADPF", "plain CNN"]],
+    "fusion-fullres-synthetic": [["ADPF", "plain CNN"]],
 }
 
 

@@ -307,3 +307,26 @@ def test_a_basic_block_adds_its_input():
     down = BasicBlock(4, 6, stride=2).eval()
     assert torch.allclose(down(x), torch.relu(down.body(x) + down.shortcut(x)))
     assert down(x).shape == (2, 6, 4, 4)
+
+
+def test_the_flatten_head_reads_every_position_of_the_last_features():
+    torch.manual_seed(0)
+    config = tiny(fusion_head="flatten")
+    net = FusionNet(config, use_patches=False).eval()
+    x = torch.rand(2, 3, config.image_size, config.image_size)
+    features = net.stem(2 * x - 1)
+    for stage in net.stages:
+        features = stage(features)
+    assert net.fc.in_features == features[0].numel()
+    assert torch.allclose(net(x).logits, net.fc(features.flatten(1)))
+    pooled = FusionNet(tiny(), use_patches=False)
+    assert pooled.fc.in_features == features.shape[1]
+
+
+def test_a_stride_one_fusion_stem_keeps_the_first_stage_at_full_resolution():
+    config = tiny(fusion_stem_stride=1)
+    net = FusionNet(config)
+    assert net.input_sizes[0] == config.image_size and FusionNet(tiny()).input_sizes[0] == config.image_size // 2
+    x = torch.rand(2, 3, config.image_size, config.image_size)
+    model = build_model(config)
+    assert model(x).logits.shape == (2, config.num_classes)
