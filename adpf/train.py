@@ -449,9 +449,15 @@ def run_stage(stage: Stage, previous: nn.Module | None, data: Prepared, split: d
     kept = best_epoch(history) if recipe.keep_best else None
     if kept is not None and kept != stage.epochs:
         load_model_state(model, load_checkpoint(best_path, map_location=process.device)["model"], best_path)
-    if process.main and (stage.epochs == 0 or kept is not None):
-        # the stage's final checkpoint holds the weights it keeps (the best validation epoch's)
+    if process.main and stage.epochs == 0:
+        save_checkpoint(checkpoint_dict(stage.config, model.state_dict(), stage.name, 0,
+                                        meta={"history": [], "key": stage.key}), checkpoint_path)
+    elif process.main and kept is not None:
+        # the stage's final checkpoint holds the weights it keeps (the best validation epoch's), and
+        # what resuming needs, so that a run that finds it before stage.json resumes to the end
         save_checkpoint(checkpoint_dict(stage.config, model.state_dict(), stage.name, stage.epochs,
+                                        optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                                        rng=rng_state(generator),
                                         meta={"history": history, "key": stage.key, "best_epoch": kept}),
                         checkpoint_path)
     process.barrier()

@@ -402,3 +402,18 @@ def test_the_training_step_reads_nothing_back(data, cache, variant):
             train(tiny(variant=variant), data, split, recipe, use_cache=False, progress=False)
         reads[steps] = counter.count
     assert reads[3] > 0 and reads[6] == reads[3], reads
+
+
+def test_a_kept_best_stage_found_before_its_record_resumes_to_the_end(data, cache):
+    # a second run (another process, or a crash before stage.json) finds the stage's final
+    # checkpoint, which holds the best epoch's weights: it resumes with nothing left to train
+    recipe = RECIPE.replace(attention_epochs=3, lr=0.3, keep_best=True)
+    config = tiny(variant="attention_only")
+    first, _ = run(config, data, recipe)
+    folder = Path(first.checkpoint).parent
+    (folder / "stage.json").unlink()
+    (folder / "result.json").unlink()
+    again, trained = run(config, data, recipe)
+    assert trained == [] and again.best_epochs == first.best_epochs
+    for k, v in load_checkpoint(first.checkpoint)["model"].items():
+        assert torch.equal(load_checkpoint(again.checkpoint)["model"][k], v), k
