@@ -112,13 +112,35 @@ def code_tokens(source: str) -> list[str]:
                     and isinstance(first.value.value, str):
                 docstrings.add((first.lineno, first.col_offset))
     skip = {tokenize.COMMENT, tokenize.NL, tokenize.ENCODING, tokenize.ENDMARKER}
-    tokens = []
+    # Python 3.12 tokenizes an f-string into FSTRING_START ... FSTRING_END; earlier versions give
+    # one STRING token. Each f-string is kept as its source text, one token, on every version.
+    fstring_start, fstring_end = getattr(tokenize, "FSTRING_START", None), getattr(tokenize, "FSTRING_END", None)
+    lines = source.splitlines(keepends=True)
+    tokens, open_at, depth = [], None, 0
     for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if fstring_start is not None and tok.type == fstring_start:
+            open_at = tok.start if depth == 0 else open_at
+            depth += 1
+            continue
+        if depth:
+            if tok.type == fstring_end:
+                depth -= 1
+                if depth == 0:
+                    tokens.append(_source_between(lines, open_at, tok.end))
+            continue
         if tok.type in skip or (tok.type == tokenize.STRING and tok.start in docstrings):
             continue
         tokens.append({tokenize.INDENT: "<indent>", tokenize.DEDENT: "<dedent>",
                        tokenize.NEWLINE: "<newline>"}.get(tok.type, tok.string))
     return tokens
+
+
+def _source_between(lines: list[str], start: tuple[int, int], end: tuple[int, int]) -> str:
+    """The source text from ``start`` to ``end`` ((row, column), rows from 1), as tokenize gives them."""
+    (r0, c0), (r1, c1) = start, end
+    if r0 == r1:
+        return lines[r0 - 1][c0:c1]
+    return lines[r0 - 1][c0:] + "".join(lines[r0:r1 - 1]) + lines[r1 - 1][:c1]
 
 
 def data_identity(data: Prepared) -> dict:

@@ -64,7 +64,7 @@ GROUPS = {
     "ablation-utkface": [["ADPF", "AttentionNet alone"], ["plain CNN", "ResNet-18 (reference)"], ["fixed patches"]],
     "ablation-synthetic": [["ADPF", "AttentionNet alone", "ADPF w/o ranking"], ["ADPF w/SA"],
                            ["ADPF w/o diversity loss"], ["plain CNN", "fixed patches", "ResNet-18 (reference)"]],
-    "heads-synthetic": [["1", "2", "3", "4"], ["5", "6", "8"]],
+    "heads-synthetic": [["1", "2", "3"], ["5", "6"]],
     "fusion-wide-synthetic": [["ADPF", "plain CNN"]],
     "fusion-long-synthetic": [["ADPF", "plain CNN"]],
     "fusion-fullres-synthetic": [["ADPF", "plain CNN"]],

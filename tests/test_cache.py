@@ -264,3 +264,15 @@ def test_a_link_named_like_a_temporary_is_removed_not_followed(tmp_path):
     age(link, 2 * STALE_AFTER)
     assert [p for p, _ in sweep_temporaries(tmp_path)] == [link]
     assert not link.is_symlink() and (target / "keep").is_dir()
+
+
+def test_code_tokens_keep_each_f_string_as_its_source_text():
+    # Python 3.12 splits f-strings into several tokens, earlier versions give one: the code
+    # version must be the same on both (records made on a GPU machine's Python 3.12 are read here)
+    from adpf.cache import _source_between, code_tokens
+    source = 'x = f"a{b!r:>{w}} {f\'{c}\'}"\ny = f"""one\n{two}"""\n'
+    tokens = code_tokens(source)
+    assert 'f"a{b!r:>{w}} {f\'{c}\'}"' in tokens and 'f"""one\n{two}"""' in tokens
+    assert tokens.count("<newline>") == 2
+    lines = source.splitlines(keepends=True)
+    assert _source_between(lines, (2, 4), (3, 8)) == 'f"""one\n{two}"""'
