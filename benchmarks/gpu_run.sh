@@ -81,8 +81,8 @@ run() {
   install_wheels
   "$PY" -c "import torch; print('torch', torch.__version__, '| cuda', torch.cuda.is_available(), '|',
     torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu')"
-  if [ -z "$TINY" ]; then  # limits on one H200: 225 s together, 470 s more with --full
-    part steps 30; part loop 95; part syncs 30; part compile 60
+  if [ -z "$TINY" ]; then  # limits on one H200: 275 s together, 470 s more with --full
+    part steps 60; part loop 95; part syncs 30; part compile 90
     if [ -n "$FULL" ]; then part matmul 15; part measure 75; part profile 35; part train 170; fi
     if [ -n "$FULL" ]; then part chapters 130
     elif "$PY" -c "import papermill" 2>/dev/null; then part chapters 60
