@@ -329,3 +329,18 @@ def test_non_finite_outputs_are_an_error_not_a_uniform_guess():
     # a finite output still reads as before, and a raw output with no positive class is still uniform
     assert predict_age(logits[:1], config)[0].item() == pytest.approx(2.0)
     torch.testing.assert_close(age_distribution(-torch.ones(1, 5), "raw"), torch.full((1, 5), 0.2))
+
+
+def test_the_weight_of_l_mae_scales_only_l_mae():
+    torch.manual_seed(0)
+    config = get_preset("cpu")
+    logits = torch.randn(6, config.num_classes, dtype=torch.float64, requires_grad=True)
+    age = torch.tensor([3.0, 17.0, 25.0, 40.0, 66.0, 90.0], dtype=torch.float64)
+    one = age_estimation_loss(logits, age, config)
+    tenth = age_estimation_loss(logits, age, config.replace(mae_weight=0.1))
+    assert torch.equal(one.mae, tenth.mae) and torch.equal(one.kl, tenth.kl)
+    assert tenth.total.item() == pytest.approx(0.1 * one.mae.item() + one.kl.item(), rel=1e-12)
+    g_one, = torch.autograd.grad(one.total, logits, retain_graph=True)
+    g_tenth, = torch.autograd.grad(tenth.total, logits)
+    g_mae, = torch.autograd.grad(one.mae, logits)
+    assert torch.allclose(g_one - g_tenth, 0.9 * g_mae)
