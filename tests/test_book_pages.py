@@ -249,3 +249,15 @@ def test_chapter_10_says_the_head_counts_and_the_one_seed_claims_from_its_record
     assert "eight head counts" not in prose and "1 to 8 heads" not in prose
     assert prose.count("{glue:text}`head_counts`") == 2
     assert "{glue:text}`one_seed_note`" in prose and "n_one_seed" not in prose
+
+
+def test_chapter_10_reads_one_budget_and_cites_the_real_faces():
+    """curves-synthetic was retired (every record row carries its curves): chapter 10 draws the
+    ablation record's own curves, and its real-faces section cites both datasets it names."""
+    source = (REPO / "book" / "10_ablations.md").read_text()
+    assert "curves-synthetic" not in source and "long_" not in source
+    assert "plot_stage_curves(curves, order" in source and "learning_curves(synthetic)" in source
+    assert "the shared faces" not in source.replace("\n", " ")
+    bib = (REPO / "book" / "references.bib").read_text()
+    for key in ("zhang2017utkface", "cheng2019aaf"):
+        assert f"{{cite}}`{key}`" in source and f"{{{key}," in bib

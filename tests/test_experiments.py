@@ -65,11 +65,12 @@ def trainings(monkeypatch):
 def test_ablation_table_trains_each_shared_stage_once(data, cache):
     table = ablation_table(get_preset("cpu", **TINY), data, SPLIT, RECIPE, attention=True, progress=False)
     assert table["model"].tolist() == list(ABLATIONS)
-    assert table["variant"].tolist() == ["adpf"] * 4 + ["attention_only", "plain_cnn", "fixed_patches"]
+    assert table["variant"].tolist() == ["adpf"] * 4 + ["attention_only", "plain_cnn", "fixed_patches",
+                                                        "resnet18"]
     # stage 1 for ADPF (shared by w/o ranking and AttentionNet alone), w/SA and w/o diversity;
-    # stage 2 for the four ADPF rows; one stage for each baseline
+    # stage 2 for the four ADPF rows; one stage for each baseline and the reference network
     stages = sorted(p.name.split("-")[0] for p in (cache / "runs").iterdir())
-    assert stages == ["attention"] * 3 + ["fusion"] * 4 + ["single"] * 2
+    assert stages == ["attention"] * 3 + ["fusion"] * 4 + ["single"] * 3
     for _, row in table.iterrows():
         config = get_preset("cpu", **{**TINY, **ABLATIONS[row["model"]]})
         assert row["parameters"] == count_parameters(build_model(config))
@@ -349,9 +350,10 @@ def test_book_records_notes_and_overview(data, cache, tmp_path, monkeypatch):
     assert overview["train / val / test"].iloc[0] == "26 / 6 / 8"
     notes = record_notes(found, tmp_path)
     assert "{warning}" not in notes
-    # the optional records are missing: a note with the command of each
-    assert notes.count("```{note}") == 2 and experiments.BOOK_RECORDS["ablation-utkface"] in notes
-    assert experiments.BOOK_RECORDS["curves-synthetic"] in notes
+    # the optional record is missing: a note with its command (curves-synthetic was retired:
+    # every row carries its own curves)
+    assert notes.count("```{note}") == 1 and experiments.BOOK_RECORDS["ablation-utkface"] in notes
+    assert "curves-synthetic" not in experiments.BOOK_RECORDS
     # after a change of the code every record warns
     monkeypatch.setattr(experiments, "code_version", lambda: "0.0+changed")
     notes = record_notes(found, tmp_path)

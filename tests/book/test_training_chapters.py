@@ -15,6 +15,7 @@ from book_outputs import glued
 
 from adpf.book import spoken_list
 from adpf.cache import code_version
+from adpf.experiments import verdict
 
 
 def test_ch7_attention_net_learns_and_looks_at_the_age_regions():
@@ -67,6 +68,7 @@ def test_ch10_reads_its_records_and_says_when_the_code_changed():
     values = glued("10_ablations")
     record = json.loads(Path(values["ablation_record"]).read_text())
     heads = json.loads(Path(values["heads_record"]).read_text())
+    real = json.loads(Path(values["real_record"]).read_text())
     adpf = [row for row in record["rows"] if row["model"] == "ADPF"]
     # the page's numbers are the record's
     assert values["mae_adpf"] == pytest.approx(np.mean([row["mae"] for row in adpf]), abs=1e-12)
@@ -97,11 +99,57 @@ def test_ch10_reads_its_records_and_says_when_the_code_changed():
     # the text says the head counts the record holds ("1 to 8" once, for a record of 1, 3 and 5)
     assert values["head_counts"] == spoken_list(sorted({row["heads"] for row in heads["rows"]}))
     # a record made by other code carries a visible warning
-    stale = {name for name, r in (("ablation-synthetic", record), ("heads-synthetic", heads))
+    stale = {name for name, r in (("ablation-synthetic", record), ("heads-synthetic", heads),
+                                  ("ablation-utkface", real))
              if r["code_version"] != code_version()}
-    assert set(values["stale_records"]) & {"ablation-synthetic", "heads-synthetic"} == stale
-    # a record row trained under chapter 9's cache key is chapter 9's model
-    seed0 = next(row for row in adpf if row["seed"] == 0)
+    assert set(values["stale_records"]) == stale
+    # the coverage of the calibrated ± and the fitted factors are the record's, over its rows
+    for key, column in (("within_1", "within_1std"), ("within_2", "within_2std"), ("scale", "std_scale")):
+        assert values[f"{key}_min"] == min(row[column] for row in record["rows"])
+        assert values[f"{key}_max"] == max(row[column] for row in record["rows"])
+    assert values["n_trainings"] == len(record["rows"]) + len(heads["rows"]) + len(real["rows"])
+    # the learning curves are the record's own (one budget): the ADPF rows' stage-2 ends
+    ends = [row["history"]["fusion"][-1] for row in adpf]
+    assert values["fusion_val_end"] == pytest.approx(np.mean([e["val_mae"] for e in ends]), abs=1e-12)
+    assert values["fusion_train_end"] == pytest.approx(np.mean([e["train_mae"] for e in ends]), abs=1e-12)
+    assert values["fusion_fit"].startswith("at or above") == (values["fusion_train_end"] >= values["fusion_val_end"])
+    # the box statistics and the verdicts, the ResNet-18 claim among them, are computed from the record
+    assert values["box_side"] == pytest.approx(np.mean([row["box_side_median"] for row in adpf]), abs=1e-12)
+    assert 0 <= values["box_clamp"] <= 1 and values["box_spread"] >= 0
+    mae = {m: [row["mae"] for row in record["rows"] if row["model"] == m] for m in record["models"]}
+    assert values["fusion_verdict"] == verdict(mae["ADPF"], mae["AttentionNet alone"])
+    assert values["resnet_verdict"] == verdict(mae["ADPF"], mae["ResNet-18 (reference)"])
+    assert values["n_others"] == len(record["models"]) - 1
+    assert values["n_below_adpf"] == sum(np.mean(v) < np.mean(mae["ADPF"]) for v in mae.values())
+
+
+def test_ch10_real_faces_are_the_utkface_record():
+    values = glued("10_ablations")
+    real = json.loads(Path(values["real_record"]).read_text())
+    assert values["real_count"] == real["data"]["count"] and values["aaf_count"] == real["test_on"]["count"]
+    assert values["real_train"] + values["real_val"] + values["real_test"] == real["data"]["count"]
+    assert values["real_constant"] == real["constant"]["mae"]
+    assert values["aaf_constant"] == real["constant"]["test_on_mae"]
+    mae = {m: [row["mae"] for row in real["rows"] if row["model"] == m] for m in real["models"]}
+    other = {m: np.mean([row["test_on_mae"] for row in real["rows"] if row["model"] == m]) for m in real["models"]}
+    assert values["real_adpf"] == pytest.approx(np.mean(mae["ADPF"]), abs=1e-12)
+    assert values["aaf_adpf"] == pytest.approx(other["ADPF"], abs=1e-12)
+    assert values["aaf_best"] == pytest.approx(min(other.values()), abs=1e-12)
+    # the sentence on doing worse than the constant answer says what the record says
+    worse = [m for m, v in other.items() if v > real["constant"]["test_on_mae"]]
+    assert values["aaf_worse"].startswith("No model") == (not worse)
+    assert values["real_fusion_verdict"] == verdict(mae["ADPF"], mae["AttentionNet alone"])
+    assert values["real_resnet_verdict"] == verdict(mae["ADPF"], mae["ResNet-18 (reference)"])
+    assert values["real_within_1_min"] == min(row["within_1std"] for row in real["rows"])
+    assert values["real_within_2_max"] == max(row["within_2std"] for row in real["rows"])
+
+
+def test_ch9_model_is_the_records_seed_0_row_when_trained_under_its_key():
+    # a record row trained under chapter 9's cache key is chapter 9's model (a separate check:
+    # it needs chapter 9 executed too)
+    values = glued("10_ablations")
+    record = json.loads(Path(values["ablation_record"]).read_text())
+    seed0 = next(row for row in record["rows"] if row["model"] == "ADPF" and row["seed"] == 0)
     if seed0.get("stage_keys", {}).get("fusion") == glued("09_training_adpf")["adpf_key"]:
         assert values["mae_adpf_seed0"] == glued("09_training_adpf")["adpf_mae"]
 
