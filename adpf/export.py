@@ -78,8 +78,26 @@ def _onnx_einsum(equation: str, tensors, path=None):
     return op.Einsum(*operands, equation=equation)
 
 
+def _onnx_median_dim(self, dim: int, keepdim: bool = False):
+    """``torch.median(x, dim)``: the lower of the two middle values (its index too), by TopK of the
+    ⌊(n − 1) / 2⌋ + 1 smallest; the box rule's median baseline (``patches``) needs it."""
+    from onnxscript import opset18 as op
+
+    one = op.Constant(value_ints=[1])
+    n = op.Reshape(op.Gather(op.Shape(self), dim), one)
+    k = op.Add(op.Div(op.Sub(n, one), op.Constant(value_ints=[2])), one)
+    values, indices = op.TopK(self, k, axis=dim, largest=False, sorted=True)
+    last = op.Sub(k, one)
+    values, indices = op.Gather(values, last, axis=dim), op.Gather(indices, last, axis=dim)
+    if keepdim:
+        return values, indices
+    axis = op.Constant(value_ints=[dim])
+    return op.Squeeze(values, axis), op.Squeeze(indices, axis)
+
+
 #: The ATen operations translated to ONNX here (see the module docstring).
-ONNX_TRANSLATIONS = {torch.ops.aten.sort.stable: _onnx_sort_stable, torch.ops.aten.einsum.default: _onnx_einsum}
+ONNX_TRANSLATIONS = {torch.ops.aten.sort.stable: _onnx_sort_stable, torch.ops.aten.einsum.default: _onnx_einsum,
+                     torch.ops.aten.median.dim: _onnx_median_dim}
 
 
 def _write_torchscript(model: AgeModel, example: Tensor, path: Path) -> None:

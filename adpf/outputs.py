@@ -16,6 +16,7 @@ import os
 import stat
 import sys
 import tempfile
+import re
 import zipfile
 from pathlib import Path
 from typing import IO, Callable, Iterable
@@ -66,7 +67,10 @@ def is_export_output(path: Path) -> bool:
     graph with input ``images`` and outputs ``age`` and ``std``."""
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as z:
-            return any(name.endswith("code/__torch__/adpf/export.py") for name in z.namelist())
+            # the class's code is code/__torch__/adpf/export.py, or, when the same process traced
+            # AgeModel before, code/__torch__/adpf/export/___torch_mangle_N.py
+            return any(re.search(r"code/__torch__/adpf/export(\.py|/___torch_mangle_\d+\.py)$", name)
+                       for name in z.namelist())
     try:
         import onnx
 

@@ -302,3 +302,24 @@ def test_ages_agree_across_batch_sizes_within_the_stated_bound(album, capsys):
     with pytest.raises(SystemExit):
         main(["predict", "--help"])
     assert "differ by a few hundredths of a year between --batch-size" in " ".join(capsys.readouterr().out.split())
+
+
+def test_an_export_traced_twice_in_one_process_is_still_recognised(tmp_path):
+    # TorchScript mangles the class's name on a second trace in the same process
+    # (code/__torch__/adpf/export/___torch_mangle_N.py); the check must still know it
+    import torch
+
+    from adpf.config import get_preset
+    from adpf.export import AgeModel
+    from adpf.networks import build_model
+    from adpf.outputs import is_export_output
+
+    config = get_preset("cpu", image_size=16, x_size=4, stem_channels=(4, 4, 4), x_channels=6, heads=3,
+                        key_channels=4, value_channels=4, ca_reduction=2, fusion_channels=(4, 6, 8),
+                        patch_size=8, patch_channels=3, age_max=9, variant="adpf")
+    paths = []
+    for i in range(2):
+        traced = torch.jit.trace(AgeModel(build_model(config).eval()), (torch.rand(1, 3, 16, 16),), check_trace=False)
+        paths.append(tmp_path / f"m{i}.pt")
+        torch.jit.save(traced, str(paths[-1]))
+    assert all(is_export_output(p) for p in paths)
