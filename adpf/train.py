@@ -446,6 +446,7 @@ def run_stage(stage: Stage, previous: nn.Module | None, data: Prepared, split: d
         if callback is not None:
             callback(stage, row, model)
     bar.close()
+    process.barrier()  # every process reads best.pt only after process 0 has written the last one
     kept = best_epoch(history) if recipe.keep_best else None
     if kept is not None and kept != stage.epochs:
         load_model_state(model, load_checkpoint(best_path, map_location=process.device)["model"], best_path)
@@ -460,7 +461,6 @@ def run_stage(stage: Stage, previous: nn.Module | None, data: Prepared, split: d
                                         rng=rng_state(generator),
                                         meta={"history": history, "key": stage.key, "best_epoch": kept}),
                         checkpoint_path)
-    process.barrier()
     record = {**stage_record(history), "best_epoch": kept}
     if process.main:
         write_json(stage.folder / "stage.json", record)

@@ -18,10 +18,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from adpf.checkpoint import load_model  # noqa: E402
-from adpf.data.prepared import PreparedFaces, default_dataset, load_prepared  # noqa: E402
-from adpf.data.protocols import subject_split  # noqa: E402
+from adpf.data.prepared import PreparedFaces  # noqa: E402
 from adpf.evaluate import attention_maps, attention_net_of, box_region_share, box_statistics  # noqa: E402
 from adpf.patches import maps_to_boxes  # noqa: E402
+from recipe_curves import data_and_split  # noqa: E402  (beside this script)
 
 RULES = [("min", "mean"), ("min", 0.5), ("min", 0.7), ("min", 0.8),
          ("median", 0.3), ("median", 0.5), ("median", 0.7)]
@@ -34,11 +34,7 @@ def main() -> None:
     p.add_argument("--faces", type=int, default=300)
     args = p.parse_args()
     torch.set_num_threads(1)
-    if args.data.startswith("synthetic"):
-        data = load_prepared(default_dataset(image_size=64, n=int(args.data.split(":")[1]), progress=False))
-    else:
-        data = load_prepared(args.data)
-    split = subject_split(data.meta, train=0.7, val=0.1, test=0.2, seed=0)
+    data, split = data_and_split(args.data)
     faces = PreparedFaces(data, split.test[:args.faces])
     images = torch.stack([faces[i]["image"] for i in range(len(faces))])
     model = load_model(args.checkpoint)

@@ -15,7 +15,6 @@ attention variants on the drawn faces, head overlap and the share of attention o
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -23,24 +22,24 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from adpf.config import get_preset  # noqa: E402
-from adpf.data.prepared import default_dataset, load_prepared  # noqa: E402
-from adpf.data.protocols import subject_split  # noqa: E402
+from adpf.cli import field_values  # noqa: E402
+from adpf.config import ADPFConfig, get_preset  # noqa: E402
+from adpf.data.prepared import Prepared, default_dataset, load_prepared  # noqa: E402
+from adpf.data.protocols import Split, subject_split  # noqa: E402
 from adpf.experiments import attention_columns  # noqa: E402
-from adpf.recipes import get_recipe  # noqa: E402
+from adpf.recipes import Recipe, get_recipe  # noqa: E402
+from adpf.setting import SPLIT_SHARES  # noqa: E402
 from adpf.train import train  # noqa: E402
 
 
-def values(items: list[str]) -> dict:
-    out = {}
-    for item in items:
-        name, _, text = item.partition("=")
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError:
-            value = text
-        out[name] = tuple(value) if isinstance(value, list) else value
-    return out
+def data_and_split(spec: str) -> tuple[Prepared, Split]:
+    """The faces named by ``spec`` (a prepared folder, or ``synthetic:N``: N drawn faces at 64 px) and
+    the command line's default split of them (70 / 10 / 20 % by person, split seed 0)."""
+    if spec.startswith("synthetic"):
+        data = load_prepared(default_dataset(image_size=64, n=int(spec.split(":")[1]), progress=False))
+    else:
+        data = load_prepared(spec)
+    return data, subject_split(data.meta, **SPLIT_SHARES, seed=0)
 
 
 def main() -> None:
@@ -52,13 +51,9 @@ def main() -> None:
     p.add_argument("--set-recipe", action="append", default=[], metavar="FIELD=VALUE", help="recipe changes")
     args = p.parse_args()
     torch.set_num_threads(1)
-    if args.data.startswith("synthetic"):
-        data = load_prepared(default_dataset(image_size=64, n=int(args.data.split(":")[1]), progress=False))
-    else:
-        data = load_prepared(args.data)
-    split = subject_split(data.meta, train=0.7, val=0.1, test=0.2, seed=0)
-    config = get_preset("cpu", variant=args.variant, **values(args.set))
-    recipe = get_recipe(args.recipe, **values(args.set_recipe))
+    data, split = data_and_split(args.data)
+    config = get_preset("cpu", variant=args.variant, **field_values(args.set, ADPFConfig, "--set"))
+    recipe = get_recipe(args.recipe, **field_values(args.set_recipe, Recipe, "--set-recipe"))
     start = time.perf_counter()
     result = train(config, data, split, recipe, progress=False)
     for stage, rows in result.history.items():
