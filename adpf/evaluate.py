@@ -240,6 +240,14 @@ def ranked_boxes(attention: AttentionOutput, config) -> Tensor:
                          config.patch_max_frac, baseline=config.patch_baseline)
 
 
+def box_masks(boxes: Tensor, height: int, width: int) -> Tensor:
+    """The pixels inside each box: ``(B, n, H, W)`` bool from boxes ``(B, n, 4)`` (x0, y0, x1, y1, x1/y1 exclusive)."""
+    ys = torch.arange(height, device=boxes.device)[:, None]
+    xs = torch.arange(width, device=boxes.device)[None, :]
+    x0, y0, x1, y1 = (c[..., None, None] for c in boxes.unbind(dim=-1))  # (B, n, 1, 1) each
+    return (ys >= y0) & (ys < y1) & (xs >= x0) & (xs < x1)
+
+
 def box_coverage(boxes: Tensor, regions: Tensor) -> dict[str, int]:
     """How boxes ``(B, n, 4)`` (x0, y0, x1, y1, x1/y1 exclusive) lie on true regions ``(B, H, W)`` bool.
 
@@ -251,10 +259,7 @@ def box_coverage(boxes: Tensor, regions: Tensor) -> dict[str, int]:
     if boxes.dim() != 3 or boxes.shape[-1] != 4 or regions.dim() != 3 or len(boxes) != len(regions):
         raise ValueError(f"box_coverage expects boxes (B, n, 4) and regions (B, H, W), "
                          f"got {tuple(boxes.shape)} and {tuple(regions.shape)}")
-    ys = torch.arange(regions.shape[1], device=boxes.device)[:, None]
-    xs = torch.arange(regions.shape[2], device=boxes.device)[None, :]
-    x0, y0, x1, y1 = (c[..., None, None] for c in boxes.unbind(dim=-1))  # (B, n, 1, 1) each
-    inside = ((ys >= y0) & (ys < y1) & (xs >= x0) & (xs < x1)).any(dim=1)  # (B, H, W)
+    inside = box_masks(boxes, *regions.shape[1:]).any(dim=1)  # (B, H, W)
     regions = regions.to(device=inside.device, dtype=torch.bool)
     return {"covered": int((inside & regions).sum()), "regions": int(regions.sum()), "boxes": int(inside.sum())}
 
@@ -361,12 +366,7 @@ def attention_report(model: nn.Module, loader: DataLoader, max_batches: int | No
 def box_region_share(boxes: Tensor, regions: Tensor) -> Tensor:
     """The share of each box's pixels that lie on the true age regions: ``(B, n)`` from boxes
     ``(B, n, 4)`` and region masks ``(B, S, S)`` bool (their union)."""
-    size = regions.shape[-1]
-    ys = torch.arange(size, device=boxes.device)
-    x0, y0, x1, y1 = (boxes[..., i, None] for i in range(4))  # (B, n, 1)
-    inside_y = (ys >= y0) & (ys < y1)  # (B, n, S)
-    inside_x = (ys >= x0) & (ys < x1)
-    box = inside_y[..., :, None] & inside_x[..., None, :]  # (B, n, S, S)
+    box = box_masks(boxes, *regions.shape[1:])  # (B, n, S, S)
     on = (box & regions[:, None]).sum(dim=(-2, -1)).float()
     return on / box.sum(dim=(-2, -1)).clamp_min(1).float()
 
