@@ -160,6 +160,74 @@ def test_ch11_protocols_keep_people_apart():
     assert values["n_records"] >= 0 and values["paper_epochs"] == 200
 
 
+GPU_RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+
+
+def test_ch11_gpu_costs_are_the_committed_records_and_agree():
+    """The page quotes the H200 sessions' records as they are, and its hours follow from them."""
+    values = glued("11_benchmarks")
+    first, second = GPU_RESULTS / "gpu-2026-12-04-h200", GPU_RESULTS / "gpu-2026-12-04-h200-loop"
+    measure = json.loads((first / "measure.json").read_text())
+    profile = json.loads((first / "profile.json").read_text())["stages"]
+    loop = json.loads((second / "loop.json").read_text())
+    bare = measure["presets"]["paper"]["results"]["adpf"]
+    device = loop["runs"]["data on device"]["stages"]
+    loader = loop["runs"]["DataLoader, 8 workers"]["stages"]
+    assert values["gpu_name"] == "NVIDIA H200" and values["gpu_batch"] == 256
+    assert values["gpu_image_size"] == 128 and "bf16" in values["gpu_settings"]
+    for n, stage in ((1, "attention"), (2, "fusion")):
+        assert values[f"bare_stage{n}"] == bare["train"][stage]
+        assert values[f"loop_stage{n}"] == device[stage]["images_per_s"]
+        assert values[f"memory_stage{n}"] == bare["train_memory"][stage]
+        assert values[f"loop_ratio_stage{n}"] == pytest.approx(
+            device[stage]["images_per_s"] / bare["train"][stage])
+        assert values[f"loader_ratio_stage{n}"] == pytest.approx(
+            loader[stage]["images_per_s"] / bare["train"][stage])
+        assert values[f"outside_stage{n}"] == device[stage]["outside_steps_share"]
+    assert values["bare_again_stage1"] == json.loads(
+        (second / "steps.json").read_text())["images_per_s"]["attention"]
+    # the hours are the paper's epochs over the loop's speed, on one Setting I split
+    epochs, images = values["paper_epochs"], values["setting1_images"]
+    assert images == pytest.approx(0.8 * 55_000) and values["setting1_splits"] == 20
+    seconds = images * epochs * (1 / values["loop_stage1"] + 1 / values["loop_stage2"])
+    assert values["gpu_hours"] == pytest.approx(seconds / 3600)
+    assert values["gpu_hours"] == pytest.approx(0.67, abs=0.005)  # the README's figure
+    assert values["gpu_hours_setting1"] == pytest.approx(20 * values["gpu_hours"])
+    assert values["loader_hours"] > values["gpu_hours"]
+    # the profile's shares
+    assert values["rmhha_share"] == profile["attention"]["parts_share"]["RMHHA forward + backward"]
+    fusion_parts = profile["fusion"]["parts_share"]
+    assert values["frozen_share"] == fusion_parts["AttentionNet forward (frozen)"]
+    assert values["boxes_share"] == fusion_parts["box finding (maps_to_boxes)"]
+    assert values["frozen_and_boxes"] == pytest.approx(
+        values["frozen_share"] + values["boxes_share"])
+
+
+def test_ch11_real_faces_at_128_px_are_the_records_test_maes():
+    values = glued("11_benchmarks")
+    folder = GPU_RESULTS / "gpu-2026-12-04-h200" / "utkface-6000-128"
+    adamw = json.loads((folder / "adamw-recipe.json").read_text())
+    ends = []
+    for variant in ("adpf", "attention_only", "plain_cnn", "fixed_patches"):
+        run = json.loads((folder / f"sgd-gpu-recipe-{variant}.json").read_text())
+        assert values[f"sgd_mae_{variant}"] == run["metrics"]["test"]["mae"]
+        if variant in adamw:
+            assert values[f"adamw_mae_{variant}"] == adamw[variant]["test_mae"]
+        else:
+            assert f"adamw_mae_{variant}" not in values
+        last = list(run["history"].values())[-1][-1]
+        ends.append((last["train_mae"], last["val_mae"] - last["train_mae"]))
+    # the README's table: 10.07 / 9.13 for ADPF, 8.03 the lowest (plain CNN, AdamW)
+    assert round(values["sgd_mae_adpf"], 2) == 10.07 and round(values["adamw_mae_adpf"], 2) == 9.13
+    assert (values["best_128_model"], round(values["best_128"], 2)) == ("plain CNN", 8.03)
+    assert values["n_adamw"] == 3 and values["faces_128"] == 6000 and values["size_128"] == 128
+    assert (values["train_128"], values["val_128"], values["test_128"]) == (4200, 600, 1200)
+    assert values["train_end_min"] == min(t for t, _ in ends)
+    assert values["train_end_max"] == max(t for t, _ in ends)
+    assert values["gap_min"] == pytest.approx(min(g for _, g in ends))
+    assert values["gap_max"] == pytest.approx(max(g for _, g in ends))
+
+
 def test_ch12_explorer_boxes_shrink_with_the_threshold():
     values = glued("12_explorer")
     assert values["adpf_key"] == glued("09_training_adpf")["adpf_key"]
