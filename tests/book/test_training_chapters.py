@@ -144,6 +144,26 @@ def test_ch10_real_faces_are_the_utkface_record():
     assert values["real_within_2_max"] == max(row["within_2std"] for row in real["rows"])
 
 
+def test_ch10_one_model_of_real_faces_is_its_record():
+    values = glued("10_ablations")
+    looked = json.loads(Path(values["looked_record"]).read_text())
+    assert values["looked_mae"] == looked["test"]["mae"] < looked["test"]["constant_mae"] == values["looked_constant"]
+    assert values["looked_cpu_minutes"] == pytest.approx(sum(looked["train_seconds"].values()) / 60)
+    assert values["looked_aaf"] == looked["test_on"]["mae"]
+    assert (values["looked_1"], values["looked_2"]) == (looked["test"]["within_1std"], looked["test"]["within_2std"])
+    bands = {band["group"]: band for band in looked["bands"]}
+    assert sum(band["count"] for band in bands.values()) == looked["split"]["test"]
+    assert values["worst_band_mae"] == max(band["mae"] for band in bands.values())
+    behind = [g for g, band in bands.items() if band["mae"] > band["constant_mae"]]
+    assert values["bands_behind"].startswith("In every band") == (not behind)
+    assert all(g in values["bands_behind"] for g in behind)
+    assert (values["astronaut_age"], values["astronaut_std"]) == (looked["photo"]["age"], looked["photo"]["std"])
+    # the figure's boxes are boxes of the aligned face: inside it, one per head
+    size = looked["config"]["image_size"]
+    assert len(looked["photo"]["boxes"]) == looked["config"]["heads"] == len(looked["photo"]["maps"])
+    assert all(0 <= x0 < x1 <= size and 0 <= y0 < y1 <= size for x0, y0, x1, y1 in looked["photo"]["boxes"])
+
+
 def test_ch9_model_is_the_records_seed_0_row_when_trained_under_its_key():
     # a record row trained under chapter 9's cache key is chapter 9's model (a separate check:
     # it needs chapter 9 executed too)
