@@ -253,3 +253,17 @@ def test_ch12_explorer_boxes_shrink_with_the_threshold():
     assert values["adpf_key"] == glued("09_training_adpf")["adpf_key"]
     sides = values["sides"]
     assert list(sides) == sorted(sides, reverse=True) and sides[0] > sides[-1]
+
+
+def test_ch9_gpu_minutes_follow_from_the_measured_loop():
+    values = glued("09_training_adpf")
+    loop = json.loads((Path(__file__).parents[2] / "benchmarks/results/gpu-2026-12-04-h200-loop/loop.json").read_text())
+    speed = loop["runs"]["data on device"]["stages"]
+    from adpf.recipes import get_recipe
+    from adpf.setting import PROFILES
+
+    recipe = get_recipe(PROFILES["paper"].recipe)
+    assert values["gpu_profile_faces"] == loop["train_images"]  # the loop ran on the paper profile's faces
+    minutes = loop["train_images"] * (recipe.attention_epochs / speed["attention"]["images_per_s"]
+                                      + 2 * recipe.fusion_epochs / speed["fusion"]["images_per_s"]) / 60
+    assert values["gpu_profile_minutes"] == pytest.approx(minutes)
