@@ -24,6 +24,8 @@ import shlex
 import signal
 import sys
 import threading
+import types
+import typing
 from pathlib import Path
 
 import numpy as np
@@ -97,8 +99,14 @@ def config_changes(args) -> dict:
 
 
 def field_values(items: list[str], cls, option: str) -> dict:
-    """``FIELD=VALUE`` items (JSON values, else strings) as changes to the dataclass ``cls``."""
-    fields, changes = cls.__dataclass_fields__, {}
+    """``FIELD=VALUE`` items as changes to the dataclass ``cls``.
+
+    VALUE is JSON (``0.3``, ``[16,32]``, ``true``), a bare word is a string, and ``True`` /
+    ``False`` are accepted for a yes-or-no field. A value of the wrong type for its field is an
+    error that names the field and the type (``ranking=False`` must not become the string
+    "False", which Python reads as true).
+    """
+    fields, hints, changes = cls.__dataclass_fields__, typing.get_type_hints(cls), {}
     for item in items:
         name, sep, text = item.partition("=")
         if not sep or name not in fields:
@@ -106,9 +114,43 @@ def field_values(items: list[str], cls, option: str) -> dict:
         try:
             value = json.loads(text)
         except json.JSONDecodeError:
-            value = text
-        changes[name] = tuple(value) if isinstance(value, list) else value
+            value = {"True": True, "False": False}.get(text, text)
+        value = tuple(value) if isinstance(value, list) else value
+        if not _fits(value, hints[name]):
+            raise UsageError(f"{option} {item!r}: {name} takes {_type_name(hints[name])}, got {value!r}")
+        changes[name] = float(value) if hints[name] is float else value
     return changes
+
+
+def _fits(value, hint) -> bool:
+    """Whether a parsed ``--set`` value has the field's type (an int fits a float field)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Literal:
+        return any(value == a and type(value) is type(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if origin is tuple:
+        return isinstance(value, tuple) and all(_fits(v, args[0]) for v in value)
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _type_name(hint) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in args)
+    if origin is tuple:
+        return f"a JSON list, each {_type_name(args[0])}"
+    if hint is type(None):
+        return "null"
+    return {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}.get(hint, str(hint))
 
 
 def config_from_args(args) -> ADPFConfig:

@@ -17,10 +17,11 @@ import torch
 from PIL import Image
 
 from adpf.checkpoint import is_temporary, load_checkpoint, save_checkpoint
-from adpf.cli import main
-from adpf.config import get_preset
+from adpf.cli import UsageError, field_values, main
+from adpf.config import ADPFConfig, get_preset
 from adpf.data.prepared import write_prepared
 from adpf.networks import parameter_table
+from adpf.recipes import Recipe
 from cli_env import TINY, TINY_CONFIG, tiny_checkpoint, tiny_env
 
 AAF = Path(__file__).resolve().parents[2] / "shared" / "data" / "aaf-wild-sample" / "images"
@@ -72,6 +73,37 @@ def test_a_missing_file_is_one_line_with_status_2(env):
     done = adpf(env, "evaluate", env["root"] / "nothere.pt", "--data", env["data"])
     assert done.returncode == 2 and done.stderr.strip().splitlines() == [
         f"adpf evaluate: error: checkpoint {env['root'] / 'nothere.pt'}: no such file"]
+
+
+@pytest.mark.parametrize("item, changes", [
+    ("ranking=False", {"ranking": False}), ("ranking=false", {"ranking": False}),
+    ("ranking=True", {"ranking": True}), ("sigma=2", {"sigma": 2.0}),
+    ("patch_threshold=mean", {"patch_threshold": "mean"}), ("patch_threshold=0.4", {"patch_threshold": 0.4}),
+    ("stem_channels=[4,8]", {"stem_channels": (4, 8)}), ("attention=self_sum", {"attention": "self_sum"})])
+def test_set_parses_each_field_by_its_type(item, changes):
+    parsed = field_values([item], ADPFConfig, "--set")
+    assert parsed == changes and all(type(parsed[k]) is type(v) for k, v in changes.items())
+    if "ranking" in parsed:  # the config the run gets: "False" must not reach it as a true string
+        assert get_preset("cpu", **parsed).ranking is changes["ranking"]
+
+
+@pytest.mark.parametrize("option, cls, item, message", [
+    ("--set", ADPFConfig, "ranking=no", "ranking takes true or false, got 'no'"),
+    ("--set", ADPFConfig, "heads=2.5", "heads takes a whole number, got 2.5"),
+    ("--set", ADPFConfig, "sigma=true", "sigma takes a number, got True"),
+    ("--set", ADPFConfig, "patch_threshold=median", "patch_threshold takes a number or one of 'mean', got 'median'"),
+    ("--set", ADPFConfig, "stem_channels=[4,4.5]", "stem_channels takes a JSON list, each a whole number"),
+    ("--set", ADPFConfig, "attention=Hybrid", "attention takes one of 'hybrid', 'self_sum', got 'Hybrid'"),
+    ("--set-recipe", Recipe, "amp=False", None), ("--set-recipe", Recipe, "clip_grad_norm=null", None),
+    ("--set-recipe", Recipe, "pad=x", "pad takes a whole number or null, got 'x'")])
+def test_set_rejects_a_value_of_the_wrong_type(option, cls, item, message):
+    if message is None:  # accepted, with the field's type
+        value = field_values([item], cls, option)[item.partition("=")[0]]
+        assert value in (False, None) and not isinstance(value, str)
+        return
+    with pytest.raises(UsageError) as error:
+        field_values([item], cls, option)
+    assert str(error.value).startswith(f"{option} {item!r}: ") and message in str(error.value)
 
 
 def test_errors_in_process_name_the_problem(env, capsys):
