@@ -75,6 +75,11 @@ BOOK_RECORDS: dict[str, str] = {
                           "--attention --seeds 0 1 2 --record benchmarks/results/ablation-synthetic.json",
     "heads-synthetic": "adpf experiments heads --data synthetic --synthetic-n 3000 --recipe book "
                        "--heads-list 1,2,3,5,6 --seeds 0 1 2 --record benchmarks/results/heads-synthetic.json",
+    # The same drawn faces with every stage trained to a plateau (40 + 40 epochs, cosine to zero):
+    # whether FusionNet adds once nothing is cut short (benchmarks/results/recipes-2026-12-04.md)
+    "converged-synthetic": "adpf experiments ablation --data synthetic --synthetic-n 3000 --recipe book "
+                           "--epochs 40,40 --rows 'ADPF,AttentionNet alone,plain CNN,fixed patches' "
+                           "--attention --seeds 0 1 2 --record benchmarks/results/converged-synthetic.json",
     # UTKFace (the shared 9,690 faces, dlib-aligned at 64 px: see benchmarks/results/README.md),
     # every model also tested on the All-Age-Faces photos aligned from the wild (train on one
     # set, predict on another); the cpu recipe; ADPF, the baselines and the reference network

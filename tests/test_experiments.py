@@ -350,9 +350,10 @@ def test_book_records_notes_and_overview(data, cache, tmp_path, monkeypatch):
     assert overview["train / val / test"].iloc[0] == "26 / 6 / 8"
     notes = record_notes(found, tmp_path)
     assert "{warning}" not in notes
-    # the optional record is missing: a note with its command (curves-synthetic was retired:
-    # every row carries its own curves)
-    assert notes.count("```{note}") == 1 and experiments.BOOK_RECORDS["ablation-utkface"] in notes
+    # the optional records are missing: a note with the command of each (curves-synthetic was
+    # retired: every row carries its own curves)
+    assert notes.count("```{note}") == 2
+    assert all(experiments.BOOK_RECORDS[name] in notes for name in ("ablation-utkface", "converged-synthetic"))
     assert "curves-synthetic" not in experiments.BOOK_RECORDS
     # after a change of the code every record warns
     monkeypatch.setattr(experiments, "code_version", lambda: "0.0+changed")

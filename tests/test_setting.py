@@ -105,3 +105,21 @@ def test_the_book_records_are_made_at_the_book_setting(book_cache, name):
     assert recipe_from_args(args) == setting.recipe
     assert all(np.array_equal(getattr(split, k), getattr(setting.split, k)) for k in ("train", "val", "test"))
     assert args.seeds and 0 in args.seeds
+
+
+def test_the_converged_record_is_the_book_setting_trained_longer(book_cache):
+    from adpf.experiments import BOOK_RECORDS
+
+    setting = book_setting()
+    args = build_parser().parse_args(shlex.split(BOOK_RECORDS["converged-synthetic"])[1:])
+    config = config_from_args(args)
+    data = data_from_args(args, config.image_size)
+    split = split_from_args(args, data)
+    assert config == setting.config and data.root == setting.data.root
+    assert all(np.array_equal(getattr(split, k), getattr(setting.split, k)) for k in ("train", "val", "test"))
+    recipe = recipe_from_args(args)
+    assert recipe.attention_epochs == recipe.fusion_epochs == 40
+    assert recipe.attention_epochs > setting.recipe.attention_epochs
+    assert recipe.replace(attention_epochs=setting.recipe.attention_epochs,
+                          fusion_epochs=setting.recipe.fusion_epochs) == setting.recipe
+    assert sorted(args.seeds) == [0, 1, 2] and "benchmarks/results/converged-synthetic.json" in args.record

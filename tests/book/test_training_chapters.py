@@ -99,15 +99,16 @@ def test_ch10_reads_its_records_and_says_when_the_code_changed():
     # the text says the head counts the record holds ("1 to 8" once, for a record of 1, 3 and 5)
     assert values["head_counts"] == spoken_list(sorted({row["heads"] for row in heads["rows"]}))
     # a record made by other code carries a visible warning
+    converged = json.loads(Path(values["converged_record"]).read_text())
     stale = {name for name, r in (("ablation-synthetic", record), ("heads-synthetic", heads),
-                                  ("ablation-utkface", real))
+                                  ("converged-synthetic", converged), ("ablation-utkface", real))
              if r["code_version"] != code_version()}
     assert set(values["stale_records"]) == stale
     # the coverage of the calibrated ± and the fitted factors are the record's, over its rows
     for key, column in (("within_1", "within_1std"), ("within_2", "within_2std"), ("scale", "std_scale")):
         assert values[f"{key}_min"] == min(row[column] for row in record["rows"])
         assert values[f"{key}_max"] == max(row[column] for row in record["rows"])
-    assert values["n_trainings"] == len(record["rows"]) + len(heads["rows"]) + len(real["rows"])
+    assert values["n_trainings"] == sum(len(r["rows"]) for r in (record, heads, converged, real))
     # the learning curves are the record's own (one budget): the ADPF rows' stage-2 ends
     ends = [row["history"]["fusion"][-1] for row in adpf]
     assert values["fusion_val_end"] == pytest.approx(np.mean([e["val_mae"] for e in ends]), abs=1e-12)
@@ -121,6 +122,50 @@ def test_ch10_reads_its_records_and_says_when_the_code_changed():
     assert values["resnet_verdict"] == verdict(mae["ADPF"], mae["ResNet-18 (reference)"])
     assert values["n_others"] == len(record["models"]) - 1
     assert values["n_below_adpf"] == sum(np.mean(v) < np.mean(mae["ADPF"]) for v in mae.values())
+
+
+def test_ch10_converged_record_is_read_as_recorded():
+    values = glued("10_ablations")
+    conv = json.loads(Path(values["converged_record"]).read_text())
+    rows = conv["rows"]
+    mae = {m: [row["mae"] for row in rows if row["model"] == m] for m in conv["models"]}
+    assert all(len(v) >= 2 for v in mae.values())  # every verdict has a spread
+    for key, model in (("adpf", "ADPF"), ("attention", "AttentionNet alone"), ("plain", "plain CNN"),
+                       ("fixed", "fixed patches")):
+        assert values[f"conv_{key}"] == pytest.approx(np.mean(mae[model]), abs=1e-12)
+    assert values["conv_fusion_verdict"] == verdict(mae["ADPF"], mae["AttentionNet alone"])
+    assert values["conv_plain_verdict"] == verdict(mae["ADPF"], mae["plain CNN"])
+    assert values["conv_dynamic_verdict"] == verdict(mae["ADPF"], mae["fixed patches"])
+    assert values["conv_stream_verdict"] == verdict(mae["plain CNN"], mae["AttentionNet alone"])
+    assert values["conv_fixed_verdict"] == verdict(mae["fixed patches"], mae["plain CNN"])
+    # every stage had the same, longer budget than the book's
+    assert values["conv_epochs"] == conv["recipe"]["attention_epochs"] == conv["recipe"]["fusion_epochs"]
+    book = json.loads(Path(values["ablation_record"]).read_text())
+    assert values["conv_epochs"] > book["recipe"]["fusion_epochs"]
+    # "no model's validation MAE fell by more than …" in the last five epochs of its last stage
+
+    def last(row):
+        return row["history"][list(row["history"])[-1]]
+
+    gains = {m: np.mean([last(r)[-6]["val_mae"] - last(r)[-1]["val_mae"] for r in rows if r["model"] == m])
+             for m in conv["models"]}
+    assert values["conv_late_gain"] == pytest.approx(max(gains.values()), abs=1e-9)
+    adpf = [r for r in rows if r["model"] == "ADPF"]
+    assert values["conv_adpf_train"] == pytest.approx(np.mean([last(r)[-1]["train_mae"] for r in adpf]), abs=1e-9)
+    assert values["conv_region_lift"] == pytest.approx(
+        np.mean([r["region_share"] / r["region_area"] for r in adpf]), abs=1e-9)
+    assert values["conv_box_clamp"] == pytest.approx(np.mean([r["box_at_clamp"] for r in adpf]), abs=1e-12)
+    # what the reading says: both models improve with the longer budget, ADPF ends level with
+    # its FusionNet baselines, nothing overfits, the maps sharpen while P1's does not
+    assert values["conv_adpf"] < values["mae_adpf"] and values["conv_attention"] < values["mae_attention"]
+    assert values["conv_plain_verdict"] == values["conv_dynamic_verdict"] == values["conv_fixed_verdict"] == "tie"
+    assert values["conv_stream_verdict"] == "did not hold"
+    for model, train_key in (("ADPF", "conv_adpf_train"), ("plain CNN", "conv_plain_train")):
+        val_end = np.mean([last(r)[-1]["val_mae"] for r in rows if r["model"] == model])
+        assert abs(values[train_key] - val_end) < 0.5
+    assert values["conv_region_lift"] > values["region_lift"]
+    assert values["conv_region_lift_p1"] <= values["region_lift_p1"]
+    assert abs(values["conv_box_side"] - values["box_side"]) < 0.05
 
 
 def test_ch10_real_faces_are_the_utkface_record():
