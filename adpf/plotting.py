@@ -203,7 +203,8 @@ def show_patches(images: Sequence, boxes, patches, labels: Sequence[str] | None 
 
     images: ``(B, 3, H, W)`` or a sequence; boxes: ``(B, n, 4)`` (x0, y0, x1, y1); patches:
     ``(B, n, 3, p, p)``, in the same order as the boxes. Each patch is framed in its box's colour
-    (head colours unless ``colors``) and titled with its label (P1..Pn unless ``labels``).
+    (head colours unless ``colors``) and titled with its label (P1..Pn unless ``labels``); the
+    boxes on the face carry only their colours, since labels on a small face overlap.
     """
     b, n = patches.shape[:2]
     if len(images) != b or tuple(boxes.shape[:2]) != (b, n):
@@ -214,7 +215,7 @@ def show_patches(images: Sequence, boxes, patches, labels: Sequence[str] | None 
     fig, axes = plt.subplots(b, n + 1, figsize=(size * (n + 1), size * b + 0.3), squeeze=False)
     for i in range(b):
         show_face(axes[i, 0], images[i], titles[i] if titles is not None else None)
-        draw_boxes(axes[i, 0], boxes[i], labels=labels, colors=colors)
+        draw_boxes(axes[i, 0], boxes[i], colors=colors)
         for k in range(n):
             ax = axes[i, k + 1]
             ax.imshow(as_image(patches[i, k]), vmin=0, vmax=1)
