@@ -24,6 +24,8 @@ from adpf.data.prepared import images_to_tensor
 PALETTE = "colorblind"
 # the colorblind palette reordered so the first five (the paper's five heads) are far apart
 _HEAD_ORDER = (0, 1, 2, 4, 9, 3, 5, 8, 7, 6)
+# the age regions in the colours the first five heads leave free, so no region reads as a head
+_REGION_ORDER = (3, 8, 6, 7, 5)
 MAP_CMAP = "magma"
 
 
@@ -38,6 +40,12 @@ def head_color(k: int) -> tuple[float, float, float]:
     """The colour of head ``k`` (0-based) in every figure of the book."""
     palette = sns.color_palette(PALETTE)
     return palette[_HEAD_ORDER[k % len(_HEAD_ORDER)]]
+
+
+def region_color(r: int) -> tuple[float, float, float]:
+    """The colour of age region ``r`` (0-based, `adpf.data.aging.REGION_NAMES` order)."""
+    palette = sns.color_palette(PALETTE)
+    return palette[_REGION_ORDER[r % len(_REGION_ORDER)]]
 
 
 def as_image(image) -> np.ndarray:
@@ -128,7 +136,8 @@ def overlay_map(ax: Axes, image, heat, alpha: float = 0.55, cmap: str = MAP_CMAP
 
 def overlay_masks(ax: Axes, image, masks, labels: Sequence[str] | None = None,
                   alpha: float = 0.5, title: str | None = None) -> Axes:
-    """Boolean masks ``(R, H, W)`` drawn over a face, one colour each, with an optional legend."""
+    """Boolean masks ``(R, H, W)`` drawn over a face in the region colours (`region_color`), with
+    an optional legend of ``labels`` beside the face."""
     image = as_image(image)
     masks = masks.detach().cpu().numpy() if isinstance(masks, torch.Tensor) else np.asarray(masks)
     if masks.ndim != 3:
@@ -137,10 +146,11 @@ def overlay_masks(ax: Axes, image, masks, labels: Sequence[str] | None = None,
     for r, mask in enumerate(masks.astype(bool)):
         mask = _stretch(mask, image.shape[:2])
         layer = np.zeros((*mask.shape, 4))
-        layer[mask] = (*head_color(r), alpha)
+        layer[mask] = (*region_color(r), alpha)
         ax.imshow(layer)
     if labels is not None:
-        handles = [Rectangle((0, 0), 1, 1, color=head_color(r)) for r in range(len(masks))]
+        handles = [Rectangle((0, 0), 1, 1, color=region_color(r), alpha=alpha)
+                   for r in range(len(masks))]
         ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False,
                   fontsize=8)
     return ax
