@@ -445,11 +445,14 @@ def draw_pipeline(image, maps, boxes, patches, age: str | None = None, size: flo
     arrow(middle(face, "right"), middle(attention, "left"))
     top, entry = 1 - 0.35 / (n + 1), stream.x0 + (x_box + w_box / 2) * stream.width
     first_stage = stream.y0 + (first + 0.05) * stream.height
-    face_top = face.get_position()
-    fig.add_artist(Line2D([(face_top.x0 + face_top.x1) / 2, (face_top.x0 + face_top.x1) / 2, entry],
-                          [face_top.y1 - 0.02, top, top], transform=fig.transFigure, color="0.3", lw=1.2))
+    # from the face's top edge right of its centred title, where the drawn image (not its slot) ends
+    face.apply_aspect()
+    shown = face.get_position()
+    x_out = shown.x0 + 0.85 * shown.width
+    fig.add_artist(Line2D([x_out, x_out, entry], [shown.y1, top, top], transform=fig.transFigure,
+                          color="0.3", lw=1.2))
     arrow((entry, top), (entry, first_stage))
-    fig.text((face_top.x0 + face_top.x1) / 2 + 0.01, top + 0.005, "the face, into FusionNet's main stream",
+    fig.text(x_out + 0.01, top + 0.005, "the face, into FusionNet's main stream",
              fontsize=8, color="0.3", va="bottom")
     for k, ax in enumerate(map_axes):
         arrow(middle(attention, "right"), middle(ax, "left"), colors[k])
