@@ -329,10 +329,11 @@ def plot_attention_share(epochs: Sequence[int], share, chance: float, lift, regi
         left.plot(epochs, share[:, k], marker="o", color=head_color(k), label=label)
     left.axhline(chance, color="0.4", linestyle="--", label="chance (area)")
     left.set(xlabel="epoch", ylabel="share of the map on age regions", xticks=list(epochs))
-    left.legend(frameon=False, fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.3))
+    left.legend(frameon=False, fontsize=9, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.3))
     sns.despine(ax=left)
     table = pd.DataFrame(lift, index=heads, columns=[r.replace("_", " ") for r in regions])
-    sns.heatmap(table, annot=True, fmt=".1f", cmap="magma", ax=right, cbar_kws={"label": "share ÷ area"})
+    sns.heatmap(table, annot=True, fmt=".1f", cmap="magma", ax=right)
+    right.collections[0].colorbar.set_label("share ÷ area", fontsize=11)
     right.tick_params(axis="y", labelrotation=0)  # seaborn may turn them vertical, on top of each other
     right.tick_params(axis="x", labelrotation=90)
     right.set_title("after training: each head on each region")
@@ -353,7 +354,7 @@ def draw_learning_paths(ax: Axes, sizes: Sequence[int], widths: Sequence[int],
     boxes = ["stem"] + [f"stage {k + 1}\n{s}×{s}×{c}" for k, (s, c) in enumerate(zip(sizes, widths))] + ["FC"]
     for i, text in enumerate(boxes):
         ax.add_patch(Rectangle((i * 1.4, 0), 1.1, 1, facecolor="0.93", edgecolor="0.3"))
-        ax.text(i * 1.4 + 0.55, 0.5, text, ha="center", va="center", fontsize=8)
+        ax.text(i * 1.4 + 0.55, 0.5, text, ha="center", va="center", fontsize=10)
         if i:
             ax.annotate("", xy=(i * 1.4, 0.5), xytext=(i * 1.4 - 0.3, 0.5),
                         arrowprops=dict(arrowstyle="->", color="0.3"))
@@ -362,7 +363,7 @@ def draw_learning_paths(ax: Axes, sizes: Sequence[int], widths: Sequence[int],
         x, y = (k + 1) * 1.4 + 0.55, -0.45 - 0.3 * k
         ax.plot([x, end], [y, y], color=colors[k], linewidth=3, solid_capstyle="butt")
         ax.annotate("", xy=(x, 0), xytext=(x, y), arrowprops=dict(arrowstyle="->", color=colors[k], lw=2))
-        ax.text(x - 0.12, y, f"P{k + 1}", ha="right", va="center", fontsize=9, color=colors[k])
+        ax.text(x - 0.12, y, f"P{k + 1}", ha="right", va="center", fontsize=11, color=colors[k])
     ax.set_xlim(-0.2, end + 0.7)
     ax.set_ylim(-0.7 - 0.3 * n, 1.2)
     ax.set_axis_off()
