@@ -24,6 +24,8 @@ from adpf.data.prepared import images_to_tensor
 PALETTE = "colorblind"
 # the colorblind palette reordered so the first five (the paper's five heads) are far apart
 _HEAD_ORDER = (0, 1, 2, 4, 9, 3, 5, 8, 7, 6)
+# the age regions in the colours the first five heads leave free, so no region reads as a head
+_REGION_ORDER = (3, 8, 6, 7, 5)
 MAP_CMAP = "magma"
 
 
@@ -38,6 +40,12 @@ def head_color(k: int) -> tuple[float, float, float]:
     """The colour of head ``k`` (0-based) in every figure of the book."""
     palette = sns.color_palette(PALETTE)
     return palette[_HEAD_ORDER[k % len(_HEAD_ORDER)]]
+
+
+def region_color(r: int) -> tuple[float, float, float]:
+    """The colour of age region ``r`` (0-based, `adpf.data.aging.REGION_NAMES` order)."""
+    palette = sns.color_palette(PALETTE)
+    return palette[_REGION_ORDER[r % len(_REGION_ORDER)]]
 
 
 def as_image(image) -> np.ndarray:
@@ -128,7 +136,8 @@ def overlay_map(ax: Axes, image, heat, alpha: float = 0.55, cmap: str = MAP_CMAP
 
 def overlay_masks(ax: Axes, image, masks, labels: Sequence[str] | None = None,
                   alpha: float = 0.5, title: str | None = None) -> Axes:
-    """Boolean masks ``(R, H, W)`` drawn over a face, one colour each, with an optional legend."""
+    """Boolean masks ``(R, H, W)`` drawn over a face in the region colours (`region_color`), with
+    an optional legend of ``labels`` beside the face."""
     image = as_image(image)
     masks = masks.detach().cpu().numpy() if isinstance(masks, torch.Tensor) else np.asarray(masks)
     if masks.ndim != 3:
@@ -137,10 +146,11 @@ def overlay_masks(ax: Axes, image, masks, labels: Sequence[str] | None = None,
     for r, mask in enumerate(masks.astype(bool)):
         mask = _stretch(mask, image.shape[:2])
         layer = np.zeros((*mask.shape, 4))
-        layer[mask] = (*head_color(r), alpha)
+        layer[mask] = (*region_color(r), alpha)
         ax.imshow(layer)
     if labels is not None:
-        handles = [Rectangle((0, 0), 1, 1, color=head_color(r)) for r in range(len(masks))]
+        handles = [Rectangle((0, 0), 1, 1, color=region_color(r), alpha=alpha)
+                   for r in range(len(masks))]
         ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False,
                   fontsize=8)
     return ax
@@ -203,7 +213,8 @@ def show_patches(images: Sequence, boxes, patches, labels: Sequence[str] | None 
 
     images: ``(B, 3, H, W)`` or a sequence; boxes: ``(B, n, 4)`` (x0, y0, x1, y1); patches:
     ``(B, n, 3, p, p)``, in the same order as the boxes. Each patch is framed in its box's colour
-    (head colours unless ``colors``) and titled with its label (P1..Pn unless ``labels``).
+    (head colours unless ``colors``) and titled with its label (P1..Pn unless ``labels``); the
+    boxes on the face carry only their colours, since labels on a small face overlap.
     """
     b, n = patches.shape[:2]
     if len(images) != b or tuple(boxes.shape[:2]) != (b, n):
@@ -214,7 +225,7 @@ def show_patches(images: Sequence, boxes, patches, labels: Sequence[str] | None 
     fig, axes = plt.subplots(b, n + 1, figsize=(size * (n + 1), size * b + 0.3), squeeze=False)
     for i in range(b):
         show_face(axes[i, 0], images[i], titles[i] if titles is not None else None)
-        draw_boxes(axes[i, 0], boxes[i], labels=labels, colors=colors)
+        draw_boxes(axes[i, 0], boxes[i], colors=colors)
         for k in range(n):
             ax = axes[i, k + 1]
             ax.imshow(as_image(patches[i, k]), vmin=0, vmax=1)
@@ -318,10 +329,11 @@ def plot_attention_share(epochs: Sequence[int], share, chance: float, lift, regi
         left.plot(epochs, share[:, k], marker="o", color=head_color(k), label=label)
     left.axhline(chance, color="0.4", linestyle="--", label="chance (area)")
     left.set(xlabel="epoch", ylabel="share of the map on age regions", xticks=list(epochs))
-    left.legend(frameon=False, fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.3))
+    left.legend(frameon=False, fontsize=9, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.3))
     sns.despine(ax=left)
     table = pd.DataFrame(lift, index=heads, columns=[r.replace("_", " ") for r in regions])
-    sns.heatmap(table, annot=True, fmt=".1f", cmap="magma", ax=right, cbar_kws={"label": "share ÷ area"})
+    sns.heatmap(table, annot=True, fmt=".1f", cmap="magma", ax=right)
+    right.collections[0].colorbar.set_label("share ÷ area", fontsize=11)
     right.tick_params(axis="y", labelrotation=0)  # seaborn may turn them vertical, on top of each other
     right.tick_params(axis="x", labelrotation=90)
     right.set_title("after training: each head on each region")
@@ -342,7 +354,7 @@ def draw_learning_paths(ax: Axes, sizes: Sequence[int], widths: Sequence[int],
     boxes = ["stem"] + [f"stage {k + 1}\n{s}×{s}×{c}" for k, (s, c) in enumerate(zip(sizes, widths))] + ["FC"]
     for i, text in enumerate(boxes):
         ax.add_patch(Rectangle((i * 1.4, 0), 1.1, 1, facecolor="0.93", edgecolor="0.3"))
-        ax.text(i * 1.4 + 0.55, 0.5, text, ha="center", va="center", fontsize=8)
+        ax.text(i * 1.4 + 0.55, 0.5, text, ha="center", va="center", fontsize=10)
         if i:
             ax.annotate("", xy=(i * 1.4, 0.5), xytext=(i * 1.4 - 0.3, 0.5),
                         arrowprops=dict(arrowstyle="->", color="0.3"))
@@ -351,7 +363,7 @@ def draw_learning_paths(ax: Axes, sizes: Sequence[int], widths: Sequence[int],
         x, y = (k + 1) * 1.4 + 0.55, -0.45 - 0.3 * k
         ax.plot([x, end], [y, y], color=colors[k], linewidth=3, solid_capstyle="butt")
         ax.annotate("", xy=(x, 0), xytext=(x, y), arrowprops=dict(arrowstyle="->", color=colors[k], lw=2))
-        ax.text(x - 0.12, y, f"P{k + 1}", ha="right", va="center", fontsize=9, color=colors[k])
+        ax.text(x - 0.12, y, f"P{k + 1}", ha="right", va="center", fontsize=11, color=colors[k])
     ax.set_xlim(-0.2, end + 0.7)
     ax.set_ylim(-0.7 - 0.3 * n, 1.2)
     ax.set_axis_off()
@@ -434,11 +446,14 @@ def draw_pipeline(image, maps, boxes, patches, age: str | None = None, size: flo
     arrow(middle(face, "right"), middle(attention, "left"))
     top, entry = 1 - 0.35 / (n + 1), stream.x0 + (x_box + w_box / 2) * stream.width
     first_stage = stream.y0 + (first + 0.05) * stream.height
-    face_top = face.get_position()
-    fig.add_artist(Line2D([(face_top.x0 + face_top.x1) / 2, (face_top.x0 + face_top.x1) / 2, entry],
-                          [face_top.y1 - 0.02, top, top], transform=fig.transFigure, color="0.3", lw=1.2))
+    # from the face's top edge right of its centred title, where the drawn image (not its slot) ends
+    face.apply_aspect()
+    shown = face.get_position()
+    x_out = shown.x0 + 0.85 * shown.width
+    fig.add_artist(Line2D([x_out, x_out, entry], [shown.y1, top, top], transform=fig.transFigure,
+                          color="0.3", lw=1.2))
     arrow((entry, top), (entry, first_stage))
-    fig.text((face_top.x0 + face_top.x1) / 2 + 0.01, top + 0.005, "the face, into FusionNet's main stream",
+    fig.text(x_out + 0.01, top + 0.005, "the face, into FusionNet's main stream",
              fontsize=8, color="0.3", va="bottom")
     for k, ax in enumerate(map_axes):
         arrow(middle(attention, "right"), middle(ax, "left"), colors[k])

@@ -38,7 +38,7 @@ def test_overlay_masks_colours_only_the_mask():
     first = ax.images[1].get_array()  # images[0] is the face
     assert first.shape == (8, 8, 4)
     assert (first[:4, :, 3] > 0).all() and (first[4:, :, 3] == 0).all()
-    assert np.allclose(first[0, 0, :3], plotting.head_color(0))
+    assert np.allclose(first[0, 0, :3], plotting.region_color(0))
     matplotlib.pyplot.close(fig)
 
 
