@@ -80,6 +80,11 @@ BOOK_RECORDS: dict[str, str] = {
     "converged-synthetic": "adpf experiments ablation --data synthetic --synthetic-n 3000 --recipe book "
                            "--epochs 40,40 --rows 'ADPF,AttentionNet alone,plain CNN,fixed patches' "
                            "--attention --seeds 0 1 2 --record benchmarks/results/converged-synthetic.json",
+    # The same, with FusionNet's first stage at full resolution (its stem without stride, as
+    # AttentionNet's first block): what the main stream gains, and whether the patches keep it
+    "converged-fullres-synthetic": "adpf experiments ablation --data synthetic --synthetic-n 3000 --recipe book "
+                                   "--epochs 40,40 --rows 'ADPF,plain CNN,fixed patches' --set fusion_stem_stride=1 "
+                                   "--attention --seeds 0 1 2 --record benchmarks/results/converged-fullres-synthetic.json",
     # UTKFace (the shared 9,690 faces, dlib-aligned at 64 px: see benchmarks/results/README.md),
     # every model also tested on the All-Age-Faces photos aligned from the wild (train on one
     # set, predict on another); the cpu recipe; ADPF, the baselines and the reference network

@@ -123,3 +123,18 @@ def test_the_converged_record_is_the_book_setting_trained_longer(book_cache):
     assert recipe.replace(attention_epochs=setting.recipe.attention_epochs,
                           fusion_epochs=setting.recipe.fusion_epochs) == setting.recipe
     assert sorted(args.seeds) == [0, 1, 2] and "benchmarks/results/converged-synthetic.json" in args.record
+
+def test_the_fullres_record_is_the_converged_one_with_fusionnets_first_stride_removed():
+    from adpf.experiments import BOOK_RECORDS
+
+    def parsed(name):
+        return build_parser().parse_args(shlex.split(BOOK_RECORDS[name])[1:])
+
+    full, converged = parsed("converged-fullres-synthetic"), parsed("converged-synthetic")
+    assert config_from_args(full) == config_from_args(converged).replace(fusion_stem_stride=1)
+    assert recipe_from_args(full) == recipe_from_args(converged)
+    assert (full.data, full.synthetic_n, full.split_seed, full.seeds) == (
+        converged.data, converged.synthetic_n, converged.split_seed, converged.seeds)
+    # the FusionNet models only: AttentionNet alone would be the converged record's, unchanged
+    assert full.rows.split(",") == ["ADPF", "plain CNN", "fixed patches"]
+    assert full.attention and "benchmarks/results/converged-fullres-synthetic.json" in full.record

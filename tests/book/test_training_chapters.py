@@ -100,15 +100,17 @@ def test_ch10_reads_its_records_and_says_when_the_code_changed():
     assert values["head_counts"] == spoken_list(sorted({row["heads"] for row in heads["rows"]}))
     # a record made by other code carries a visible warning
     converged = json.loads(Path(values["converged_record"]).read_text())
+    fullres = json.loads(Path(values["fullres_record"]).read_text())
     stale = {name for name, r in (("ablation-synthetic", record), ("heads-synthetic", heads),
-                                  ("converged-synthetic", converged), ("ablation-utkface", real))
+                                  ("converged-synthetic", converged),
+                                  ("converged-fullres-synthetic", fullres), ("ablation-utkface", real))
              if r["code_version"] != code_version()}
     assert set(values["stale_records"]) == stale
     # the coverage of the calibrated ± and the fitted factors are the record's, over its rows
     for key, column in (("within_1", "within_1std"), ("within_2", "within_2std"), ("scale", "std_scale")):
         assert values[f"{key}_min"] == min(row[column] for row in record["rows"])
         assert values[f"{key}_max"] == max(row[column] for row in record["rows"])
-    assert values["n_trainings"] == sum(len(r["rows"]) for r in (record, heads, converged, real))
+    assert values["n_trainings"] == sum(len(r["rows"]) for r in (record, heads, converged, fullres, real))
     # the learning curves are the record's own (one budget): the ADPF rows' stage-2 ends
     ends = [row["history"]["fusion"][-1] for row in adpf]
     assert values["fusion_val_end"] == pytest.approx(np.mean([e["val_mae"] for e in ends]), abs=1e-12)
@@ -166,6 +168,35 @@ def test_ch10_converged_record_is_read_as_recorded():
     assert values["conv_region_lift"] > values["region_lift"]
     assert values["conv_region_lift_p1"] <= values["region_lift_p1"]
     assert abs(values["conv_box_side"] - values["box_side"]) < 0.05
+
+
+def test_ch10_fullres_record_is_read_as_recorded():
+    values = glued("10_ablations")
+    full = json.loads(Path(values["fullres_record"]).read_text())
+    conv = json.loads(Path(values["converged_record"]).read_text())
+
+    def mae(record, model):
+        return [row["mae"] for row in record["rows"] if row["model"] == model]
+
+    # the same faces, split, recipe and seeds as the converged record; only FusionNet's stride differs
+    assert full["config"]["fusion_stem_stride"] == 1 and conv["config"]["fusion_stem_stride"] == 2
+    assert {k: v for k, v in full["config"].items() if k != "fusion_stem_stride"} == {
+        k: v for k, v in conv["config"].items() if k != "fusion_stem_stride"}
+    assert full["recipe"] == conv["recipe"] and full["split"] == conv["split"] and full["seeds"] == conv["seeds"]
+    for key, model in (("adpf", "ADPF"), ("plain", "plain CNN"), ("fixed", "fixed patches")):
+        assert len(mae(full, model)) >= 2
+        assert values[f"full_{key}"] == pytest.approx(np.mean(mae(full, model)), abs=1e-12)
+    assert values["full_stream_verdict"] == verdict(mae(full, "plain CNN"), mae(conv, "plain CNN"))
+    assert values["full_adpf_verdict"] == verdict(mae(full, "ADPF"), mae(conv, "ADPF"))
+    assert values["full_patches_verdict"] == verdict(mae(full, "ADPF"), mae(full, "plain CNN"))
+    assert values["full_fixed_verdict"] == verdict(mae(full, "fixed patches"), mae(full, "plain CNN"))
+    assert values["full_attention_verdict"] == verdict(mae(full, "plain CNN"), mae(conv, "AttentionNet alone"))
+    # what the reading says: the main stream gains, ADPF does not, the patches cost the
+    # full-resolution main stream, which stays behind AttentionNet alone
+    assert values["full_stream_verdict"] == "held" and values["full_adpf_verdict"] == "tie"
+    assert values["full_patches_verdict"] == values["full_fixed_verdict"] == "did not hold"
+    assert values["full_attention_verdict"] == "did not hold"
+    assert values["full_plain"] < values["full_fixed"] < values["conv_fixed"]
 
 
 def test_ch10_real_faces_are_the_utkface_record():
