@@ -269,7 +269,7 @@ def model_style(k: int) -> dict:
             "marker": MODEL_MARKERS[k % len(MODEL_MARKERS)]}
 
 
-def plot_stage_curves(curves, order: Sequence[str], constant: float, figsize=(11, 3.4)) -> Figure:
+def plot_stage_curves(curves, order: Sequence[str], constant: float, figsize=(8.5, 3.4)) -> Figure:
     """Validation MAE after every epoch, two panels: stage 1 (AttentionNet) and stage 2 with the
     one-stage baselines; the mean over seeds with a band of ± one standard deviation.
 
