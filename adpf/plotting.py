@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Sequence
 
+import matplotlib.colors
 import matplotlib.pyplot as plt
 import numpy as np
 import seaborn as sns
@@ -40,6 +41,15 @@ def head_color(k: int) -> tuple[float, float, float]:
     """The colour of head ``k`` (0-based) in every figure of the book."""
     palette = sns.color_palette(PALETTE)
     return palette[_HEAD_ORDER[k % len(_HEAD_ORDER)]]
+
+
+def ink_on(color) -> str:
+    """"black" or "white", whichever reads better on ``color`` (its WCAG relative luminance
+    against the 0.179 crossover where both give the same contrast)."""
+    linear = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4
+              for c in matplotlib.colors.to_rgb(color)]
+    luminance = 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+    return "black" if luminance > 0.179 else "white"
 
 
 def region_color(r: int) -> tuple[float, float, float]:

@@ -207,3 +207,23 @@ def test_attention_share_labels_do_not_overlap(heads):
     assert overlapping(left.get_legend().get_texts(), renderer) == []
     assert np.allclose(left.lines[0].get_ydata(), share[:, 0])  # head 1's line is head 1's shares
     matplotlib.pyplot.close(fig)
+
+
+def test_ink_on_picks_the_ink_of_higher_contrast():
+    import matplotlib.colors
+
+    from adpf.plotting import head_color, ink_on
+
+    def luminance(color):
+        rgb = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in matplotlib.colors.to_rgb(color)]
+        return 0.2126 * rgb[0] + 0.7152 * rgb[1] + 0.0722 * rgb[2]
+
+    def contrast(a, b):
+        hi, lo = sorted((luminance(a), luminance(b)), reverse=True)
+        return (hi + 0.05) / (lo + 0.05)
+
+    assert ink_on("white") == "black" and ink_on("black") == "white"
+    for color in [head_color(k) for k in range(10)] + ["#808080", "#ffff00", "#000080"]:
+        ink = ink_on(color)
+        other = "white" if ink == "black" else "black"
+        assert contrast(ink, color) >= contrast(other, color), color
