@@ -43,13 +43,28 @@ def head_color(k: int) -> tuple[float, float, float]:
     return palette[_HEAD_ORDER[k % len(_HEAD_ORDER)]]
 
 
+def _luminance(color) -> float:
+    """WCAG relative luminance of a colour."""
+    linear = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4
+              for c in matplotlib.colors.to_rgb(color)]
+    return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+
+def text_color(color, ratio: float = 3.5) -> tuple[float, float, float]:
+    """``color`` darkened just enough for text on white: a WCAG contrast ratio of at least
+    ``ratio`` (3.5: above the 3 of large text, short of 4.5, which would make head 5's sky blue
+    read as head 1's blue), the hue kept. Head k's titles are
+    ``text_color(head_color(k))``: light heads (sky blue, pink, orange) read on the page."""
+    rgb = np.asarray(matplotlib.colors.to_rgb(color), dtype=float)
+    while 1.05 / (_luminance(rgb) + 0.05) < ratio:
+        rgb = rgb * 0.95
+    return tuple(float(c) for c in rgb)
+
+
 def ink_on(color) -> str:
     """"black" or "white", whichever reads better on ``color`` (its WCAG relative luminance
     against the 0.179 crossover where both give the same contrast)."""
-    linear = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4
-              for c in matplotlib.colors.to_rgb(color)]
-    luminance = 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
-    return "black" if luminance > 0.179 else "white"
+    return "black" if _luminance(color) > 0.179 else "white"
 
 
 def region_color(r: int) -> tuple[float, float, float]:
@@ -209,7 +224,7 @@ def map_grid(images: Sequence, maps, row_labels: Sequence[str] | None = None,
             overlay_map(axes[r, c], images[c], maps[r][c],
                         title=col_labels[c] if col_labels is not None and r == 0 else None)
         if row_labels is not None:
-            color = row_colors[r] if row_colors is not None else "black"
+            color = text_color(row_colors[r]) if row_colors is not None else "black"
             axes[r, 0].text(-0.06, 0.5, row_labels[r], transform=axes[r, 0].transAxes, rotation=90,
                             ha="right", va="center", fontsize=10, color=color)
     fig.tight_layout()
@@ -245,7 +260,7 @@ def show_patches(images: Sequence, boxes, patches, labels: Sequence[str] | None 
                 spine.set_edgecolor(colors[k])
                 spine.set_linewidth(3)
             if i == 0:
-                ax.set_title(labels[k], color=colors[k])
+                ax.set_title(labels[k], color=text_color(colors[k]))
     fig.tight_layout()
     return fig
 
@@ -373,7 +388,7 @@ def draw_learning_paths(ax: Axes, sizes: Sequence[int], widths: Sequence[int],
         x, y = (k + 1) * 1.4 + 0.55, -0.45 - 0.3 * k
         ax.plot([x, end], [y, y], color=colors[k], linewidth=3, solid_capstyle="butt")
         ax.annotate("", xy=(x, 0), xytext=(x, y), arrowprops=dict(arrowstyle="->", color=colors[k], lw=2))
-        ax.text(x - 0.12, y, f"P{k + 1}", ha="right", va="center", fontsize=11, color=colors[k])
+        ax.text(x - 0.12, y, f"P{k + 1}", ha="right", va="center", fontsize=11, color=text_color(colors[k]))
     ax.set_xlim(-0.2, end + 0.7)
     ax.set_ylim(-0.7 - 0.3 * n, 1.2)
     ax.set_axis_off()
@@ -411,7 +426,7 @@ def draw_pipeline(image, maps, boxes, patches, age: str | None = None, size: flo
         ax = fig.add_subplot(grid[k, 3])
         overlay_map(ax, image, maps[k], title=None)
         draw_boxes(ax, [boxes[k]], colors=[colors[k]], linewidth=1.5)
-        ax.set_title(f"M{k + 1}", color=colors[k], fontsize=10, pad=2)
+        ax.set_title(f"M{k + 1}", color=text_color(colors[k]), fontsize=10, pad=2)
         map_axes.append(ax)
         ax = fig.add_subplot(grid[k, 5])
         ax.imshow(as_image(patches[k]), vmin=0, vmax=1)
@@ -420,7 +435,7 @@ def draw_pipeline(image, maps, boxes, patches, age: str | None = None, size: flo
         for spine in ax.spines.values():
             spine.set_edgecolor(colors[k])
             spine.set_linewidth(2.5)
-        ax.set_title(f"P{k + 1}", color=colors[k], fontsize=10, pad=2)
+        ax.set_title(f"P{k + 1}", color=text_color(colors[k]), fontsize=10, pad=2)
         patch_axes.append(ax)
 
     def arrow(start, end, color="0.3", text=None):
