@@ -57,6 +57,8 @@ def test_ch9_full_model_trains_on_the_shared_stage1():
     assert values["adpf_beats_plain"] == (values["adpf_minus_plain"] < 0)
     assert 0 <= values["adpf_cs5"] <= 1 and values["photo_std"] > 0
     assert 0 <= values["photo_age"] <= 100
+    # the photograph's ± is the calibrated one: the checkpoint's fitted scale, not the setting's 1
+    assert 0 < values["photo_scale"] < 1
     # the patch check: with its own patches ADPF is the model of the table; the prose says the
     # swapped patches lie above that, which must be so
     assert values["reliance_0"] == pytest.approx(values["adpf_mae"], abs=1e-4)
