@@ -209,17 +209,19 @@ def test_attention_share_labels_do_not_overlap(heads):
     matplotlib.pyplot.close(fig)
 
 
-def test_ink_on_picks_the_ink_of_higher_contrast():
+def wcag_luminance(color) -> float:
+    """WCAG 2 relative luminance, written out here as the tests' own reference."""
     import matplotlib.colors
 
+    rgb = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in matplotlib.colors.to_rgb(color)]
+    return 0.2126 * rgb[0] + 0.7152 * rgb[1] + 0.0722 * rgb[2]
+
+
+def test_ink_on_picks_the_ink_of_higher_contrast():
     from adpf.plotting import head_color, ink_on
 
-    def luminance(color):
-        rgb = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in matplotlib.colors.to_rgb(color)]
-        return 0.2126 * rgb[0] + 0.7152 * rgb[1] + 0.0722 * rgb[2]
-
     def contrast(a, b):
-        hi, lo = sorted((luminance(a), luminance(b)), reverse=True)
+        hi, lo = sorted((wcag_luminance(a), wcag_luminance(b)), reverse=True)
         return (hi + 0.05) / (lo + 0.05)
 
     assert ink_on("white") == "black" and ink_on("black") == "white"
@@ -232,21 +234,15 @@ def test_ink_on_picks_the_ink_of_higher_contrast():
 def test_text_color_darkens_a_light_head_colour_to_the_contrast_asked_and_keeps_its_hue():
     import colorsys
 
-    import matplotlib.colors
-
     from adpf.plotting import head_color, text_color
-
-    def luminance(color):
-        rgb = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in matplotlib.colors.to_rgb(color)]
-        return 0.2126 * rgb[0] + 0.7152 * rgb[1] + 0.0722 * rgb[2]
 
     for k in range(10):
         color = head_color(k)
         for ratio in (3.0, 3.5, 4.5):
             dark = text_color(color, ratio)
-            assert 1.05 / (luminance(dark) + 0.05) >= ratio
+            assert 1.05 / (wcag_luminance(dark) + 0.05) >= ratio
             # the hue is the head's; a colour that already passes is returned as it is
             assert abs(colorsys.rgb_to_hsv(*dark)[0] - colorsys.rgb_to_hsv(*color)[0]) < 1e-6 or min(dark) == max(dark)
-            if 1.05 / (luminance(color) + 0.05) >= ratio:
+            if 1.05 / (wcag_luminance(color) + 0.05) >= ratio:
                 assert dark == tuple(color)
     assert text_color("white") != (1.0, 1.0, 1.0) and text_color("black") == (0.0, 0.0, 0.0)

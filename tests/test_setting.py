@@ -124,6 +124,7 @@ def test_the_converged_record_is_the_book_setting_trained_longer(book_cache):
                           fusion_epochs=setting.recipe.fusion_epochs) == setting.recipe
     assert sorted(args.seeds) == [0, 1, 2] and "benchmarks/results/converged-synthetic.json" in args.record
 
+
 def test_the_fullres_record_is_the_converged_one_with_fusionnets_first_stride_removed():
     from adpf.experiments import BOOK_RECORDS
 
