@@ -383,6 +383,14 @@ def learning_curves(record: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def stage_ends(curves: pd.DataFrame, last_stage: bool = False) -> pd.DataFrame:
+    """The last epoch of every (model, seed, stage) of `learning_curves` rows (train_mae, val_mae,
+    ...), stages in the order they trained; ``last_stage=True`` keeps only each (model, seed)'s
+    last stage: the epoch its model ended on."""
+    ends = curves.groupby(["model", "seed", "stage"], sort=False).tail(1)
+    return ends.groupby(["model", "seed"], sort=False).tail(1) if last_stage else ends
+
+
 def late_gain(curves: pd.DataFrame, epochs: int = 1) -> pd.DataFrame:
     """How much validation MAE each model's last stage still gained in its last ``epochs``
     epochs: one row per (model, seed), column ``gain`` (years; > 0 is still improving; NaN when

@@ -13,7 +13,7 @@ from adpf.config import ADPFConfig, get_preset
 from adpf.data.prepared import load_prepared, write_prepared
 from adpf.data.protocols import kfold_subjects
 from adpf.experiments import (ABLATIONS, CLAIMS, ablation_table, book_records, check_claims, heads_table,
-                              late_gain, learning_curves, mean_pm_std, mean_std, read_record, record_notes, record_rows,
+                              late_gain, learning_curves, stage_ends, mean_pm_std, mean_std, read_record, record_notes, record_rows,
                               records_overview, run_command, run_protocol, seed_summary, seed_table, verdict)
 from adpf.networks import build_model, count_parameters
 from adpf.recipes import Recipe
@@ -172,6 +172,26 @@ def test_late_gain_is_the_last_stages_fall_over_its_last_epochs():
                 assert np.isnan(gains[key])
             else:
                 assert gains[key] == pytest.approx(expected, abs=1e-12)
+
+
+def test_stage_ends_are_each_stages_last_epoch_and_each_models_last_stage():
+    history = {("a", 0): {"attention": [9.0, 5.0, 4.0], "fusion": [8.0, 6.0, 5.5, 5.25]},
+               ("a", 1): {"attention": [9.0, 7.0, 6.5], "fusion": [7.0, 7.5]},
+               ("b", 0): {"single": [10.0, 9.0]}}
+    record = {"rows": [{"model": m, "seed": s, "history": {stage: [{"epoch": e + 1, "val_mae": v,
+                                                                   "train_mae": v + 1}
+                                                                  for e, v in enumerate(values)]
+                                                           for stage, values in h.items()}}
+                       for (m, s), h in history.items()]}
+    curves = learning_curves(record)
+    ends = stage_ends(curves)
+    expected = [(m, s, stage, len(v), v[-1]) for (m, s), h in history.items() for stage, v in h.items()]
+    assert list(zip(ends["model"], ends["seed"], ends["stage"], ends["epoch"], ends["val_mae"])) == expected
+    assert (ends["train_mae"] == ends["val_mae"] + 1).all()
+    # the last stage even where it has fewer epochs than the stage before it (a, 1)
+    last = stage_ends(curves, last_stage=True)
+    assert list(zip(last["model"], last["seed"], last["stage"], last["val_mae"])) == [
+        ("a", 0, "fusion", 5.25), ("a", 1, "fusion", 7.5), ("b", 0, "single", 9.0)]
 
 
 def test_a_record_resumes_its_finished_rows_and_restarts_for_other_code(data, cache, tmp_path, trainings,
