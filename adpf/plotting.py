@@ -294,7 +294,7 @@ def model_style(k: int) -> dict:
             "marker": MODEL_MARKERS[k % len(MODEL_MARKERS)]}
 
 
-def plot_stage_curves(curves, order: Sequence[str], constant: float, figsize=(8.5, 3.4)) -> Figure:
+def plot_stage_curves(curves, order: Sequence[str], constant: float, figsize=(7.0, 3.2)) -> Figure:
     """Validation MAE after every epoch, two panels: stage 1 (AttentionNet) and stage 2 with the
     one-stage baselines; the mean over seeds with a band of ± one standard deviation.
 
@@ -302,7 +302,8 @@ def plot_stage_curves(curves, order: Sequence[str], constant: float, figsize=(8.
     order: the models in the order of their colours (`model_style`). constant: the MAE of
     always answering the mean training age (a dashed line). Only models with an AttentionNet of
     their own are drawn in stage 1 (ADPF, ADPF w/o ranking and AttentionNet alone share
-    ADPF's). One legend, right of the panels, outside the data.
+    ADPF's). One legend, below the panels, outside the data (a legend beside them widened the
+    figure, and the page shrank all its text to fit).
     """
     own_stage1 = curves["model"].isin(["ADPF", "ADPF w/SA", "ADPF w/o diversity loss"])
     parts = ((curves[(curves["stage"] == "attention") & own_stage1], "stage 1: AttentionNet"),
@@ -329,9 +330,14 @@ def plot_stage_curves(curves, order: Sequence[str], constant: float, figsize=(8.
         for handle, label in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(label, handle)
     labels = [m for m in order if m in handles] + ["always the mean age"]
-    fig.legend([handles[m] for m in labels], labels, loc="upper left", bbox_to_anchor=(1.0, 0.95),
-               frameon=False, fontsize=8)
     fig.tight_layout()
+    renderer = fig.canvas.get_renderer()
+    for ncol in range(min(4, len(labels)), 0, -1):  # as many columns as fit the figure's width
+        legend = fig.legend([handles[m] for m in labels], labels, loc="upper center",
+                            bbox_to_anchor=(0.5, 0.0), ncol=ncol, frameon=False, fontsize=10)
+        if ncol == 1 or legend.get_window_extent(renderer).width <= fig.bbox.width:
+            break
+        legend.remove()
     return fig
 
 

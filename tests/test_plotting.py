@@ -153,7 +153,7 @@ def stage_curves_rows(models):
     return pd.DataFrame(rows)
 
 
-def test_plot_stage_curves_gives_every_model_its_own_colour_and_one_legend_outside():
+def test_plot_stage_curves_gives_every_model_its_own_colour_and_one_legend_below():
     import itertools
 
     import matplotlib
@@ -164,13 +164,15 @@ def test_plot_stage_curves_gives_every_model_its_own_colour_and_one_legend_outsi
     order = ["ADPF", "ADPF w/o ranking", "ADPF w/SA", "ADPF w/o diversity loss",
              "fixed patches", "plain CNN", "AttentionNet alone"]
     fig = plot_stage_curves(stage_curves_rows(order), order, constant=11.0)
-    right = fig.axes[1]
     assert [ax.get_legend() for ax in fig.axes] == [None, None] and len(fig.legends) == 1
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
     assert set(order) <= set(labels) and "always the mean age" in labels
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
-    assert fig.legends[0].get_window_extent(renderer).x0 >= right.get_window_extent(renderer).x1
+    legend = fig.legends[0].get_window_extent(renderer)
+    # below both panels' axes and their tick labels, and as wide as the figure at most
+    assert all(legend.y1 <= ax.get_tightbbox(renderer).y0 for ax in fig.axes)
+    assert legend.width <= fig.bbox.width and all(t.get_fontsize() >= 10 for t in fig.legends[0].get_texts())
     colours = {}
     for ax in fig.axes:
         for line in ax.get_lines():
