@@ -215,16 +215,28 @@ class ADPF(nn.Module):
             self.attention_net.eval()
         return self
 
-    def forward(self, x: Tensor) -> ModelOutput:
+    def attend(self, x: Tensor) -> tuple[ModelOutput, Tensor]:
+        """AttentionNet's output on x ``(B, 3, H, W)`` and the boxes ``(B, n, 4)`` of its ranked maps."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.attention_frozen):
             att = self.attention_net(x)
         c = self.config
         boxes = maps_to_boxes(att.attention.ranked.detach(), c.image_size, c.patch_threshold, c.patch_min_frac,
                               c.patch_max_frac, method=self.box_method, baseline=c.patch_baseline)
-        patches = crop_patches(x, boxes, c.patch_size)
+        return att, boxes
+
+    def forward(self, x: Tensor, boxes: Tensor | None = None) -> ModelOutput:
+        """x ``(B, 3, H, W)`` → ``ModelOutput``. ``boxes`` ``(B, n, 4)``: P_1..P_n's boxes found
+        beforehand (stage 2 with ``recipe.fusion_boxes="once"``: ``adpf.patches.move_boxes``);
+        AttentionNet is then not run and the output holds no attention. None finds them here."""
+        att = None
+        if boxes is None:
+            att, boxes = self.attend(x)
+        elif not self.attention_frozen:
+            raise ValueError("boxes found beforehand need a frozen AttentionNet (stage 2)")
+        patches = crop_patches(x, boxes, self.config.patch_size)
         fused = self.fusion_net(x, patches)
-        return ModelOutput(logits=fused.logits, attention=att.attention, attention_logits=att.logits,
-                           boxes=boxes, patches=patches)
+        return ModelOutput(logits=fused.logits, attention=None if att is None else att.attention,
+                           attention_logits=None if att is None else att.logits, boxes=boxes, patches=patches)
 
 
 class FixedPatchFusion(nn.Module):

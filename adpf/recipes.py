@@ -56,6 +56,13 @@ class Recipe:
     keep_best: end each stage with the weights of its epoch of lowest validation MAE (kept as
         ``best.pt`` in the stage folder while training; the stage's checkpoint and the record say
         which epoch: ``TrainResult.best_epochs``). False keeps the last epoch (the paper's).
+    fusion_boxes: when ADPF's stage 2 finds the patch boxes of its training faces. "every_step"
+        (the paper's pipeline, as at test time): the frozen AttentionNet runs on every augmented
+        face of every step. "once": it runs once on every training face as stored, before the
+        first epoch, and each step moves those boxes as the augmentation moved the face
+        (``adpf.patches.move_boxes``), which skips AttentionNet and the box rule in the steps
+        (book/open_choices.md, choice 17). Validation and test faces get theirs from their maps
+        either way.
     """
 
     attention_epochs: int = 200
@@ -80,6 +87,7 @@ class Recipe:
     compile: bool = False
     deterministic: bool = False
     keep_best: bool = False
+    fusion_boxes: Literal["every_step", "once"] = "every_step"
 
     def __post_init__(self) -> None:
         if self.attention_epochs < 0 or self.fusion_epochs < 0:
@@ -90,6 +98,8 @@ class Recipe:
             raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
         if self.schedule not in ("step", "cosine"):
             raise ValueError(f"schedule must be 'step' or 'cosine', got {self.schedule!r}")
+        if self.fusion_boxes not in ("every_step", "once"):
+            raise ValueError(f"fusion_boxes must be 'every_step' or 'once', got {self.fusion_boxes!r}")
         if self.schedule == "step" and self.lr_step < 1:
             raise ValueError(f"lr_step must be >= 1, got {self.lr_step}")
 

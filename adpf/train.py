@@ -56,7 +56,8 @@ from adpf.data.prepared import DeviceBatches, Prepared, PreparedFaces, load_prep
 from adpf.distributed import Process, close_process, setup_process
 from adpf.evaluate import fit_std_scale, predict, summarize
 from adpf.losses import age_estimation_loss, attention_net_loss
-from adpf.networks import build_model
+from adpf.networks import ADPF, build_model
+from adpf.patches import move_boxes
 from adpf.recipes import SPEED_FIELDS, Recipe, get_recipe
 
 StageName = Literal["attention", "fusion", "single"]
@@ -102,13 +103,15 @@ def plan_stages(config: ADPFConfig, identity: dict, recipe: Recipe) -> list[Stag
     the key of the stage-1 model.
     """
     shaping = {k: v for k, v in recipe.to_dict().items()
-               if k not in SPEED_FIELDS + ("attention_epochs", "fusion_epochs")}
+               if k not in SPEED_FIELDS + ("attention_epochs", "fusion_epochs", "fusion_boxes")}
     device = recipe.resolved_device().type
     shaping.update(device=device, amp=recipe.amp and device == "cuda")
 
     def key(name: str, cfg: ADPFConfig, epochs: int, after: str | None = None) -> str:
+        # fusion_boxes shapes ADPF's stage 2 only, so every other stage is shared across it
+        stage_recipe = {**shaping, "fusion_boxes": recipe.fusion_boxes} if name == "fusion" else shaping
         return digest({"stage": name, "config": cfg.to_dict(), "epochs": epochs, "after": after,
-                       "recipe": shaping, "code": code_version(), **identity})
+                       "recipe": stage_recipe, "code": code_version(), **identity})
 
     if config.variant in ("adpf", "attention_only"):
         att = attention_config(config)
@@ -303,6 +306,40 @@ def make_scheduler(recipe: Recipe, optimizer: torch.optim.Optimizer, steps_per_e
         optimizer, lambda step: lr_factor(recipe, step, steps_per_epoch, epochs))
 
 
+@dataclass
+class StoredBoxes:
+    """ADPF's patch boxes for its training faces, found once before stage 2 (``recipe.fusion_boxes
+    = "once"``, book/open_choices.md, choice 17) by `find_stored_boxes`.
+
+    boxes: ``(rows, n, 4)`` int64 on the device, row i the boxes of the data's face i as stored
+        (rows outside the training split stay zero); pad, image_size: the augmentation's.
+    """
+
+    boxes: torch.Tensor
+    pad: int
+    image_size: int
+
+    def moved(self, batch: dict) -> torch.Tensor:
+        """The boxes ``(B, n, 4)`` of an augmented training batch (its ``index`` and ``offsets``)."""
+        rows = batch["index"].to(self.boxes.device)
+        return move_boxes(self.boxes[rows], batch["offsets"], self.pad, self.image_size)
+
+
+def find_stored_boxes(model: ADPF, data: Prepared, indices: np.ndarray, recipe: Recipe,
+                      process: Process) -> StoredBoxes:
+    """The frozen AttentionNet's boxes (`ADPF.attend`) for the faces ``indices`` as stored, in
+    evaluation batches, under the autocast the training steps use."""
+    model.eval()
+    boxes = torch.zeros(len(data), model.config.heads, 4, dtype=torch.int64, device=process.device)
+    amp = process.device.type == "cuda" and recipe.amp
+    with torch.no_grad(), torch.autocast(process.device.type, dtype=torch.bfloat16, enabled=amp):
+        for batch in make_loader(data, indices, recipe, process, train=False):
+            images, _ = training_batch(batch, recipe, process)
+            boxes[batch["index"].to(process.device)] = model.attend(images)[1]
+    pad = data.image_size // 16 if recipe.pad is None else recipe.pad
+    return StoredBoxes(boxes, pad, data.image_size)
+
+
 def stage_loss(stage: Stage, output, age: torch.Tensor):
     """Eq. 14 for the attention stage, Eq. 13 (L_AE) otherwise."""
     if stage.name == "attention":
@@ -423,12 +460,15 @@ def run_stage(stage: Stage, previous: nn.Module | None, data: Prepared, split: d
         set_rng_state(state["rng"], generator)
         history, start = list(state["meta"]["history"]), int(state["epoch"])
 
+    stored = None
+    if stage.name == "fusion" and recipe.fusion_boxes == "once":
+        stored = find_stored_boxes(model, data, split["train"], recipe, process)
     forward = training_forward(model, recipe, process)
     bar = _progress_bar(stage, len(loader), start, progress and process.main)
     best_path = stage.folder / "best.pt"
     for epoch in range(start, stage.epochs):
         row = train_one_epoch(stage, epoch, model, forward, loader, optimizer, scheduler, recipe, process,
-                              checkpoint_path, bar)
+                              checkpoint_path, bar, stored)
         check_finite_state(stage, model, epoch, checkpoint_path)
         if val_loader is not None:
             row["val_mae"] = validate(model, val_loader, recipe)["mae"]
@@ -501,12 +541,14 @@ def training_batch(batch: dict, recipe: Recipe, process: Process) -> tuple[torch
 
 
 def train_step(stage: Stage, step: int, forward: Callable, images: torch.Tensor, age: torch.Tensor,
-               optimizer: torch.optim.Optimizer, scheduler, recipe: Recipe, tally: EpochTally) -> None:
-    """One optimiser step, with no host sync: forward (bf16 autocast on CUDA when ``recipe.amp``),
-    loss (`stage_loss`), backward, the loss parts counted on the device (`EpochTally.add`), gradient
+               optimizer: torch.optim.Optimizer, scheduler, recipe: Recipe, tally: EpochTally,
+               boxes: torch.Tensor | None = None) -> None:
+    """One optimiser step, with no host sync: forward (bf16 autocast on CUDA when ``recipe.amp``;
+    given ``boxes`` ``(B, n, 4)``, ADPF's stage 2 crops them instead of finding its own), loss
+    (`stage_loss`), backward, the loss parts counted on the device (`EpochTally.add`), gradient
     clipping, the optimiser step (skipped on the device from a non-finite step on), the scheduler."""
     with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=images.device.type == "cuda" and recipe.amp):
-        output = forward(images)
+        output = forward(images) if boxes is None else forward(images, boxes=boxes)
     losses = stage_loss(stage, output, age)
     optimizer.zero_grad(set_to_none=True)
     losses.total.backward()
@@ -520,10 +562,11 @@ def train_step(stage: Stage, step: int, forward: Callable, images: torch.Tensor,
 
 def train_one_epoch(stage: Stage, epoch: int, model: nn.Module, forward: Callable, loader: DataLoader | DeviceBatches,
                     optimizer: torch.optim.Optimizer, scheduler, recipe: Recipe, process: Process,
-                    checkpoint_path: Path, bar) -> dict:
+                    checkpoint_path: Path, bar, stored: StoredBoxes | None = None) -> dict:
     """One epoch (0-based ``epoch``) of `train_step` on ``stage``'s loss, then the epoch's one host read.
 
-    ``forward`` is ``model`` as `training_forward` made it. The loss parts and the finiteness of
+    ``forward`` is ``model`` as `training_forward` made it; ``stored``: the boxes of stage 2 with
+    ``recipe.fusion_boxes="once"``, moved with each batch's augmentation. The loss parts and the finiteness of
     every step stay on the device (`EpochTally`) and are read once, after the last step; a step
     whose loss is NaN or ±inf (and every later step of the epoch) is skipped on the device and
     the read raises `NonFiniteTrainingError` naming it (`check_finite_step`). Returns the epoch's
@@ -538,7 +581,8 @@ def train_one_epoch(stage: Stage, epoch: int, model: nn.Module, forward: Callabl
     tally, tic = EpochTally(process.device), time.perf_counter()
     for step, batch in enumerate(loader):
         images, age = training_batch(batch, recipe, process)
-        train_step(stage, step, forward, images, age, optimizer, scheduler, recipe, tally)
+        boxes = None if stored is None else stored.moved(batch)
+        train_step(stage, step, forward, images, age, optimizer, scheduler, recipe, tally, boxes)
         bar.update()
     means, bad_step, bad_values = tally.read()  # waits for the device: the epoch's only sync
     seconds = time.perf_counter() - tic

@@ -238,6 +238,28 @@ def test_a_negative_scale_crops_the_region_the_fc_weighs_most(rank_by):
         assert not (x0 <= 15 - p < x1 and y0 <= 15 - p < y1)  # nor does it reach the opposite corner
 
 
+def test_boxes_found_beforehand_are_cropped_as_found_and_skip_attention_net():
+    """ADPF.forward(x, boxes): the boxes ADPF.attend finds give the logits forward(x) gives;
+    other boxes give other patches; AttentionNet does not run; not before stage 2."""
+    torch.manual_seed(0)
+    config = tiny()
+    model = ADPF(config)
+    x = torch.rand(3, 3, 16, 16)
+    with pytest.raises(ValueError, match="frozen AttentionNet"):
+        model(x, boxes=torch.zeros(3, 3, 4, dtype=torch.int64))
+    model.freeze_attention().eval()
+    _, boxes = model.attend(x)
+    own = model(x)
+    calls = []
+    model.attention_net.register_forward_hook(lambda *_: calls.append(1))
+    given = model(x, boxes=boxes)
+    assert calls == [] and given.attention is None and given.attention_logits is None
+    assert torch.equal(given.boxes, own.boxes)
+    torch.testing.assert_close(given.logits, own.logits, rtol=0, atol=0)
+    other = model(x, boxes=fixed_boxes(3, 16).expand(3, -1, -1))
+    torch.testing.assert_close(other.patches, crop_patches(x, fixed_boxes(3, 16).expand(3, -1, -1), 8))
+
+
 def test_stage_two_forward_reads_nothing_back_to_the_host():
     """ADPF's stage-2 forward (frozen AttentionNet, maps → boxes → crops → FusionNet) runs on the meta
     device, where tensors hold no data: any host read of a value (``.item()``, boolean masks) raises."""

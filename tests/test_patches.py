@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from adpf import patches
-from adpf.patches import FACE_PARTS, crop_patches, fixed_boxes, label_rounds, maps_to_boxes
+from adpf.data.prepared import pad_crop_flip
+from adpf.patches import FACE_PARTS, crop_patches, fixed_boxes, label_rounds, maps_to_boxes, move_boxes
 
 S = 64
 
@@ -309,3 +310,53 @@ def test_the_median_baseline_keeps_one_dark_pixel_from_making_the_box_the_whole_
     assert 8 <= side <= 20  # half maximum of a blob with sigma 1.5 cells (4 px each): about 4 * 2.4 * 1.5 px
     cx, cy = (by_median[0] + by_median[2]) / 2, (by_median[1] + by_median[3]) / 2
     assert abs(cx - 10.5 * 4) <= 4 and abs(cy - 5.5 * 4) <= 4
+
+
+def test_moved_boxes_hold_what_the_augmentation_moved_into_the_image():
+    """move_boxes against the pixels themselves: each box drawn as a mask on the stored face and
+    moved by pad_crop_flip (the augmentation) is the moved box where it stays inside the image;
+    where it sticks out, the moved box keeps its side, lies inside the image and holds every
+    pixel of the mask that is still in view."""
+    rng = random.Random(0)
+    size, pad, clipped = 16, 3, 0
+    for _ in range(400):
+        side = rng.randint(2, size)
+        x0, y0 = rng.randint(0, size - side), rng.randint(0, size - side)
+        offsets = torch.tensor([rng.randint(0, 2 * pad), rng.randint(0, 2 * pad), rng.randint(0, 1)])
+        mask = torch.zeros(1, size, size)
+        mask[0, y0:y0 + side, x0:x0 + side] = 1
+        moved_mask = pad_crop_flip(mask, None, pad, offsets)[0][0]
+        got = move_boxes(torch.tensor([[[x0, y0, x0 + side, y0 + side]]]), offsets[None], pad, size)[0, 0]
+        gx0, gy0, gx1, gy1 = got.tolist()
+        assert gx1 - gx0 == side == gy1 - gy0 and 0 <= gx0 and 0 <= gy0 and gx1 <= size and gy1 <= size
+        ys, xs = torch.nonzero(moved_mask, as_tuple=True)
+        if moved_mask.sum() == side * side:  # all of it in view: exactly the moved box
+            assert [gx0, gy0, gx1, gy1] == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+        elif len(xs):  # partly in view (a small box can also leave the image altogether)
+            clipped += 1
+            assert (gx0 <= xs.min()) and (xs.max() < gx1) and (gy0 <= ys.min()) and (ys.max() < gy1)
+    assert clipped > 20  # both cases were met
+    with pytest.raises(ValueError, match="offsets"):
+        move_boxes(torch.zeros(2, 3, 4, dtype=torch.int64), torch.zeros(3, 3, dtype=torch.int64), pad, size)
+
+
+def test_a_blobs_box_moves_as_the_box_found_on_the_moved_blob():
+    """The box rule follows what the augmentation does, away from the image's edges: the box
+    found on a shifted map is the box found before, moved; under a flip it is within a pixel
+    (the rule rounds a centre down and takes the first of equal peaks, neither of which mirrors)."""
+    rng = random.Random(1)
+    size, pad = 32, 2
+    for _ in range(50):
+        cy, cx = rng.uniform(10, 22), rng.uniform(10, 22)
+        yy, xx = torch.meshgrid(torch.arange(size) + 0.5, torch.arange(size) + 0.5, indexing="ij")
+        blob = torch.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * rng.uniform(1.5, 3) ** 2))[None]
+        offsets = torch.tensor([rng.randint(0, 2 * pad), rng.randint(0, 2 * pad), rng.randint(0, 1)])
+        moved = pad_crop_flip(blob, None, pad, offsets)[0]
+        before = maps_to_boxes(blob[None], size, min_frac=0.1, max_frac=0.9)
+        after = maps_to_boxes(moved[None], size, min_frac=0.1, max_frac=0.9)
+        expected = move_boxes(before, offsets[None], pad, size)
+        if offsets[2] == 0:
+            assert torch.equal(expected, after)
+        else:
+            assert (expected - after).abs().max() <= 1 and torch.equal(expected[..., 2:] - expected[..., :2],
+                                                                        after[..., 2:] - after[..., :2])

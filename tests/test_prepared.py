@@ -76,7 +76,8 @@ def test_pad_crop_flip_matches_a_loop_and_moves_masks_with_the_image():
         g = torch.Generator().manual_seed(seed)
         top, left = (int(v) for v in torch.randint(0, 2 * pad + 1, (2,), generator=g))
         flip = bool(torch.randint(0, 2, (1,), generator=g))
-        out, out_masks = pad_crop_flip(image, masks, pad, generator=torch.Generator().manual_seed(seed))
+        offsets = draw_offsets(1, pad, torch.Generator().manual_seed(seed))[0]
+        out, out_masks = pad_crop_flip(image, masks, pad, offsets)
         np.testing.assert_array_equal(out.numpy(), _reference_augment(image.numpy(), pad, top, left, flip))
         torch.testing.assert_close(out_masks, out[:2] > 0.5)
         seen.add((top, left, flip))
@@ -96,10 +97,28 @@ def test_the_batch_augmentation_is_pad_crop_flip_face_by_face():
     for face, out, (top, left, flip) in zip(faces, batch, offsets.tolist()):
         reference = _reference_augment(images_to_tensor(face).numpy(), pad, top, left, flip)
         np.testing.assert_array_equal(out.numpy(), reference)
-    for seed in range(5):  # one face: pad_crop_flip consumes the generator exactly as draw_offsets(1)
-        expected, _ = pad_crop_flip(images_to_tensor(faces[0]), None, pad, torch.Generator().manual_seed(seed))
+    for seed in range(5):  # one face, one draw: the host path and the batch path agree
+        expected, _ = pad_crop_flip(images_to_tensor(faces[0]), None, pad,
+                                    draw_offsets(1, pad, torch.Generator().manual_seed(seed))[0])
         got = augment_batch(torch.from_numpy(faces[:1]), draw_offsets(1, pad, torch.Generator().manual_seed(seed)), pad)
         torch.testing.assert_close(got[0], expected, rtol=0, atol=0)
+
+
+def test_augmented_items_and_batches_say_how_each_face_was_moved(tmp_path):
+    """An augmented item's (and a device batch's) offsets are the draw that made its image, so
+    boxes found on the stored face can be moved with it (adpf.patches.move_boxes)."""
+    data = load_prepared(write_synthetic_prepared(tmp_path / "syn", 6, 16, seed=2))
+    faces = PreparedFaces(data, augment=True, pad=2)
+    torch.manual_seed(0)
+    for j in range(6):
+        item = faces[j]
+        stored = images_to_tensor(np.array(data.images[j]))
+        moved, masks = pad_crop_flip(stored, torch.from_numpy(np.array(data.masks[j])), 2, item["offsets"])
+        assert item["offsets"].shape == (3,) and torch.equal(item["image"], moved) and torch.equal(item["masks"], masks)
+    assert "offsets" not in PreparedFaces(data)[0]
+    for batch in DeviceBatches(data, np.arange(6), 3, "cpu", train=True, pad=2, generator=torch.Generator().manual_seed(0)):
+        stored = torch.from_numpy(np.array(data.images[batch["index"].numpy()]))
+        assert torch.equal(batch["image"], augment_batch(stored, batch["offsets"], 2))
 
 
 def test_offsets_are_uniform_and_independent():

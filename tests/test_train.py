@@ -417,3 +417,59 @@ def test_a_kept_best_stage_found_before_its_record_resumes_to_the_end(data, cach
     assert trained == [] and again.best_epochs == first.best_epochs
     for k, v in load_checkpoint(first.checkpoint)["model"].items():
         assert torch.equal(load_checkpoint(again.checkpoint)["model"][k], v), k
+
+
+@pytest.mark.parametrize("on_device", [False, True])
+def test_boxes_found_once_are_the_stored_faces_boxes_moved_with_each_augmentation(data, cache, monkeypatch,
+                                                                                  on_device):
+    """recipe.fusion_boxes="once": stage 1 is the one "every_step" trains; before stage 2 the frozen
+    AttentionNet finds every training face's boxes on the face as stored, and each step crops
+    those boxes moved as its augmentation moved the face, without running AttentionNet."""
+    import adpf.train as train_module
+    from adpf.networks import AttentionNet
+    from adpf.patches import move_boxes
+
+    recipe = RECIPE.replace(data_on_device=on_device)
+    every_step, _ = run(tiny(), data, recipe)
+    steps, calls = [], []
+    original_step = train_module.train_step
+
+    def recording_step(stage, step, forward, images, age, *args):
+        steps.append((stage.name, images.clone(), args[-1]))
+        return original_step(stage, step, forward, images, age, *args)
+
+    monkeypatch.setattr(train_module, "train_step", recording_step)
+    monkeypatch.setattr(AttentionNet, "__call__", lambda self, x: calls.append(len(x)) or nn_call(self, x))
+    with pytest.raises(ValueError, match="fusion_boxes must be"):
+        recipe.replace(fusion_boxes="twice")
+    once, trained = run(tiny(), data, recipe.replace(fusion_boxes="once"))
+    assert trained == [("fusion", 1), ("fusion", 2)]  # stage 1 shared, stage 2 its own
+    assert once.stage_keys["attention"] == every_step.stage_keys["attention"]
+    assert once.stage_keys["fusion"] != every_step.stage_keys["fusion"]
+    fusion_steps = [(images, boxes) for name, images, boxes in steps if name == "fusion"]
+    assert len(fusion_steps) == 2 * 3 and all(boxes is not None for _, boxes in fusion_steps)
+    # AttentionNet ran on the 24 training faces once (two evaluation batches), then only on the
+    # 8 validation faces after each of the 2 epochs, to calibrate the ±, and for the validation
+    # and test metrics: never in the 6 steps
+    assert calls == [16, 8] + [8] * (2 + 3)
+    # each step's boxes: the stored faces' boxes, moved as the face was (found on the face by pixels)
+    model = load_model(once.checkpoint).eval()
+    stored = torch.from_numpy(np.array(data.images[SPLIT["train"]])).permute(0, 3, 1, 2).float() / 255
+    with torch.no_grad():
+        found = torch.cat([model.attend(stored[:16])[1], model.attend(stored[16:])[1]])
+    for images, boxes in fusion_steps:
+        for image, face_boxes in zip(images, boxes):
+            matches = [j for j in SPLIT["train"] for top in range(5) for left in range(5) for flip in (0, 1)
+                       if torch.equal(image, _augmented(stored[j], top, left, flip))
+                       and torch.equal(face_boxes, move_boxes(found[j][None], torch.tensor([[top, left, flip]]),
+                                                              2, 16)[0])]
+            assert matches, face_boxes
+
+
+def nn_call(module, x):
+    return torch.nn.Module.__call__(module, x)
+
+
+def _augmented(face, top, left, flip):
+    from adpf.data.prepared import pad_crop_flip
+    return pad_crop_flip(face, None, 2, torch.tensor([top, left, flip]))[0]

@@ -360,14 +360,15 @@ def augment_batch(images: torch.Tensor, offsets: torch.Tensor, pad: int) -> torc
 
 
 def pad_crop_flip(image: torch.Tensor, masks: torch.Tensor | None, pad: int,
-                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                  offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The paper's augmentation: zero-pad by ``pad`` pixels, crop a random window of the
     original size, flip horizontally with probability 1/2. Masks move with the image.
 
-    image: ``(C, H, W)``; masks: ``(R, H, W)`` or None. Returns tensors of the same shapes.
+    image: ``(C, H, W)``; masks: ``(R, H, W)`` or None; offsets: ``(3,)`` (top, left, flip),
+    one row of `draw_offsets`. Returns tensors of the same shapes.
     """
     _, h, w = image.shape
-    top, left, flip = (int(v) for v in draw_offsets(1, pad, generator)[0])
+    top, left, flip = (int(v) for v in offsets)
 
     def move(t: torch.Tensor) -> torch.Tensor:
         t = torch.nn.functional.pad(t, (pad, pad, pad, pad))[:, top: top + h, left: left + w]
@@ -379,7 +380,9 @@ def pad_crop_flip(image: torch.Tensor, masks: torch.Tensor | None, pad: int,
 class PreparedFaces(Dataset):
     """Items of a prepared folder, as CONTRIBUTING.md specifies: a dict with ``image``
     ``(3, H, W)`` float32 in [0, 1], ``age`` float32, ``subject`` int64, ``index`` int64 (the
-    row in the folder) and, where the folder has them, ``masks`` ``(R, H, W)`` bool.
+    row in the folder), where the folder has them ``masks`` ``(R, H, W)`` bool and, when
+    augmenting, ``offsets`` ``(3,)`` int64: the draw that moved the face (`draw_offsets`), which
+    ``adpf.patches.move_boxes`` reads to move boxes found before the augmentation.
 
     indices: rows to expose (a protocol's split); default all.
     augment: apply `pad_crop_flip` with ``pad`` pixels (default image_size // 16; the paper
@@ -418,10 +421,12 @@ class PreparedFaces(Dataset):
         j = int(self.indices[i])
         image = images_to_tensor(self.data.images[j])
         masks = None if self.data.masks is None else torch.from_numpy(np.array(self.data.masks[j]))
+        item = {"age": torch.tensor(self.ages[j]), "subject": torch.tensor(self.subjects[j]),
+                "index": torch.tensor(j, dtype=torch.int64)}
         if self.augment:
-            image, masks = pad_crop_flip(image, masks, self.pad)
-        item = {"image": image, "age": torch.tensor(self.ages[j]),
-                "subject": torch.tensor(self.subjects[j]), "index": torch.tensor(j, dtype=torch.int64)}
+            item["offsets"] = draw_offsets(1, self.pad)[0]
+            image, masks = pad_crop_flip(image, masks, self.pad, item["offsets"])
+        item["image"] = image
         if masks is not None:
             item["masks"] = masks
         return item
@@ -434,7 +439,8 @@ class DeviceBatches:
     Each batch is a dict like a collated `PreparedFaces` batch: ``image`` ``(B, 3, H, W)``
     float32 in [0, 1] (channels-last memory) on ``device``; ``age`` ``(B,)`` float32 and
     ``index`` ``(B,)`` int64 (the row in the folder), on ``device`` for training and on the host
-    otherwise (what ``evaluate.predict`` reads).
+    otherwise (what ``evaluate.predict`` reads); training batches also hold ``offsets``
+    ``(B, 3)`` int64 on ``device``, as `PreparedFaces` items do.
 
     train=True: every epoch (every ``iter``) a fresh order (``randperm``) and the augmentation's
     offsets (`draw_offsets`, ``pad`` as in `PreparedFaces`) are drawn from ``generator`` on the
@@ -474,8 +480,9 @@ class DeviceBatches:
         size = min(self.batch_size, len(self.indices))
         for step in range(len(self)):
             take = order[step * size: (step + 1) * size]
-            yield {"image": augment_batch(self.images[take], offsets[step * size: (step + 1) * size], self.pad),
-                   "age": self.ages[take], "index": self.rows[take]}
+            moved = offsets[step * size: (step + 1) * size]
+            yield {"image": augment_batch(self.images[take], moved, self.pad),
+                   "age": self.ages[take], "index": self.rows[take], "offsets": moved}
 
     def _draw_epoch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """One epoch's order ``(N,)`` and offsets ``(N, 3)``, drawn on the host and moved to the device
