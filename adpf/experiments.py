@@ -92,6 +92,11 @@ BOOK_RECORDS: dict[str, str] = {
     "ablation-utkface": "adpf experiments ablation --data data/utkface-64 --recipe cpu "
                         "--rows 'ADPF,AttentionNet alone,plain CNN,fixed patches,ResNet-18 (reference)' "
                         "--seeds 0 1 2 --test-on data/aaf-64 --attention --record benchmarks/results/ablation-utkface.json",
+    # The same faces with every FusionNet given 40 epochs (AttentionNet keeps 15), stage 2's
+    # boxes found once (open choice 17): whether more epochs let FusionNet add on real faces
+    "longer-utkface": "adpf experiments ablation --data data/utkface-64 --recipe cpu --epochs 15,40 "
+                      "--set-recipe fusion_boxes=once --rows 'ADPF,AttentionNet alone,plain CNN,fixed patches' "
+                      "--seeds 0 1 2 --test-on data/aaf-64 --record benchmarks/results/longer-utkface.json",
 }
 
 RECORD_FORMAT = 1

@@ -64,6 +64,7 @@ GROUPS = {
     "heads-synthetic": [["1", "2", "3"], ["5", "6"]],
     "fusion-wide-synthetic": [["ADPF", "plain CNN"]],
     "converged-synthetic": [["ADPF", "AttentionNet alone"], ["plain CNN", "fixed patches"]],
+    "longer-utkface": [["ADPF", "AttentionNet alone"], ["plain CNN", "fixed patches"]],
     "converged-fullres-synthetic": [["ADPF"], ["plain CNN", "fixed patches"]],
     "fusion-fullres-synthetic": [["ADPF", "plain CNN"]],
 }

@@ -139,3 +139,19 @@ def test_the_fullres_record_is_the_converged_one_with_fusionnets_first_stride_re
     # the FusionNet models only: AttentionNet alone would be the converged record's, unchanged
     assert full.rows.split(",") == ["ADPF", "plain CNN", "fixed patches"]
     assert full.attention and "benchmarks/results/converged-fullres-synthetic.json" in full.record
+
+
+def test_the_longer_record_is_the_utkface_one_with_a_longer_second_stage():
+    from adpf.experiments import BOOK_RECORDS
+
+    def parsed(name):
+        return build_parser().parse_args(shlex.split(BOOK_RECORDS[name])[1:])
+
+    longer, real = parsed("longer-utkface"), parsed("ablation-utkface")
+    assert config_from_args(longer) == config_from_args(real)
+    assert recipe_from_args(longer) == recipe_from_args(real).replace(fusion_epochs=40, fusion_boxes="once")
+    assert recipe_from_args(longer).attention_epochs == recipe_from_args(real).attention_epochs
+    assert (longer.data, longer.split_seed, longer.seeds, longer.test_on) == (
+        real.data, real.split_seed, real.seeds, real.test_on)
+    assert longer.rows.split(",") == [m for m in real.rows.split(",") if m != "ResNet-18 (reference)"]
+    assert "benchmarks/results/longer-utkface.json" in longer.record
