@@ -130,20 +130,26 @@ def test_ch10_reads_its_records_and_says_when_the_code_changed():
     assert values["n_below_adpf"] == sum(np.mean(v) < np.mean(mae["ADPF"]) for v in mae.values())
 
 
+def assert_four_models(values: dict, prefix: str, mae: dict) -> None:
+    """The glued ``{prefix}_*`` means and verdicts of a record of ADPF, AttentionNet alone, the
+    plain CNN and fixed patches are the record's (``mae``: model -> test MAE over seeds)."""
+    for key, model in (("adpf", "ADPF"), ("attention", "AttentionNet alone"), ("plain", "plain CNN"),
+                       ("fixed", "fixed patches")):
+        assert values[f"{prefix}_{key}"] == pytest.approx(np.mean(mae[model]), abs=1e-12)
+    for key, better, worse in (("fusion", "ADPF", "AttentionNet alone"), ("plain", "ADPF", "plain CNN"),
+                               ("dynamic", "ADPF", "fixed patches"),
+                               ("stream", "plain CNN", "AttentionNet alone"),
+                               ("fixed", "fixed patches", "plain CNN")):
+        assert values[f"{prefix}_{key}_verdict"] == verdict(mae[better], mae[worse])
+
+
 def test_ch10_converged_record_is_read_as_recorded():
     values = glued("10_ablations")
     conv = json.loads(Path(values["converged_record"]).read_text())
     rows = conv["rows"]
     mae = {m: [row["mae"] for row in rows if row["model"] == m] for m in conv["models"]}
     assert all(len(v) >= 2 for v in mae.values())  # every verdict has a spread
-    for key, model in (("adpf", "ADPF"), ("attention", "AttentionNet alone"), ("plain", "plain CNN"),
-                       ("fixed", "fixed patches")):
-        assert values[f"conv_{key}"] == pytest.approx(np.mean(mae[model]), abs=1e-12)
-    assert values["conv_fusion_verdict"] == verdict(mae["ADPF"], mae["AttentionNet alone"])
-    assert values["conv_plain_verdict"] == verdict(mae["ADPF"], mae["plain CNN"])
-    assert values["conv_dynamic_verdict"] == verdict(mae["ADPF"], mae["fixed patches"])
-    assert values["conv_stream_verdict"] == verdict(mae["plain CNN"], mae["AttentionNet alone"])
-    assert values["conv_fixed_verdict"] == verdict(mae["fixed patches"], mae["plain CNN"])
+    assert_four_models(values, "conv", mae)
     # every stage had the same, longer budget than the book's
     assert values["conv_epochs"] == conv["recipe"]["attention_epochs"] == conv["recipe"]["fusion_epochs"]
     book = json.loads(Path(values["ablation_record"]).read_text())
@@ -238,14 +244,7 @@ def test_ch10_longer_real_faces_are_their_record():
     assert values["longer_attention_epochs"] == longer["recipe"]["attention_epochs"] == real["recipe"]["attention_epochs"]
     assert values["longer_fusion_epochs"] == longer["recipe"]["fusion_epochs"] > real["recipe"]["fusion_epochs"]
     assert longer["recipe"]["fusion_boxes"] == "once"
-    for key, model in (("adpf", "ADPF"), ("attention", "AttentionNet alone"), ("plain", "plain CNN"),
-                       ("fixed", "fixed patches")):
-        assert values[f"longer_{key}"] == pytest.approx(np.mean(mae[model]), abs=1e-12)
-    assert values["longer_fusion_verdict"] == verdict(mae["ADPF"], mae["AttentionNet alone"])
-    assert values["longer_plain_verdict"] == verdict(mae["ADPF"], mae["plain CNN"])
-    assert values["longer_stream_verdict"] == verdict(mae["plain CNN"], mae["AttentionNet alone"])
-    assert values["longer_dynamic_verdict"] == verdict(mae["ADPF"], mae["fixed patches"])
-    assert values["longer_fixed_verdict"] == verdict(mae["fixed patches"], mae["plain CNN"])
+    assert_four_models(values, "longer", mae)
 
     def gap(row):  # validation minus training MAE at the last epoch of the row's last stage
         last = row["history"][list(row["history"])[-1]][-1]
