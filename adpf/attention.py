@@ -123,17 +123,39 @@ class RelativeSelfAttention(nn.Module):
         self.rel_h = nn.Parameter(torch.randn(2 * height - 1, key_channels) * key_channels ** -0.5)
         self.rel_w = nn.Parameter(torch.randn(2 * width - 1, key_channels) * key_channels ** -0.5)
 
-    def forward(self, z: Tensor) -> Tensor:
-        b, _, h, w = z.shape
+    def init_query_key(self, gain: float) -> None:
+        """Draw Q's and K's weights from N(0, gain² / c_in) and zero their biases (``recipe.qk_init
+        = "unit_logits"``, book/open_choices.md, choice 18).
+
+        With PyTorch's default init the logits (Q Kᵀ + m_h + m_w) / √c_K of the cpu preset start
+        with a spread of about 0.2, so every head's softmax is within 1 % of uniform and its map
+        flat; with gain √2 on ReLU features they start near 1.
+        """
+        for conv in (self.query, self.key):
+            nn.init.normal_(conv.weight, std=gain / math.sqrt(conv.in_channels))
+            nn.init.zeros_(conv.bias)
+
+    def _qkv(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        h, w = z.shape[-2:]
         if (h, w) != (self.height, self.width):
             raise ValueError(f"expected a {self.height}x{self.width} feature map, got {h}x{w}")
-        q = self.query(z).flatten(2).transpose(1, 2)  # (B, N, c_K)
-        k = self.key(z).flatten(2).transpose(1, 2)  # (B, N, c_K)
-        v = self.value(z).flatten(2).transpose(1, 2)  # (B, N, c_V)
+        return tuple(conv(z).flatten(2).transpose(1, 2) for conv in (self.query, self.key, self.value))
+
+    def weights(self, z: Tensor) -> Tensor:
+        """The attention softmax((Q Kᵀ + m_h + m_w) / √c_K) of Eq. 1–3 ``(B, N, N)``, row i the
+        weights pixel i gives every pixel j (N = h · w, row-major)."""
+        q, k, _ = self._qkv(z)  # (B, N, c_K) each
+        return self._softmax(q, k)
+
+    def _softmax(self, q: Tensor, k: Tensor) -> Tensor:
+        rel = relative_logits(q, self.rel_h, self.rel_w, self.height, self.width)  # (B, N, N)
+        return torch.softmax((q @ k.transpose(1, 2) + rel) / math.sqrt(self.key_channels), dim=-1)
+
+    def forward(self, z: Tensor) -> Tensor:
+        b, _, h, w = z.shape
+        q, k, v = self._qkv(z)  # (B, N, c_K), (B, N, c_K), (B, N, c_V)
         if self.impl == "plain":
-            rel = relative_logits(q, self.rel_h, self.rel_w, h, w)  # (B, N, N)
-            attn = torch.softmax((q @ k.transpose(1, 2) + rel) / math.sqrt(self.key_channels), dim=-1)
-            out = attn @ v
+            out = self._softmax(q, k) @ v
         else:
             q_aug, k_aug = relative_queries_keys(q, k, self.rel_h, self.rel_w, h, w)
             out = F.scaled_dot_product_attention(q_aug, k_aug, v, scale=self.key_channels ** -0.5)

@@ -231,6 +231,30 @@ def attention_maps(model: nn.Module, images: Tensor) -> AttentionOutput:
         net.train(was_training)
 
 
+@torch.no_grad()
+def head_entropy(model: nn.Module, images: Tensor) -> Tensor:
+    """How spread each head's self-attention is: the entropy of every pixel's weights (Eq. 1–3)
+    over log N, averaged over the pixels, ``(B, n)`` in head order (eval mode).
+
+    1 is a head that averages every pixel alike: its map HA_k is then flat (the mean of its
+    values), and a box cut from it is noise. A head that looks at one pixel scores 0.
+    """
+    net = attention_net_of(model)
+    was_training = net.training
+    net.eval()
+    try:
+        x = net.features(images.to(model_device(net)))
+        heads = net.rmhha.heads
+        out = []
+        for head, z in zip(heads, x.chunk(len(heads), dim=1)):  # head k reads its channel slice (choice 3)
+            weights = head.self_attention.weights(z)  # (B, N, N), one head at a time
+            entropy = -(weights * weights.clamp_min(torch.finfo(weights.dtype).tiny).log()).sum(dim=-1)
+            out.append(entropy.mean(dim=-1) / math.log(weights.shape[-1]))
+    finally:
+        net.train(was_training)
+    return torch.stack(out, dim=1)
+
+
 def ranked_boxes(attention: AttentionOutput, config) -> Tensor:
     """The patch boxes ``(B, n, 4)`` (x0, y0, x1, y1), P_1 (most important) first.
 
@@ -328,16 +352,18 @@ def attention_report(model: nn.Module, loader: DataLoader, max_batches: int | No
     """Attention diagnostics over a loader (JSON-serialisable).
 
     ``head_overlap``: mean pairwise cosine of the heads' normalised maps; ``head_similarity``:
-    the full matrix; when items carry ``masks`` (the synthetic set): ``region_share`` per head
+    the full matrix; ``head_entropy``: per head in ranked order, how spread its self-attention
+    is (`head_entropy`, 1 = uniform); when items carry ``masks`` (the synthetic set): ``region_share`` per head
     in ranked order (mean share of its mass on the union of the true age regions) and
     ``region_area`` (the union's share of the image, what a uniform map would score).
     """
-    sims, shares, areas, boxes, box_shares, seen = [], [], [], [], [], 0
+    sims, shares, areas, boxes, box_shares, entropies, seen = [], [], [], [], [], [], 0
     config = attention_net_of(model).config
     for i, batch in enumerate(loader):
         if max_batches is not None and i >= max_batches:
             break
         att = attention_maps(model, batch["image"])
+        entropies.append(head_entropy(model, batch["image"])[:, att.order].sum(dim=0).cpu())
         sims.append(head_similarity(att.maps) * len(att.maps))
         seen += len(att.maps)
         found = ranked_boxes(att, config)  # (B, n, 4)
@@ -354,6 +380,7 @@ def attention_report(model: nn.Module, loader: DataLoader, max_batches: int | No
     report = {
         "head_overlap": _off_diagonal_mean(sim),
         "head_similarity": sim.cpu().tolist(),
+        "head_entropy": (torch.stack(entropies).sum(dim=0) / seen).tolist(),
     }
     report.update(box_statistics(torch.cat(boxes), config))
     if shares:

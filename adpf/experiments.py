@@ -128,7 +128,7 @@ def attention_columns(result: TrainResult, data: Prepared, indices, batch_size: 
         return {}
     loader = DataLoader(PreparedFaces(data, indices), batch_size=batch_size)
     report = attention_report(load_model(result.checkpoint), loader)
-    row = {"head_overlap": report["head_overlap"]}
+    row = {"head_overlap": report["head_overlap"], "head_entropy": report["head_entropy"]}
     if config.variant == "adpf":
         row.update({k: v for k, v in report.items() if k.startswith("box_") and k != "box_region_share"})
         if "box_region_share" in report:

@@ -101,9 +101,13 @@ class AttentionNet(nn.Module):
         self.rmhha = RMHHA(config)
         self.fc = nn.Linear(config.heads * config.x_size ** 2, config.num_classes)
 
-    def forward(self, x: Tensor) -> ModelOutput:
+    def features(self, x: Tensor) -> Tensor:
+        """X ``(B, x_channels, x_size, x_size)``, what RMHHA reads, from images ``(B, 3, H, W)``."""
         check_images(x, self.config)
-        attention = self.rmhha(self.to_x(self.stem(normalize_images(x))))
+        return self.to_x(self.stem(normalize_images(x)))
+
+    def forward(self, x: Tensor) -> ModelOutput:
+        attention = self.rmhha(self.features(x))
         return ModelOutput(logits=self.fc(attention.weighted.flatten(1)), attention=attention)
 
 

@@ -63,6 +63,12 @@ class Recipe:
         (``adpf.patches.move_boxes``), which skips AttentionNet and the box rule in the steps
         (book/open_choices.md, choice 17). Validation and test faces get theirs from their maps
         either way.
+    qk_init: how stage 1 starts the query and key convolutions of every attention head
+        (book/open_choices.md, choice 18). "pytorch": PyTorch's default for a convolution, as
+        every record up to 6 Dec 2026 was trained; its logits start with a spread of about 0.2,
+        so every head's softmax starts within 1 % of uniform. "unit_logits": weights from
+        N(0, 2 / c_in) and zero biases (He's rule for ReLU inputs), so the logits start with a
+        spread near 1 (``adpf.attention.RelativeSelfAttention.init_query_key``).
     """
 
     attention_epochs: int = 200
@@ -88,6 +94,7 @@ class Recipe:
     deterministic: bool = False
     keep_best: bool = False
     fusion_boxes: Literal["every_step", "once"] = "every_step"
+    qk_init: Literal["pytorch", "unit_logits"] = "pytorch"
 
     def __post_init__(self) -> None:
         if self.attention_epochs < 0 or self.fusion_epochs < 0:
@@ -100,6 +107,8 @@ class Recipe:
             raise ValueError(f"schedule must be 'step' or 'cosine', got {self.schedule!r}")
         if self.fusion_boxes not in ("every_step", "once"):
             raise ValueError(f"fusion_boxes must be 'every_step' or 'once', got {self.fusion_boxes!r}")
+        if self.qk_init not in ("pytorch", "unit_logits"):
+            raise ValueError(f"qk_init must be 'pytorch' or 'unit_logits', got {self.qk_init!r}")
         if self.schedule == "step" and self.lr_step < 1:
             raise ValueError(f"lr_step must be >= 1, got {self.lr_step}")
 

@@ -56,6 +56,7 @@ from adpf.data.prepared import DeviceBatches, Prepared, PreparedFaces, load_prep
 from adpf.distributed import Process, close_process, setup_process
 from adpf.evaluate import fit_std_scale, predict, summarize
 from adpf.losses import age_estimation_loss, attention_net_loss
+from adpf.attention import RelativeSelfAttention
 from adpf.networks import ADPF, build_model
 from adpf.patches import move_boxes
 from adpf.recipes import SPEED_FIELDS, Recipe, get_recipe
@@ -103,13 +104,15 @@ def plan_stages(config: ADPFConfig, identity: dict, recipe: Recipe) -> list[Stag
     the key of the stage-1 model.
     """
     shaping = {k: v for k, v in recipe.to_dict().items()
-               if k not in SPEED_FIELDS + ("attention_epochs", "fusion_epochs", "fusion_boxes")}
+               if k not in SPEED_FIELDS + ("attention_epochs", "fusion_epochs", "fusion_boxes", "qk_init")}
     device = recipe.resolved_device().type
     shaping.update(device=device, amp=recipe.amp and device == "cuda")
 
     def key(name: str, cfg: ADPFConfig, epochs: int, after: str | None = None) -> str:
-        # fusion_boxes shapes ADPF's stage 2 only, so every other stage is shared across it
-        stage_recipe = {**shaping, "fusion_boxes": recipe.fusion_boxes} if name == "fusion" else shaping
+        # fusion_boxes shapes ADPF's stage 2 only and qk_init stage 1 only (stage 2 through ``after``),
+        # so every other stage is shared across them
+        stage_recipe = {**shaping, **({"fusion_boxes": recipe.fusion_boxes} if name == "fusion" else {}),
+                        **({"qk_init": recipe.qk_init} if name == "attention" else {})}
         return digest({"stage": name, "config": cfg.to_dict(), "epochs": epochs, "after": after,
                        "recipe": stage_recipe, "code": code_version(), **identity})
 
@@ -276,9 +279,14 @@ def determinism(recipe: Recipe):
             torch.use_deterministic_algorithms(before[0], warn_only=before[1])
 
 
-def build_stage_model(stage: Stage, previous: nn.Module | None, process: Process) -> nn.Module:
-    """The stage's network on the process's device; stage 2 starts from the stage-1 AttentionNet, frozen."""
+def build_stage_model(stage: Stage, previous: nn.Module | None, process: Process, recipe: Recipe) -> nn.Module:
+    """The stage's network on the process's device; stage 2 starts from the stage-1 AttentionNet,
+    frozen. Stage 1's queries and keys start as ``recipe.qk_init`` says."""
     model = build_model(stage.config)
+    if stage.name == "attention" and recipe.qk_init == "unit_logits":
+        for module in model.modules():
+            if isinstance(module, RelativeSelfAttention):
+                module.init_query_key(gain=math.sqrt(2))
     if stage.name == "fusion":
         load_model_state(model.attention_net, previous.state_dict(), f"stage 1 of {stage.folder}")
         model.freeze_attention()
@@ -441,7 +449,7 @@ def run_stage(stage: Stage, previous: nn.Module | None, data: Prepared, split: d
     """
     checkpoint_path = stage.folder / "checkpoint.pt"
     seed_everything(stage_seed(recipe, stage, process))
-    model = build_stage_model(stage, previous, process)
+    model = build_stage_model(stage, previous, process, recipe)
     done = read_json(stage.folder / "stage.json") if use_cache else None
     if done is not None:
         load_stage_checkpoint(checkpoint_path, stage, model, process)

@@ -1,4 +1,6 @@
 """Eq. 1–5 and the fused form the model trains with, against the float64 loops of adpf.reference."""
+import math
+
 import pytest
 import torch
 
@@ -212,3 +214,45 @@ def test_fused_heads_match_the_loops_and_the_plain_heads_forward_and_backward(mo
     torch.testing.assert_close(results["sdpa"][0], results["plain"][0])
     for fused, plain in zip(results["sdpa"][1], results["plain"][1]):
         torch.testing.assert_close(fused, plain)
+
+
+def test_the_attention_weights_are_the_softmax_the_loop_averages_the_values_with():
+    module = RelativeSelfAttention(6, 4, 5, 3, 4).to(D)
+    z = torch.randn(2, 6, 3, 4, dtype=D)
+    with torch.no_grad():
+        weights = module.weights(z)  # (B, N, N)
+        values = module.value(z).flatten(2).transpose(1, 2)  # (B, N, c_V)
+        assert weights.shape == (2, 12, 12)
+        torch.testing.assert_close(weights.sum(-1), torch.ones(2, 12, dtype=D))
+        torch.testing.assert_close((weights @ values).transpose(1, 2).reshape(2, 5, 3, 4),
+                                   loop_self_attention(module, z))
+
+
+def _entropy_share(weights):
+    """Mean entropy of the attention rows over log N: 1 for uniform attention."""
+    return float(-(weights * weights.clamp_min(1e-300).log()).sum(-1).mean() / math.log(weights.shape[-1]))
+
+
+def test_init_query_key_starts_the_logits_near_unit_spread_and_wakes_the_gradient():
+    """PyTorch's default init leaves the softmax within 1 % of uniform and the queries' gradient
+    small; init_query_key(√2) on ReLU features (as the stem gives) starts the logits near one and
+    gives the queries a gradient about twice as large (recipe.qk_init, open choice 18)."""
+    torch.manual_seed(1)
+    z = torch.relu(torch.randn(8, 16, 16, 16, dtype=D))
+    target = torch.randn(8, 16, 16, 16, dtype=D)
+    out = {}
+    for init in ("pytorch", "unit_logits"):
+        torch.manual_seed(2)
+        module = RelativeSelfAttention(16, 16, 16, 16, 16, impl="plain").to(D)
+        if init == "unit_logits":
+            module.init_query_key(gain=math.sqrt(2))
+            assert module.query.bias.abs().max() == 0 and module.key.bias.abs().max() == 0
+        q, k, _ = (conv(z).flatten(2).transpose(1, 2) for conv in (module.query, module.key, module.value))
+        logits = (q @ k.transpose(1, 2)) / math.sqrt(16)
+        ((module(z) - target) ** 2).mean().backward()
+        out[init] = (float(logits.std(-1).mean()), _entropy_share(module.weights(z).detach()),
+                     float(module.query.weight.grad.norm()))
+    (spread0, entropy0, grad0), (spread1, entropy1, grad1) = out["pytorch"], out["unit_logits"]
+    assert spread0 < 0.4 and entropy0 > 0.99
+    assert 0.6 < spread1 < 1.6 and entropy1 < 0.97
+    assert grad1 > 1.5 * grad0  # about twice here

@@ -69,6 +69,12 @@ def test_recipe_fields_change_the_keys_they_shape():
         assert keys(tiny(), recipe=RECIPE.replace(**change))["attention"] != base["attention"], change
     for change in [dict(channels_last=False), dict(compile=True), dict(deterministic=True), dict(amp=False)]:
         assert keys(tiny(), recipe=RECIPE.replace(**change)) == base, change  # amp: no effect on CPU
+    # qk_init starts stage 1 only: stage 2 follows through its stage-1 key, the one-stage baselines share
+    unit = RECIPE.replace(qk_init="unit_logits")
+    assert keys(tiny(), recipe=unit)["attention"] != base["attention"]
+    assert keys(tiny(), recipe=unit)["fusion"] != base["fusion"]
+    for variant in ("plain_cnn", "fixed_patches", "resnet18"):
+        assert keys(tiny(variant=variant), recipe=unit) == keys(tiny(variant=variant)), variant
 
 
 def test_data_and_split_change_every_key():

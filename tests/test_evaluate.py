@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 from adpf import reference
 from adpf.config import get_preset
 from adpf.evaluate import (age_group_errors, attention_maps, attention_report, box_coverage, calibration,
-                           box_region_share, box_statistics, fit_std_scale,
+                           box_region_share, box_statistics, fit_std_scale, head_entropy,
                            constant_baseline, cs_curve, head_overlap, head_similarity, mae, mask_share, predict,
                            ranked_boxes, summarize)
 from adpf.networks import ModelOutput, build_model
@@ -210,6 +210,44 @@ def test_attention_report_on_a_model():
     assert report["region_area"] == pytest.approx(union.float().mean().item())
     with pytest.raises(ValueError, match="no attention maps"):
         attention_report(build_model(tiny(variant="plain_cnn")), DataLoader(items))
+    images = torch.stack([it["image"] for it in items])
+    assert np.allclose(report["head_entropy"], head_entropy(model, images)[:, att.order].mean(dim=0).numpy(),
+                       atol=1e-5)
+
+
+def loop_entropy_share(weights):
+    """Σ_j −a_ij log a_ij over log N, averaged over i: plain float64 loops over a ``(N, N)`` matrix."""
+    n = len(weights)
+    rows = [-sum(float(a) * math.log(float(a)) for a in row if a > 0) / math.log(n) for row in weights]
+    return sum(rows) / n
+
+
+def test_head_entropy_is_the_mean_row_entropy_of_each_heads_softmax():
+    torch.manual_seed(0)
+    model = build_model(tiny(variant="attention_only")).double().eval()
+    images = torch.rand(2, 3, 16, 16, dtype=torch.float64)
+    got = head_entropy(model, images)  # (B, n)
+    assert got.shape == (2, 3)
+    with torch.no_grad():
+        x = model.features(images)
+    for k, (head, z) in enumerate(zip(model.rmhha.heads, x.chunk(3, dim=1))):
+        weights = head.self_attention.weights(z)
+        for b in range(2):
+            assert got[b, k].item() == pytest.approx(loop_entropy_share(weights[b]), rel=1e-5)
+    # the two ends: zero queries and keys make a head average every pixel alike (1); relative
+    # embeddings that favour offset (0, 0) overwhelmingly make every pixel look at itself (0, and
+    # no NaN from 0 · log 0)
+    with torch.no_grad():
+        attention = model.rmhha.heads[0].self_attention
+        for conv in (attention.query, attention.key):
+            conv.weight.zero_(), conv.bias.zero_()
+        attention.rel_h.zero_(), attention.rel_w.zero_()
+        assert torch.allclose(head_entropy(model, images)[:, 0], torch.ones(2, dtype=torch.float64))
+        h, w = attention.height, attention.width
+        attention.rel_h[h - 1], attention.rel_w[w - 1] = 1e4, 1e4  # the rows of offset 0
+        attention.query.bias.fill_(1.0)
+    assert head_entropy(model, images)[:, 0].abs().max() < 1e-6
+    assert torch.isfinite(head_entropy(model, images)).all()
 
 
 def test_constant_baseline_always_answers_the_mean_training_age():

@@ -473,3 +473,34 @@ def nn_call(module, x):
 def _augmented(face, top, left, flip):
     from adpf.data.prepared import pad_crop_flip
     return pad_crop_flip(face, None, 2, torch.tensor([top, left, flip]))[0]
+
+
+def test_qk_init_draws_stage_one_queries_and_keys_and_nothing_else(data, cache, monkeypatch):
+    """recipe.qk_init="unit_logits": stage 1 starts its queries and keys from N(0, 2 / c_in) with zero
+    biases (every other weight as PyTorch draws it); "pytorch" leaves the default draw untouched."""
+    from adpf import train as train_module
+    started = {}
+    build = train_module.build_stage_model
+
+    def keep_start(stage, previous, process, recipe):
+        model = build(stage, previous, process, recipe)
+        started[(recipe.qk_init, stage.name)] = {k: v.clone() for k, v in model.state_dict().items()}
+        return model
+
+    monkeypatch.setattr(train_module, "build_stage_model", keep_start)
+    for init in ("pytorch", "unit_logits"):
+        run(tiny(), data, RECIPE.replace(attention_epochs=1, fusion_epochs=1, qk_init=init))
+    default, unit = started[("pytorch", "attention")], started[("unit_logits", "attention")]
+    qk = [k for k in default if ".self_attention.query." in k or ".self_attention.key." in k]
+    assert len(qk) == 4 * TINY["heads"]
+    for name in qk:
+        if name.endswith("bias"):
+            assert unit[name].abs().max() == 0 and default[name].abs().max() > 0
+    weights = [k for k in qk if k.endswith("weight")]
+    pooled = {init: torch.cat([state[k].flatten() for k in weights]) for init, state in (("d", default), ("u", unit))}
+    c_in = TINY["x_channels"] // TINY["heads"]
+    assert pooled["d"].abs().max() <= c_in ** -0.5  # PyTorch's uniform bound 1/√c_in: std 0.41 here
+    assert 0.7 < pooled["u"].std() < 1.3  # N(0, 2 / c_in): std 1
+    assert all(torch.equal(default[k], unit[k]) for k in default if k not in qk)
+    with pytest.raises(ValueError, match="qk_init must be"):
+        RECIPE.replace(qk_init="xavier")
