@@ -7,20 +7,24 @@ trained AttentionNet from the cache (the rows' ``stage_keys``) and prints each h
 over log N, 1 being uniform, averaged over the pixels and over ``--faces`` faces spread evenly
 through the data (what is measured is the network, not its error, so training faces count)::
 
-    python benchmarks/head_entropy.py benchmarks/results/longer-utkface.json --data data/utkface-64
+    python benchmarks/head_entropy.py benchmarks/results/longer-utkface.json --data data/utkface-64 \
+        --out benchmarks/results/head-entropy-longer-utkface.json
 
-Prints one line per (model, seed), heads in ranked order (P_1 first), then the number of heads
-within 1 % of uniform (entropy ≥ 0.99) per row.
+Prints one line per trained AttentionNet (rows that share a stage 1 are named together), heads in
+ranked order (P_1 first), and how many are within 1 % of uniform (entropy ≥ 0.99); ``--out``
+writes the same as JSON (chapter 10 reads it).
 """
 from __future__ import annotations
 
 import argparse
+import datetime
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from adpf.cache import stage_dir
+from adpf.cache import code_version, stage_dir, write_json
 from adpf.checkpoint import load_model
 from adpf.data.prepared import images_to_tensor, load_prepared
 from adpf.evaluate import attention_maps, head_entropy
@@ -35,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", required=True, help="the prepared folder the record was trained on")
     parser.add_argument("--faces", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--out", type=Path, help="also write the entropies as JSON here")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     record, data = read_record(args.record), load_prepared(args.data)
@@ -45,8 +50,13 @@ def main(argv: list[str] | None = None) -> int:
     images = images_to_tensor(data.images[picked])
     print(f"{args.record}: {len(picked)} faces of {args.data}; head entropy / log N, P_1 first "
           f"(1 = uniform attention, a flat map)")
+    networks: dict[str, dict] = {}
     for row in rows:
-        path = stage_dir("attention", row["stage_keys"]["attention"]) / "checkpoint.pt"
+        key = row["stage_keys"]["attention"]
+        if key in networks:
+            networks[key]["models"].append(row["model"])
+            continue
+        path = stage_dir("attention", key) / "checkpoint.pt"
         if not path.is_file():
             print(f"{row['model']} seed {row['seed']}: {path} is not in the cache; train it with the record's "
                   "command", file=sys.stderr)
@@ -54,10 +64,19 @@ def main(argv: list[str] | None = None) -> int:
         model = load_model(path)
         order = attention_maps(model, images[:1]).order.cpu()
         entropy = torch.cat([head_entropy(model, batch) for batch in images.split(args.batch_size)])
-        ranked = entropy.mean(dim=0)[order].tolist()
-        flat = sum(e >= FLAT for e in ranked)
-        print(f"{row['model']:<20} seed {row['seed']}: " + " ".join(f"{e:.3f}" for e in ranked)
-              + f"   flat heads {flat} of {len(ranked)}", flush=True)
+        networks[key] = {"models": [row["model"]], "seed": row["seed"], "stage_key": key,
+                         "head_entropy": entropy.mean(dim=0)[order].tolist()}
+    for found in networks.values():
+        ranked = found["head_entropy"]
+        found["flat_heads"] = sum(e >= FLAT for e in ranked)
+        print(f"{' and '.join(found['models'])}, seed {found['seed']}: " + " ".join(f"{e:.3f}" for e in ranked)
+              + f"   flat heads {found['flat_heads']} of {len(ranked)}", flush=True)
+    if args.out:
+        write_json(args.out, {"command": "python " + " ".join([sys.argv[0], *(argv or sys.argv[1:])]),
+                              "record": args.record, "data": record["data"], "faces": len(picked),
+                              "flat_threshold": FLAT, "code_version": code_version(),
+                              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                              "networks": list(networks.values())})
     return 0
 
 

@@ -2,6 +2,7 @@
 and the statistics that read them, on tiny data."""
 import json
 import shlex
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -25,6 +26,7 @@ RECIPE = Recipe(attention_epochs=1, fusion_epochs=1, batch_size=8, lr=0.05, devi
 SPLIT = {"train": np.arange(0, 30), "val": np.arange(30, 30), "test": np.arange(30, 40)}
 # subjects are row // 2: nobody on two sides
 VAL_SPLIT = {"train": np.arange(0, 26), "val": np.arange(26, 32), "test": np.arange(32, 40)}
+ROOT = Path(__file__).resolve().parents[1]
 ROWS = ("ADPF", "ADPF w/o diversity loss", "plain CNN")
 
 
@@ -152,6 +154,35 @@ def test_a_record_holds_its_provenance_and_every_row(data, cache, tmp_path):
     assert len(curves) == 2 * (2 + 2 + 1) and set(curves["stage"]) == {"attention", "fusion", "single"}
     # one epoch a stage: nothing to gain from
     assert late_gain(curves)["gain"].isna().all()
+
+
+def test_head_entropy_script_measures_each_stage_one_of_a_record_once(data, cache, tmp_path):
+    """benchmarks/head_entropy.py: rows that share a stage 1 are one network; its entropies are
+    `head_entropy` on the faces it picks, heads in ranked order, and the record rows carry theirs."""
+    import importlib.util
+
+    from adpf.cache import stage_dir
+    from adpf.checkpoint import load_model
+    from adpf.data.prepared import images_to_tensor
+    from adpf.evaluate import attention_maps, head_entropy
+    path = tmp_path / "ablation.json"
+    ablation_table(get_preset("cpu", **TINY), data, VAL_SPLIT, RECIPE, rows=("ADPF", "AttentionNet alone", "plain CNN"),
+                   attention=True, seeds=[0], record=path, command="adpf experiments ablation", progress=False)
+    rows = record_rows(read_record(path))
+    attention_rows = rows[rows["model"] != "plain CNN"]
+    assert all(len(e) == 3 and all(0 < v <= 1 for v in e) for e in attention_rows["head_entropy"])
+    spec = importlib.util.spec_from_file_location("head_entropy_script", ROOT / "benchmarks" / "head_entropy.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "entropy.json"
+    assert script.main([str(path), "--data", str(data.root), "--faces", "10", "--out", str(out)]) == 0
+    found = json.loads(out.read_text())
+    assert len(found["networks"]) == 1 and found["networks"][0]["models"] == ["ADPF", "AttentionNet alone"]
+    model = load_model(stage_dir("attention", found["networks"][0]["stage_key"]) / "checkpoint.pt")
+    images = images_to_tensor(data.images[np.linspace(0, len(data) - 1, 10).round().astype(int)])
+    expected = head_entropy(model, images).mean(dim=0)[attention_maps(model, images).order]
+    assert np.allclose(found["networks"][0]["head_entropy"], expected.numpy(), atol=1e-6)
+    assert found["networks"][0]["flat_heads"] == int((expected >= 0.99).sum())
 
 
 def test_late_gain_is_the_last_stages_fall_over_its_last_epochs():
