@@ -341,6 +341,33 @@ def plot_stage_curves(curves, order: Sequence[str], constant: float, figsize=(7.
     return fig
 
 
+def plot_head_entropy(entropies: dict[str, Sequence[Sequence[float]]], flat: float,
+                      figsize=(5.6, 3.0)) -> Figure:
+    """Each head's attention entropy over log N (`adpf.evaluate.head_entropy`), heads in ranked
+    order P_1..P_n, one line per trained AttentionNet (seed), one colour per group.
+
+    entropies: group label → one list per seed of the n heads' entropies (ranked order).
+    flat: the level from which a head counts as flat (a dashed line; 1 is uniform attention).
+    """
+    fig, ax = plt.subplots(figsize=figsize)
+    for k, (label, seeds) in enumerate(entropies.items()):
+        style = model_style(k)
+        for i, values in enumerate(seeds):
+            ranks = np.arange(1, len(values) + 1)
+            ax.plot(ranks, values, marker=style["marker"], markersize=5, color=style["color"], alpha=0.85,
+                    label=label if i == 0 else None)
+    ax.axhline(flat, color="0.4", linestyle="--", label=f"flat: within {1 - flat:.0%} of uniform")
+    n = max(len(v) for seeds in entropies.values() for v in seeds)
+    ax.set_xticks(np.arange(1, n + 1), [f"$P_{k}$" for k in range(1, n + 1)])
+    ax.set_xlabel("head, in ranked order")
+    ax.set_ylabel("attention entropy / log N")
+    ax.set_ylim(top=1.005)
+    ax.legend(loc="lower left", frameon=False, fontsize=9)
+    sns.despine(ax=ax)
+    fig.tight_layout()
+    return fig
+
+
 def plot_attention_share(epochs: Sequence[int], share, chance: float, lift, regions: Sequence[str],
                          figsize=(9.5, 3.6)) -> Figure:
     """Where the heads' attention lands, two panels.

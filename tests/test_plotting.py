@@ -248,3 +248,19 @@ def test_text_color_darkens_a_light_head_colour_to_the_contrast_asked_and_keeps_
             if 1.05 / (wcag_luminance(color) + 0.05) >= ratio:
                 assert dark == tuple(color)
     assert text_color("white") != (1.0, 1.0, 1.0) and text_color("black") == (0.0, 0.0, 0.0)
+
+
+def test_plot_head_entropy_draws_one_line_per_seed_one_colour_per_group_and_the_flat_level():
+    entropies = {"default": [[0.95, 0.93, 0.998, 0.999, 0.999], [0.93, 0.994, 0.999, 0.999, 0.998]],
+                 "woken": [[0.86, 0.87, 0.94, 0.94, 0.97]]}
+    fig = plotting.plot_head_entropy(entropies, flat=0.99)
+    ax = fig.axes[0]
+    lines = [line for line in ax.get_lines() if line.get_linestyle() != "--"]
+    assert len(lines) == 3
+    assert [list(line.get_ydata()) for line in lines] == [v for seeds in entropies.values() for v in seeds]
+    assert list(lines[0].get_xdata()) == [1, 2, 3, 4, 5]
+    assert lines[0].get_color() == lines[1].get_color() != lines[2].get_color()
+    (dashed,) = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
+    assert list(dashed.get_ydata()) == [0.99, 0.99]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["default", "woken", "flat: within 1% of uniform"]
+    matplotlib.pyplot.close(fig)
