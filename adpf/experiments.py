@@ -97,6 +97,12 @@ BOOK_RECORDS: dict[str, str] = {
     "longer-utkface": "adpf experiments ablation --data data/utkface-64 --recipe cpu --epochs 15,40 "
                       "--set-recipe fusion_boxes=once --rows 'ADPF,AttentionNet alone,plain CNN,fixed patches' "
                       "--seeds 0 1 2 --test-on data/aaf-64 --record benchmarks/results/longer-utkface.json",
+    # The longer record's ADPF and AttentionNet alone with stage 1's queries and keys started at
+    # unit logits (open choice 18): whether heads that attend somewhere give patches that help
+    "qk-init-utkface": "adpf experiments ablation --data data/utkface-64 --recipe cpu --epochs 15,40 "
+                       "--set-recipe fusion_boxes=once --set-recipe qk_init=unit_logits "
+                       "--rows 'ADPF,AttentionNet alone' --seeds 0 1 2 --test-on data/aaf-64 --attention "
+                       "--record benchmarks/results/qk-init-utkface.json",
 }
 
 RECORD_FORMAT = 1

@@ -362,9 +362,11 @@ def plot_head_entropy(entropies: dict[str, Sequence[Sequence[float]]], flat: flo
     ax.set_xlabel("head, in ranked order")
     ax.set_ylabel("attention entropy / log N")
     ax.set_ylim(top=1.005)
-    ax.legend(loc="lower left", frameon=False, fontsize=9)
     sns.despine(ax=ax)
     fig.tight_layout()
+    # below the axes, outside the data (the lines cross the whole panel)
+    fig.legend(*ax.get_legend_handles_labels(), loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2,
+               frameon=False, fontsize=9)
     return fig
 
 

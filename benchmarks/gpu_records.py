@@ -65,6 +65,7 @@ GROUPS = {
     "fusion-wide-synthetic": [["ADPF", "plain CNN"]],
     "converged-synthetic": [["ADPF", "AttentionNet alone"], ["plain CNN", "fixed patches"]],
     "longer-utkface": [["ADPF", "AttentionNet alone"], ["plain CNN", "fixed patches"]],
+    "qk-init-utkface": [["ADPF", "AttentionNet alone"]],
     "converged-fullres-synthetic": [["ADPF"], ["plain CNN", "fixed patches"]],
     "fusion-fullres-synthetic": [["ADPF", "plain CNN"]],
 }

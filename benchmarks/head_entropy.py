@@ -26,7 +26,7 @@ import torch
 
 from adpf.cache import code_version, stage_dir, write_json
 from adpf.checkpoint import load_model
-from adpf.data.prepared import images_to_tensor, load_prepared
+from adpf.data.prepared import default_dataset, images_to_tensor, load_prepared
 from adpf.evaluate import attention_maps, head_entropy
 from adpf.experiments import read_record
 
@@ -36,13 +36,17 @@ FLAT = 0.99
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("record")
-    parser.add_argument("--data", required=True, help="the prepared folder the record was trained on")
+    parser.add_argument("--data", required=True,
+                        help="the prepared folder the record was trained on, or 'synthetic' for the drawn faces")
     parser.add_argument("--faces", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--out", type=Path, help="also write the entropies as JSON here")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    record, data = read_record(args.record), load_prepared(args.data)
+    record = read_record(args.record)
+    if args.data == "synthetic":  # the drawn faces of the record's size, as `adpf experiments --data synthetic` draws them
+        args.data = str(default_dataset(image_size=record["data"]["image_size"], n=record["data"]["count"]))
+    data = load_prepared(args.data)
     rows = [row for row in record["rows"] if "attention" in row["stage_keys"]]
     if not rows:
         raise SystemExit(f"{args.record}: no row has an AttentionNet (stage 1)")

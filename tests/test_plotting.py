@@ -262,5 +262,6 @@ def test_plot_head_entropy_draws_one_line_per_seed_one_colour_per_group_and_the_
     assert lines[0].get_color() == lines[1].get_color() != lines[2].get_color()
     (dashed,) = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
     assert list(dashed.get_ydata()) == [0.99, 0.99]
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["default", "woken", "flat: within 1% of uniform"]
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == ["default", "woken", "flat: within 1% of uniform"]
     matplotlib.pyplot.close(fig)

@@ -104,17 +104,19 @@ def test_ch10_reads_its_records_and_says_when_the_code_changed():
     converged = json.loads(Path(values["converged_record"]).read_text())
     fullres = json.loads(Path(values["fullres_record"]).read_text())
     longer = json.loads(Path(values["longer_record"]).read_text())
+    woken = json.loads(Path(values["woken_record"]).read_text())
     stale = {name for name, r in (("ablation-synthetic", record), ("heads-synthetic", heads),
                                   ("converged-synthetic", converged),
                                   ("converged-fullres-synthetic", fullres), ("ablation-utkface", real),
-                                  ("longer-utkface", longer))
+                                  ("longer-utkface", longer), ("qk-init-utkface", woken))
              if r["code_version"] != code_version()}
     assert set(values["stale_records"]) == stale
     # the coverage of the calibrated ± and the fitted factors are the record's, over its rows
     for key, column in (("within_1", "within_1std"), ("within_2", "within_2std"), ("scale", "std_scale")):
         assert values[f"{key}_min"] == min(row[column] for row in record["rows"])
         assert values[f"{key}_max"] == max(row[column] for row in record["rows"])
-    assert values["n_trainings"] == sum(len(r["rows"]) for r in (record, heads, converged, fullres, real, longer))
+    assert values["n_trainings"] == sum(len(r["rows"]) for r in (record, heads, converged, fullres, real, longer,
+                                                                 woken))
     # the learning curves are the record's own (one budget): the ADPF rows' stage-2 ends
     ends = [row["history"]["fusion"][-1] for row in adpf]
     assert values["fusion_val_end"] == pytest.approx(np.mean([e["val_mae"] for e in ends]), abs=1e-12)
@@ -141,6 +143,38 @@ def assert_four_models(values: dict, prefix: str, mae: dict) -> None:
                                ("stream", "plain CNN", "AttentionNet alone"),
                                ("fixed", "fixed patches", "plain CNN")):
         assert values[f"{prefix}_{key}_verdict"] == verdict(mae[better], mae[worse])
+
+
+def test_ch10_woken_heads_are_their_record_and_the_longer_ones_entropies():
+    values = glued("10_ablations")
+    woken = json.loads(Path(values["woken_record"]).read_text())
+    longer = json.loads(Path(values["longer_record"]).read_text())
+    entropy = json.loads((Path(values["woken_record"]).parent / "head-entropy-longer-utkface.json").read_text())
+    # the longer record's faces, split, epochs and boxes; only stage 1's start differs
+    assert woken["data"] == longer["data"] and woken["split"] == longer["split"]
+    assert {k: v for k, v in woken["recipe"].items() if k != "qk_init"} == \
+        {k: v for k, v in longer["recipe"].items() if k != "qk_init"}
+    assert woken["recipe"]["qk_init"] == "unit_logits" and longer["recipe"].get("qk_init", "pytorch") == "pytorch"
+    # the entropies are of the longer record's own stage-1 networks, one per seed
+    assert sorted(n["stage_key"] for n in entropy["networks"]) == sorted(
+        {row["stage_keys"]["attention"] for row in longer["rows"] if "attention" in row["stage_keys"]})
+    flat = entropy["flat_threshold"]
+    adpf = [row for row in woken["rows"] if row["model"] == "ADPF"]
+    assert values["flat_default"] == sum(e >= flat for n in entropy["networks"] for e in n["head_entropy"])
+    assert values["flat_woken"] == sum(e >= flat for row in adpf for e in row["head_entropy"])
+    assert values["heads_total"] == sum(len(n["head_entropy"]) for n in entropy["networks"])
+    mae = {m: [row["mae"] for row in woken["rows"] if row["model"] == m] for m in woken["models"]}
+    old = {m: [row["mae"] for row in longer["rows"] if row["model"] == m] for m in longer["models"]}
+    assert all(len(v) >= 2 for v in mae.values())
+    assert values["woken_adpf"] == pytest.approx(np.mean(mae["ADPF"]), abs=1e-12)
+    spread = np.mean([row["box_centre_spread"] for row in adpf])
+    assert values["woken_centre_spread"] == pytest.approx(spread, abs=1e-12)
+    assert values["woken_centre_px"] == pytest.approx(spread * woken["config"]["image_size"], abs=1e-9)
+    assert values["woken_attention"] == pytest.approx(np.mean(mae["AttentionNet alone"]), abs=1e-12)
+    assert values["woken_vs_default"] == verdict(mae["ADPF"], old["ADPF"])
+    assert values["woken_vs_fixed"] == verdict(mae["ADPF"], old["fixed patches"])
+    assert values["woken_vs_attention"] == verdict(mae["ADPF"], mae["AttentionNet alone"])
+    assert values["woken_attention_vs_default"] == verdict(mae["AttentionNet alone"], old["AttentionNet alone"])
 
 
 def test_ch10_converged_record_is_read_as_recorded():
