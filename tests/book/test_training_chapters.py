@@ -163,6 +163,8 @@ def test_ch10_woken_heads_are_their_record_and_the_longer_ones_entropies():
     assert values["flat_default"] == sum(e >= flat for n in entropy["networks"] for e in n["head_entropy"])
     assert values["flat_woken"] == sum(e >= flat for row in adpf for e in row["head_entropy"])
     assert values["heads_total"] == sum(len(n["head_entropy"]) for n in entropy["networks"])
+    assert values["n_networks"] == len(entropy["networks"])
+    assert values["flat_first_two"] == sum(max(n["head_entropy"][:2]) >= flat for n in entropy["networks"])
     mae = {m: [row["mae"] for row in woken["rows"] if row["model"] == m] for m in woken["models"]}
     old = {m: [row["mae"] for row in longer["rows"] if row["model"] == m] for m in longer["models"]}
     assert all(len(v) >= 2 for v in mae.values())
