@@ -1,6 +1,6 @@
 """One config object that names every size of ADPF, and the named presets.
 
-Every open choice of the method (``book/open_choices.md``, choices 1–16) that is cheap to
+Every open choice of the method (``book/open_choices.md``, choices 1–19) that is cheap to
 make configurable is a field here; the docstring of each field says what the paper
 gives and what this project chose where the paper is silent.
 
@@ -103,6 +103,12 @@ class ADPFConfig:
         when "mean" (defaults: 0.5 above the median, the half maximum; earlier "mean" of the
         min-max map, which put 94 % of the boxes at the largest side: benchmarks/results/box-rule.md).
     patch_min_frac, patch_max_frac: the box side is clamped to these fractions of the image.
+    patch_placement: where ADPF crops its patches (book/open_choices.md, choice 19). "per_face"
+        (the paper's): at the boxes of each face's own ranked maps. "rank_median" (not the
+        paper's): after stage 1, the boxes of every training face are found once, and every face,
+        in training and at test time, is cropped at each rank's median box
+        (``patches.rank_median_boxes``, kept in the model as ``ADPF.placed_boxes``). The heads
+        still choose where P_1..P_n lie, once for the data set rather than for each face.
 
     Implementation
     --------------
@@ -147,6 +153,7 @@ class ADPFConfig:
     patch_baseline: Literal["median", "min"] = "median"
     patch_min_frac: float = 0.15
     patch_max_frac: float = 0.6
+    patch_placement: Literal["per_face", "rank_median"] = "per_face"
     # implementation
     attention_impl: Literal["sdpa", "plain"] = "sdpa"
 
@@ -193,7 +200,8 @@ class ADPFConfig:
                               ("attention", ("hybrid", "self_sum")), ("rank_by", ("value", "abs")),
                               ("eq9", ("as_written", "raw")), ("diversity_maps", ("unit", "normalized", "raw")),
                               ("attention_impl", ("sdpa", "plain")), ("patch_baseline", ("median", "min")),
-                              ("fusion_head", ("pool", "flatten")), ("patch_stream", ("strided", "resize"))]:
+                              ("fusion_head", ("pool", "flatten")), ("patch_stream", ("strided", "resize")),
+                              ("patch_placement", ("per_face", "rank_median"))]:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
 

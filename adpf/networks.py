@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from adpf.config import ADPFConfig
-from adpf.patches import crop_patches, fixed_boxes, maps_to_boxes
+from adpf.patches import crop_patches, fixed_boxes, maps_to_boxes, rank_median_boxes
 from adpf.rmhha import RMHHA, AttentionOutput
 
 MIN_SIDE = 4  # FusionNet's main stream stops halving its resolution at this side
@@ -196,6 +196,10 @@ class ADPF(nn.Module):
     median to its peak, which makes a positive a_k irrelevant to the box; a negative one flips
     the map). Stage 1 trains
     ``model.attention_net`` on its own.
+
+    With ``config.patch_placement="rank_median"`` (not the paper's; book/open_choices.md,
+    choice 19) every face is cropped at ``placed_boxes`` ``(n, 4)``, each rank's median box over
+    the training faces, which stage 2 sets once with `place_boxes` and the checkpoint keeps.
     """
 
     def __init__(self, config: ADPFConfig, box_method: str = "torch"):
@@ -203,6 +207,10 @@ class ADPF(nn.Module):
         self.config, self.box_method = config, box_method
         self.attention_net = AttentionNet(config)
         self.fusion_net = FusionNet(config)
+        self.boxes_placed = False
+        if config.patch_placement == "rank_median":
+            self.register_buffer("placed_boxes", torch.zeros(config.heads, 4, dtype=torch.int64))
+            self.register_load_state_dict_post_hook(lambda module, _: setattr(module, "boxes_placed", True))
 
     @property
     def attention_frozen(self) -> bool:
@@ -220,13 +228,34 @@ class ADPF(nn.Module):
         return self
 
     def attend(self, x: Tensor) -> tuple[ModelOutput, Tensor]:
-        """AttentionNet's output on x ``(B, 3, H, W)`` and the boxes ``(B, n, 4)`` of its ranked maps."""
+        """AttentionNet's output on x ``(B, 3, H, W)`` and the boxes ``(B, n, 4)`` P_1..P_n are
+        cropped at: those of its ranked maps, or ``placed_boxes`` for every face."""
+        att, boxes = self.face_boxes(x)
+        if self.config.patch_placement == "rank_median":
+            if not self.boxes_placed:
+                raise RuntimeError("this ADPF crops at rank_median boxes but none are placed: call "
+                                   "place_boxes after stage 1 (adpf.train does), or load a trained checkpoint")
+            boxes = self.placed_boxes.expand(x.shape[0], -1, -1).clone()
+        return att, boxes
+
+    def face_boxes(self, x: Tensor) -> tuple[ModelOutput, Tensor]:
+        """AttentionNet's output on x ``(B, 3, H, W)`` and the boxes ``(B, n, 4)`` of each face's
+        own ranked maps (``patches.maps_to_boxes``)."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.attention_frozen):
             att = self.attention_net(x)
         c = self.config
         boxes = maps_to_boxes(att.attention.ranked.detach(), c.image_size, c.patch_threshold, c.patch_min_frac,
                               c.patch_max_frac, method=self.box_method, baseline=c.patch_baseline)
         return att, boxes
+
+    def place_boxes(self, boxes: Tensor) -> None:
+        """Crop every face at each rank's median (``patches.rank_median_boxes``) of ``boxes``
+        ``(N, n, 4)``, the `face_boxes` of the training faces (``patch_placement="rank_median"``)."""
+        if self.config.patch_placement != "rank_median":
+            raise ValueError(f"place_boxes needs patch_placement='rank_median', "
+                             f"this ADPF's is {self.config.patch_placement!r}")
+        self.placed_boxes.copy_(rank_median_boxes(boxes, self.config.image_size))
+        self.boxes_placed = True
 
     def forward(self, x: Tensor, boxes: Tensor | None = None) -> ModelOutput:
         """x ``(B, 3, H, W)`` → ``ModelOutput``. ``boxes`` ``(B, n, 4)``: P_1..P_n's boxes found

@@ -28,6 +28,10 @@ boxes:
 A map that is flat, all zero, or holds a NaN/inf has no region: its box is the largest allowed
 square centred on the image.
 
+An ADPF with ``config.patch_placement="rank_median"`` (book/open_choices.md, choice 19; not the
+paper's) finds these boxes on its training faces once, after stage 1, and crops every face at
+each rank's median box (`rank_median_boxes`).
+
 Boxes are int64 ``(x0, y0, x1, y1)`` in image pixels with x1, y1 exclusive. Being
 integers, crops pass no gradient to the attention maps (AttentionNet is frozen while
 FusionNet trains, so none is needed; book/open_choices.md, choice 10).
@@ -234,6 +238,23 @@ def maps_to_boxes(maps: Tensor, image_size: int, threshold: float | Literal["mea
     min_side = max(1, round(min_frac * image_size))
     max_side = max(min_side, round(max_frac * image_size))
     return _square_boxes(regions, peaks, image_size, min_side, max_side).reshape(b, n, 4)
+
+
+def rank_median_boxes(boxes: Tensor, image_size: int) -> Tensor:
+    """Each rank's median box ``(n, 4)`` over many faces' boxes ``(N, n, 4)``.
+
+    For rank k: the median centre (x and y apart) and the median side of the N boxes P_k (the
+    lower median, ``torch.median``'s, when N is even), as a square of that side centred there,
+    rounded to whole pixels and shifted inside the image. ``config.patch_placement=
+    "rank_median"`` crops every face at these boxes (book/open_choices.md, choice 19).
+    """
+    if boxes.dim() != 3 or boxes.shape[-1] != 4 or len(boxes) == 0:
+        raise ValueError(f"need boxes (N >= 1, n, 4), got shape {tuple(boxes.shape)}")
+    boxes = boxes.double()
+    centre = ((boxes[..., :2] + boxes[..., 2:]) / 2).median(dim=0).values  # (n, 2): x, y
+    side = torch.maximum(boxes[..., 2] - boxes[..., 0], boxes[..., 3] - boxes[..., 1]).median(dim=0).values  # (n,)
+    start = torch.minimum((centre - side[:, None] / 2).round().clamp_min(0), image_size - side[:, None])
+    return torch.cat([start, start + side[:, None]], dim=1).long()
 
 
 def move_boxes(boxes: Tensor, offsets: Tensor, pad: int, image_size: int) -> Tensor:

@@ -335,17 +335,24 @@ class StoredBoxes:
 
 def find_stored_boxes(model: ADPF, data: Prepared, indices: np.ndarray, recipe: Recipe,
                       process: Process) -> StoredBoxes:
-    """The frozen AttentionNet's boxes (`ADPF.attend`) for the faces ``indices`` as stored, in
-    evaluation batches, under the autocast the training steps use."""
+    """The boxes ADPF crops at (`ADPF.attend`) for the faces ``indices`` as stored."""
+    pad = data.image_size // 16 if recipe.pad is None else recipe.pad
+    return StoredBoxes(boxes_of_faces(model.attend, model, data, indices, recipe, process), pad, data.image_size)
+
+
+def boxes_of_faces(find: Callable, model: ADPF, data: Prepared, indices: np.ndarray, recipe: Recipe,
+                   process: Process) -> torch.Tensor:
+    """``find``'s boxes (`ADPF.attend` or `ADPF.face_boxes`) ``(rows, n, 4)`` for the faces
+    ``indices`` as stored (other rows zero), in evaluation batches, under the autocast the
+    training steps use."""
     model.eval()
     boxes = torch.zeros(len(data), model.config.heads, 4, dtype=torch.int64, device=process.device)
     amp = process.device.type == "cuda" and recipe.amp
     with torch.no_grad(), torch.autocast(process.device.type, dtype=torch.bfloat16, enabled=amp):
         for batch in make_loader(data, indices, recipe, process, train=False):
             images, _ = training_batch(batch, recipe, process)
-            boxes[batch["index"].to(process.device)] = model.attend(images)[1]
-    pad = data.image_size // 16 if recipe.pad is None else recipe.pad
-    return StoredBoxes(boxes, pad, data.image_size)
+            boxes[batch["index"].to(process.device)] = find(images)[1]
+    return boxes
 
 
 def stage_loss(stage: Stage, output, age: torch.Tensor):
@@ -454,6 +461,9 @@ def run_stage(stage: Stage, previous: nn.Module | None, data: Prepared, split: d
     if done is not None:
         load_stage_checkpoint(checkpoint_path, stage, model, process)
         return model, done
+    if stage.name == "fusion" and stage.config.patch_placement == "rank_median":  # before a resumed checkpoint
+        rows = torch.as_tensor(split["train"], device=process.device)
+        model.place_boxes(boxes_of_faces(model.face_boxes, model, data, split["train"], recipe, process)[rows])
 
     generator = torch.Generator().manual_seed(stage_seed(recipe, stage, process))
     loader = make_loader(data, split["train"], recipe, process, train=True, generator=generator)

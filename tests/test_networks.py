@@ -352,3 +352,34 @@ def test_a_stride_one_fusion_stem_keeps_the_first_stage_at_full_resolution():
     x = torch.rand(2, 3, config.image_size, config.image_size)
     model = build_model(config)
     assert model(x).logits.shape == (2, config.num_classes)
+
+
+def test_rank_median_placement_crops_every_face_at_the_placed_boxes(tmp_path):
+    """patch_placement="rank_median": no crop before boxes are placed; place_boxes keeps each rank's
+    median of the boxes it is given (patches.rank_median_boxes) and every face is then cropped
+    there; the boxes are a buffer of the checkpoint, loaded back with weights_only."""
+    from adpf.checkpoint import checkpoint_dict, load_model, save_checkpoint
+    from adpf.patches import rank_median_boxes
+
+    torch.manual_seed(0)
+    with pytest.raises(ValueError, match="patch_placement must be one of"):
+        tiny(patch_placement="per_rank")
+    model = ADPF(tiny(patch_placement="rank_median")).freeze_attention().eval()
+    x = torch.rand(5, 3, 16, 16)
+    with pytest.raises(RuntimeError, match="none are placed: call place_boxes"):
+        model(x)
+    with pytest.raises(ValueError, match="needs patch_placement='rank_median'"):
+        ADPF(tiny()).place_boxes(torch.zeros(2, 3, 4, dtype=torch.int64))
+    _, own = model.face_boxes(x)
+    model.place_boxes(own)
+    out = model(x)
+    placed = rank_median_boxes(own, 16)
+    assert torch.equal(model.placed_boxes, placed)
+    assert torch.equal(out.boxes, placed.expand(5, -1, -1))
+    torch.testing.assert_close(out.patches, crop_patches(x, placed.expand(5, -1, -1), 8), rtol=0, atol=0)
+    assert out.attention is not None  # AttentionNet still runs: its maps are the model's to show
+    path = save_checkpoint(checkpoint_dict(model.config, model.state_dict(), "fusion", 1), tmp_path / "m.pt")
+    loaded = load_model(path).eval()
+    assert loaded.boxes_placed and torch.equal(loaded.placed_boxes, placed)
+    torch.testing.assert_close(loaded(x).logits, out.logits, rtol=0, atol=0)
+    assert "placed_boxes" not in ADPF(tiny()).state_dict()  # the paper's ADPF keeps its checkpoints' layout

@@ -360,3 +360,41 @@ def test_a_blobs_box_moves_as_the_box_found_on_the_moved_blob():
         else:
             assert (expected - after).abs().max() <= 1 and torch.equal(expected[..., 2:] - expected[..., :2],
                                                                         after[..., 2:] - after[..., :2])
+
+
+def _lower_median(values):
+    ordered = sorted(values)
+    return ordered[(len(ordered) - 1) // 2]
+
+
+@pytest.mark.parametrize("faces", [1, 6, 7])
+def test_rank_median_boxes_match_a_loop_reference(faces):
+    """Each rank's box: the lower median of the N centres (x and y apart) and of the N sides, as a
+    square of that side around that centre, rounded and shifted inside the image."""
+    random.seed(faces)
+    size, n = 32, 4
+    boxes = []
+    for _ in range(faces):
+        face = []
+        for _ in range(n):
+            w, h = random.randint(3, 20), random.randint(3, 20)
+            x0, y0 = random.randint(0, size - w), random.randint(0, size - h)
+            face.append([x0, y0, x0 + w, y0 + h])
+        boxes.append(face)
+    boxes[0][0] = [0, 0, 20, 20]  # a corner box, so the shift inside the image is exercised when N = 1
+    got = patches.rank_median_boxes(torch.tensor(boxes), size)
+    assert got.dtype == torch.int64 and got.shape == (n, 4)
+    for k in range(n):
+        cx = _lower_median([(b[k][0] + b[k][2]) / 2 for b in boxes])
+        cy = _lower_median([(b[k][1] + b[k][3]) / 2 for b in boxes])
+        side = _lower_median([max(b[k][2] - b[k][0], b[k][3] - b[k][1]) for b in boxes])
+        x0 = min(max(round(cx - side / 2), 0), size - side)
+        y0 = min(max(round(cy - side / 2), 0), size - side)
+        assert got[k].tolist() == [x0, y0, x0 + side, y0 + side], k
+    with pytest.raises(ValueError, match=r"need boxes \(N >= 1, n, 4\)"):
+        patches.rank_median_boxes(torch.zeros(0, n, 4, dtype=torch.int64), size)
+
+
+def test_rank_median_boxes_of_one_box_everywhere_is_that_box():
+    box = torch.tensor([[3, 5, 13, 15], [0, 20, 12, 32]])
+    assert torch.equal(patches.rank_median_boxes(box.expand(9, -1, -1), 32), box)

@@ -504,3 +504,27 @@ def test_qk_init_draws_stage_one_queries_and_keys_and_nothing_else(data, cache, 
     assert all(torch.equal(default[k], unit[k]) for k in default if k not in qk)
     with pytest.raises(ValueError, match="qk_init must be"):
         RECIPE.replace(qk_init="xavier")
+
+
+@pytest.mark.parametrize("boxes", ["every_step", "once"])
+def test_rank_median_placement_crops_every_face_at_the_training_faces_median_boxes(data, cache, boxes):
+    """patch_placement="rank_median": stage 1 is the paper's ADPF's own (one key); before stage 2
+    the frozen AttentionNet finds the boxes of the 24 training faces as stored, and the model
+    keeps each rank's median of them, which the checkpoint holds and every face is cropped at."""
+    from adpf.patches import rank_median_boxes
+
+    recipe = RECIPE.replace(fusion_boxes=boxes)
+    per_face, _ = run(tiny(), data, recipe)
+    placed, trained = run(tiny(patch_placement="rank_median"), data, recipe)
+    assert trained == [("fusion", 1), ("fusion", 2)]
+    assert placed.stage_keys["attention"] == per_face.stage_keys["attention"]
+    assert placed.stage_keys["fusion"] != per_face.stage_keys["fusion"]
+    model = load_model(placed.checkpoint).eval()
+    stored = torch.from_numpy(np.array(data.images[SPLIT["train"]])).permute(0, 3, 1, 2).float() / 255
+    with torch.no_grad():
+        found = model.face_boxes(stored)[1]
+        test = model(torch.from_numpy(np.array(data.images[SPLIT["test"]])).permute(0, 3, 1, 2).float() / 255)
+    assert torch.equal(model.placed_boxes, rank_median_boxes(found, 16))
+    assert torch.equal(test.boxes, model.placed_boxes.expand(len(SPLIT["test"]), -1, -1))
+    again, trained = run(tiny(patch_placement="rank_median"), data, recipe)  # from the cache
+    assert trained == [] and again.metrics == placed.metrics
