@@ -355,7 +355,9 @@ def attention_report(model: nn.Module, loader: DataLoader, max_batches: int | No
     the full matrix; ``head_entropy``: per head in ranked order, how spread its self-attention
     is (`head_entropy`, 1 = uniform); when items carry ``masks`` (the synthetic set): ``region_share`` per head
     in ranked order (mean share of its mass on the union of the true age regions) and
-    ``region_area`` (the union's share of the image, what a uniform map would score).
+    ``region_area`` (the union's share of the image, what a uniform map would score). The
+    ``box_*`` entries (`box_statistics`, and ``box_region_share`` with masks) describe the boxes
+    the model crops at: each face's own (`ranked_boxes`), or an ADPF's ``placed_boxes``.
     """
     sims, shares, areas, boxes, box_shares, entropies, seen = [], [], [], [], [], [], 0
     config = attention_net_of(model).config
@@ -366,7 +368,9 @@ def attention_report(model: nn.Module, loader: DataLoader, max_batches: int | No
         entropies.append(head_entropy(model, batch["image"])[:, att.order].sum(dim=0).cpu())
         sims.append(head_similarity(att.maps) * len(att.maps))
         seen += len(att.maps)
-        found = ranked_boxes(att, config)  # (B, n, 4)
+        found = ranked_boxes(att, config)  # (B, n, 4), each face's own
+        if getattr(model, "placed_boxes", None) is not None:  # patch_placement="rank_median"
+            found = model.placed_boxes.to(found.device).expand_as(found)
         boxes.append(found.cpu())
         if "masks" in batch:
             box_shares.append(box_region_share(found, batch["masks"].to(found.device).any(dim=1)).cpu())

@@ -134,15 +134,20 @@ def result_row(result: TrainResult) -> dict:
 
 
 def attention_columns(result: TrainResult, data: Prepared, indices, batch_size: int = 64) -> dict:
-    """Head overlap and, with region masks, the share of attention on the true age regions."""
+    """Head overlap, the heads' entropy, for ADPF its boxes (and, with ``patch_placement=
+    "rank_median"``, the placed boxes), and, with region masks, the share of attention on the
+    true age regions."""
     config = ADPFConfig.from_dict(result.config)
     if config.variant not in ("adpf", "attention_only"):
         return {}
     loader = DataLoader(PreparedFaces(data, indices), batch_size=batch_size)
-    report = attention_report(load_model(result.checkpoint), loader)
+    model = load_model(result.checkpoint)
+    report = attention_report(model, loader)
     row = {"head_overlap": report["head_overlap"], "head_entropy": report["head_entropy"]}
     if config.variant == "adpf":
         row.update({k: v for k, v in report.items() if k.startswith("box_") and k != "box_region_share"})
+        if config.patch_placement == "rank_median":
+            row["placed_boxes"] = model.placed_boxes.tolist()  # (n, 4) x0, y0, x1, y1, P_1 first
         if "box_region_share" in report:
             share = report["box_region_share"]
             row.update(box_region_share=sum(share) / len(share), box_region_share_p1=share[0])

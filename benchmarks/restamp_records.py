@@ -96,13 +96,21 @@ def record_configs(record: dict) -> list[dict]:
         heads = [int(name.split(", ")[1].split()[0]) for name in record["models"]]
         configs = heads_configs(heads, preset="cpu")
     wanted = {row["model"]: row["config_digest"] for row in record["rows"]}
+    known, defaults = set(record["config"]), ADPFConfig().to_dict()
     out = []
     for name, config in configs.items():
-        d = digest(config.to_dict())
+        # a field added since the record was made must be at its default (what the record's code
+        # did); the config is then digested, and both trees trained, with the record's own fields
+        added = {k: v for k, v in config.to_dict().items() if k not in known}
+        changed = sorted(k for k, v in added.items() if v != defaults[k])
+        if changed:
+            raise SystemExit(f"{record['_path']}: {name!r} sets {changed}, which the record does not know")
+        as_recorded = {k: v for k, v in config.to_dict().items() if k in known}
+        d = digest(as_recorded)
         if name in wanted and wanted[name] != d:
             raise SystemExit(f"{record['_path']}: cannot rebuild the config of {name!r} "
                              f"(digest {d}, the row says {wanted[name]})")
-        out.append({"model": name, "digest": d, "config": config.to_dict()})
+        out.append({"model": name, "digest": d, "config": as_recorded})
     return out
 
 

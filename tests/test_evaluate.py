@@ -215,6 +215,30 @@ def test_attention_report_on_a_model():
                        atol=1e-5)
 
 
+def test_attention_report_describes_the_boxes_a_model_crops_at():
+    """An ADPF with placed boxes (patch_placement="rank_median") crops every face at them: its
+    report's boxes hold still (centre spread 0) at the placed sides, while the paper's ADPF with
+    the same AttentionNet reports each face's own boxes."""
+    from adpf.patches import rank_median_boxes
+
+    torch.manual_seed(0)
+    per_face = build_model(tiny(variant="adpf")).eval()
+    placed = build_model(tiny(variant="adpf", patch_placement="rank_median")).eval()
+    placed.load_state_dict({**per_face.state_dict(), "placed_boxes": placed.placed_boxes})
+    items = faces_with_masks()
+    images = torch.stack([it["image"] for it in items])
+    with torch.no_grad():
+        placed.place_boxes(placed.face_boxes(images)[1])
+    own = attention_report(per_face, DataLoader(items, batch_size=4))
+    fixed = attention_report(placed, DataLoader(items, batch_size=4))
+    assert torch.equal(placed.placed_boxes,
+                       rank_median_boxes(ranked_boxes(attention_maps(per_face, images), per_face.config), 16))
+    sides = (placed.placed_boxes[:, 2] - placed.placed_boxes[:, 0]) / 16
+    assert own["box_centre_spread"] > 0 and fixed["box_centre_spread"] == 0
+    assert fixed["box_side_median_by_rank"] == pytest.approx(sides.tolist())
+    assert fixed["head_entropy"] == pytest.approx(own["head_entropy"])
+
+
 def loop_entropy_share(weights):
     """Σ_j −a_ij log a_ij over log N, averaged over i: plain float64 loops over a ``(N, N)`` matrix."""
     n = len(weights)

@@ -156,6 +156,22 @@ def test_a_record_holds_its_provenance_and_every_row(data, cache, tmp_path):
     assert late_gain(curves)["gain"].isna().all()
 
 
+def test_a_row_of_placed_boxes_records_them_and_its_boxes_hold_still(data, cache, tmp_path):
+    """--set patch_placement=rank_median: the ADPF row holds the placed boxes of its checkpoint,
+    and its box statistics are theirs (the same boxes for every face)."""
+    from adpf.cache import stage_dir
+    from adpf.checkpoint import load_model
+
+    path = tmp_path / "placed.json"
+    config = get_preset("cpu", **TINY, patch_placement="rank_median")
+    table = ablation_table(config, data, VAL_SPLIT, RECIPE, rows=["ADPF"], attention=True, record=path,
+                           command="adpf experiments ablation --set patch_placement=rank_median", progress=False)
+    row = record_rows(read_record(path, kind="ablation")).iloc[0]
+    placed = load_model(stage_dir("fusion", table.iloc[0]["stage_keys"]["fusion"]) / "checkpoint.pt").placed_boxes
+    assert row["placed_boxes"] == placed.tolist() and row["box_centre_spread"] == 0
+    assert row["box_side_median_by_rank"] == pytest.approx(((placed[:, 2] - placed[:, 0]) / 16).tolist())
+
+
 def test_head_entropy_script_measures_each_stage_one_of_a_record_once(data, cache, tmp_path):
     """benchmarks/head_entropy.py: rows that share a stage 1 are one network; its entropies are
     `head_entropy` on the faces it picks, heads in ranked order, and the record rows carry theirs."""
