@@ -13,7 +13,7 @@ from adpf.cli import main
 from adpf.config import ADPFConfig, get_preset
 from adpf.data.prepared import load_prepared, write_prepared
 from adpf.data.protocols import kfold_subjects
-from adpf.experiments import (ABLATIONS, CLAIMS, ablation_table, book_records, check_claims, heads_table,
+from adpf.experiments import (ABLATIONS, CLAIMS, DEFAULT_ROWS, ablation_table, book_records, check_claims, heads_table,
                               late_gain, learning_curves, stage_ends, mean_pm_std, mean_std, read_record, record_notes, record_rows,
                               records_overview, run_command, run_protocol, seed_summary, seed_table, verdict)
 from adpf.networks import build_model, count_parameters
@@ -66,7 +66,7 @@ def trainings(monkeypatch):
 
 def test_ablation_table_trains_each_shared_stage_once(data, cache):
     table = ablation_table(get_preset("cpu", **TINY), data, SPLIT, RECIPE, attention=True, progress=False)
-    assert table["model"].tolist() == list(ABLATIONS)
+    assert table["model"].tolist() == list(DEFAULT_ROWS) == list(ABLATIONS)[:-1]  # placed boxes by name only
     assert table["variant"].tolist() == ["adpf"] * 4 + ["attention_only", "plain_cnn", "fixed_patches",
                                                         "resnet18"]
     # stage 1 for ADPF (shared by w/o ranking and AttentionNet alone), w/SA and w/o diversity;
@@ -157,19 +157,23 @@ def test_a_record_holds_its_provenance_and_every_row(data, cache, tmp_path):
 
 
 def test_a_row_of_placed_boxes_records_them_and_its_boxes_hold_still(data, cache, tmp_path):
-    """--set patch_placement=rank_median: the ADPF row holds the placed boxes of its checkpoint,
-    and its box statistics are theirs (the same boxes for every face)."""
+    """The row 'ADPF (placed boxes)' (patch_placement="rank_median") shares ADPF's stage 1, holds
+    the placed boxes of its checkpoint, and its box statistics are theirs (the same for every face)."""
     from adpf.cache import stage_dir
     from adpf.checkpoint import load_model
 
     path = tmp_path / "placed.json"
-    config = get_preset("cpu", **TINY, patch_placement="rank_median")
-    table = ablation_table(config, data, VAL_SPLIT, RECIPE, rows=["ADPF"], attention=True, record=path,
-                           command="adpf experiments ablation --set patch_placement=rank_median", progress=False)
-    row = record_rows(read_record(path, kind="ablation")).iloc[0]
-    placed = load_model(stage_dir("fusion", table.iloc[0]["stage_keys"]["fusion"]) / "checkpoint.pt").placed_boxes
-    assert row["placed_boxes"] == placed.tolist() and row["box_centre_spread"] == 0
-    assert row["box_side_median_by_rank"] == pytest.approx(((placed[:, 2] - placed[:, 0]) / 16).tolist())
+    table = ablation_table(get_preset("cpu", **TINY), data, VAL_SPLIT, RECIPE, rows=["ADPF", "ADPF (placed boxes)"],
+                           attention=True, record=path, command="adpf experiments ablation", progress=False)
+    assert sorted(p.name.split("-")[0] for p in (cache / "runs").iterdir()) == ["attention", "fusion", "fusion"]
+    rows = record_rows(read_record(path, kind="ablation")).set_index("model")
+    keys = table.set_index("model")["stage_keys"]
+    placed = load_model(stage_dir("fusion", keys["ADPF (placed boxes)"]["fusion"]) / "checkpoint.pt").placed_boxes
+    assert rows.loc["ADPF (placed boxes)", "placed_boxes"] == placed.tolist()
+    assert rows.loc["ADPF (placed boxes)", "box_centre_spread"] == 0 < rows.loc["ADPF", "box_centre_spread"]
+    assert rows.loc["ADPF (placed boxes)", "box_side_median_by_rank"] == pytest.approx(
+        ((placed[:, 2] - placed[:, 0]) / 16).tolist())
+    assert not isinstance(rows.loc["ADPF", "placed_boxes"], list)
 
 
 def test_head_entropy_script_measures_each_stage_one_of_a_record_once(data, cache, tmp_path):
