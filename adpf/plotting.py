@@ -195,6 +195,34 @@ def draw_boxes(ax: Axes, boxes, labels: Sequence[str] | None = None,
     return ax
 
 
+def plot_box_layouts(layouts: dict[str, Sequence], image_size: int, backgrounds: dict | None = None,
+                     size: float = 2.4) -> Figure:
+    """Where some models crop P_1..P_n, one panel each: every box in its rank's head colour.
+
+    layouts: panel title → a list of box sets ``(n, 4)`` (x0, y0, x1, y1), e.g. one per seed;
+        P_k is labelled on the first set only.
+    backgrounds: panel title → a face ``(H, W, 3)`` to draw the boxes on; other panels get an
+        empty grey frame of ``image_size`` pixels.
+    """
+    backgrounds = backgrounds or {}
+    fig, axes = grid(len(layouts), len(layouts), size=size)
+    for ax, (title, sets) in zip(axes, layouts.items()):
+        if title in backgrounds:
+            show_face(ax, backgrounds[title])
+        else:
+            ax.imshow(np.full((image_size, image_size), 0.92), cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        for i, boxes in enumerate(sets):
+            n = len(np.asarray(boxes).reshape(-1, 4))
+            draw_boxes(ax, boxes, labels=[f"P{k + 1}" for k in range(n)] if i == 0 else None, linewidth=1.5)
+        ax.set_xlim(-0.5, image_size - 0.5)
+        ax.set_ylim(image_size - 0.5, -0.5)
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def show_source(obj):
     """The source of a library function or class as a highlighted code block.
 

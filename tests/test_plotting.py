@@ -265,3 +265,21 @@ def test_plot_head_entropy_draws_one_line_per_seed_one_colour_per_group_and_the_
     (legend,) = fig.legends
     assert [t.get_text() for t in legend.get_texts()] == ["default", "woken", "flat: within 1% of uniform"]
     matplotlib.pyplot.close(fig)
+
+
+def test_plot_box_layouts_draws_every_box_in_its_ranks_colour_and_labels_the_first_set():
+    seeds = [[[24, 20, 37, 33], [28, 4, 41, 17]], [[25, 20, 38, 33], [28, 5, 41, 18]]]
+    face = np.zeros((64, 64, 3))
+    fig = plotting.plot_box_layouts({"placed": seeds, "fixed": [[[2, 3, 21, 22], [40, 3, 59, 22]]]}, 64,
+                                    backgrounds={"fixed": face})
+    placed, fixed = fig.axes
+    assert [a.get_title() for a in fig.axes] == ["placed", "fixed"]
+    rects = [(r.get_x(), r.get_y(), r.get_width(), r.get_height()) for r in placed.patches]
+    assert rects == [(24, 20, 13, 13), (28, 4, 13, 13), (25, 20, 13, 13), (28, 5, 13, 13)]
+    colours = [r.get_edgecolor()[:3] for r in placed.patches]
+    assert colours[0] == colours[2] == pytest.approx(plotting.head_color(0))
+    assert colours[1] == colours[3] == pytest.approx(plotting.head_color(1))
+    assert [t.get_text() for t in placed.texts] == ["P1", "P2"]
+    assert placed.get_images()[0].get_array().shape == (64, 64)  # the empty frame
+    assert fixed.get_images()[0].get_array().shape == (64, 64, 3) and len(fixed.patches) == 2
+    matplotlib.pyplot.close(fig)
