@@ -7,6 +7,7 @@ uncertainty always come from the predicted age distribution (``losses.predict_ag
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -55,11 +56,9 @@ def predict(model: nn.Module, loader: DataLoader, amp: bool = False) -> Predicti
     ``amp`` on a CUDA model the forward runs under bf16 autocast. A NaN or infinite output
     raises `NonFiniteOutputError`, naming the first dataset items (``index``) it hit.
     """
-    was_training = model.training
-    model.eval()
     device = model_device(model)
     ages, predicted, stds, index = [], [], [], []
-    try:
+    with evaluating(model):
         for batch in loader:
             images = batch["image"].to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
@@ -75,8 +74,6 @@ def predict(model: nn.Module, loader: DataLoader, amp: bool = False) -> Predicti
             predicted.append(mean.cpu())
             stds.append(std.cpu())
             index.append(batch["index"])
-    finally:
-        model.train(was_training)
     if not ages:
         raise ValueError("predict: the loader yielded no batch")
     return Predictions(*(torch.cat(x).numpy() for x in (ages, predicted, stds, index)))
@@ -223,12 +220,8 @@ def attention_net_of(model: nn.Module) -> nn.Module:
 def attention_maps(model: nn.Module, images: Tensor) -> AttentionOutput:
     """The per-head maps of a batch ``images`` ``(B, 3, H, W)`` (eval mode, on the model's device)."""
     net = attention_net_of(model)
-    was_training = net.training
-    net.eval()
-    try:
+    with evaluating(net):
         return net(images.to(model_device(net))).attention
-    finally:
-        net.train(was_training)
 
 
 @torch.no_grad()
@@ -240,19 +233,29 @@ def head_entropy(model: nn.Module, images: Tensor) -> Tensor:
     values), and a box cut from it is noise. A head that looks at one pixel scores 0.
     """
     net = attention_net_of(model)
+    with evaluating(net):
+        return entropy_of_heads(net.rmhha, net.features(images.to(model_device(net))))
+
+
+def entropy_of_heads(rmhha: nn.Module, x: Tensor) -> Tensor:
+    """`head_entropy` of RMHHA's heads on its input X ``(B, x_channels, s, s)``: ``(B, n)``."""
+    out = []
+    for head, z in zip(rmhha.heads, x.chunk(len(rmhha.heads), dim=1)):  # head k reads its channel slice (choice 3)
+        weights = head.self_attention.weights(z)  # (B, N, N), one head at a time
+        entropy = -(weights * weights.clamp_min(torch.finfo(weights.dtype).tiny).log()).sum(dim=-1)
+        out.append(entropy.mean(dim=-1) / math.log(weights.shape[-1]))
+    return torch.stack(out, dim=1)
+
+
+@contextlib.contextmanager
+def evaluating(net: nn.Module):
+    """``net`` in eval mode inside the block, back in its own mode after it."""
     was_training = net.training
     net.eval()
     try:
-        x = net.features(images.to(model_device(net)))
-        heads = net.rmhha.heads
-        out = []
-        for head, z in zip(heads, x.chunk(len(heads), dim=1)):  # head k reads its channel slice (choice 3)
-            weights = head.self_attention.weights(z)  # (B, N, N), one head at a time
-            entropy = -(weights * weights.clamp_min(torch.finfo(weights.dtype).tiny).log()).sum(dim=-1)
-            out.append(entropy.mean(dim=-1) / math.log(weights.shape[-1]))
+        yield net
     finally:
         net.train(was_training)
-    return torch.stack(out, dim=1)
 
 
 def ranked_boxes(attention: AttentionOutput, config) -> Tensor:
@@ -360,12 +363,15 @@ def attention_report(model: nn.Module, loader: DataLoader, max_batches: int | No
     the model crops at: each face's own (`ranked_boxes`), or an ADPF's ``placed_boxes``.
     """
     sims, shares, areas, boxes, box_shares, entropies, seen = [], [], [], [], [], [], 0
-    config = attention_net_of(model).config
+    net = attention_net_of(model)
+    config = net.config
     for i, batch in enumerate(loader):
         if max_batches is not None and i >= max_batches:
             break
-        att = attention_maps(model, batch["image"])
-        entropies.append(head_entropy(model, batch["image"])[:, att.order].sum(dim=0).cpu())
+        with evaluating(net):  # the stem once a batch, for the maps and the entropies
+            x = net.features(batch["image"].to(model_device(net)))
+            att = net.rmhha(x)
+            entropies.append(entropy_of_heads(net.rmhha, x)[:, att.order].sum(dim=0).cpu())
         sims.append(head_similarity(att.maps) * len(att.maps))
         seen += len(att.maps)
         found = ranked_boxes(att, config)  # (B, n, 4), each face's own
