@@ -28,9 +28,9 @@ TINY_ARGS = [a for k, v in TINY.items()
              for a in ("--set", f"{k}={list(v) if isinstance(v, tuple) else v}".replace(" ", ""))]
 
 
-def tiny_model(variant="adpf", seed=0):
+def tiny_model(variant="adpf", seed=0, **changes):
     torch.manual_seed(seed)
-    model = build_model(get_preset("cpu", **TINY, variant=variant))
+    model = build_model(get_preset("cpu", **TINY, variant=variant, **changes))
     if variant in ("adpf", "attention_only"):  # distinct scales of both signs: a real ranking to export
         net = getattr(model, "attention_net", model)
         net.rmhha.scales.data = torch.tensor([0.4, -1.2, 0.9])
@@ -139,3 +139,19 @@ def test_the_tolerance_is_what_a_user_cares_about_and_stated_in_help(capsys):
     with pytest.raises(SystemExit):
         main(["export", "--help"])
     assert "within 0.05 years of the PyTorch model's" in " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize("form", ["torchscript", "onnx"])
+def test_placed_boxes_are_exported_with_the_model(form, tmp_path):
+    """An ADPF that crops every face at its placed boxes (patch_placement="rank_median") exports
+    them: the exported file answers as the model does, at another batch size than traced."""
+    model, x = tiny_model(patch_placement="rank_median"), faces(7)
+    with torch.no_grad():
+        model.place_boxes(model.face_boxes(x)[1])
+        age, _ = AgeModel(model)(x)
+        elsewhere = model.fusion_net(x, crop_patches(x, model.face_boxes(x)[1], 8)).logits
+    assert (predict_age(elsewhere, model.config)[0] - age).abs().max() > 1e-2  # the boxes matter
+    path = tmp_path / ("m.pt" if form == "torchscript" else "m.onnx")
+    assert export(model, path, form, x[:3]) <= 1e-3
+    got_age, _ = run_exported(path, form, x)
+    assert np.abs(got_age - age.numpy()).max() < 1e-3
