@@ -105,10 +105,13 @@ def test_ch10_reads_its_records_and_says_when_the_code_changed():
     fullres = json.loads(Path(values["fullres_record"]).read_text())
     longer = json.loads(Path(values["longer_record"]).read_text())
     woken = json.loads(Path(values["woken_record"]).read_text())
+    placed = json.loads(Path(values["placed_record"]).read_text())
+    placed_syn = json.loads(Path(values["syn_placed_record"]).read_text())
     stale = {name for name, r in (("ablation-synthetic", record), ("heads-synthetic", heads),
                                   ("converged-synthetic", converged),
                                   ("converged-fullres-synthetic", fullres), ("ablation-utkface", real),
-                                  ("longer-utkface", longer), ("qk-init-utkface", woken))
+                                  ("longer-utkface", longer), ("qk-init-utkface", woken),
+                                  ("placed-boxes-utkface", placed), ("placed-boxes-synthetic", placed_syn))
              if r["code_version"] != code_version()}
     assert set(values["stale_records"]) == stale
     # the coverage of the calibrated ± and the fitted factors are the record's, over its rows
@@ -116,7 +119,7 @@ def test_ch10_reads_its_records_and_says_when_the_code_changed():
         assert values[f"{key}_min"] == min(row[column] for row in record["rows"])
         assert values[f"{key}_max"] == max(row[column] for row in record["rows"])
     assert values["n_trainings"] == sum(len(r["rows"]) for r in (record, heads, converged, fullres, real, longer,
-                                                                 woken))
+                                                                 woken, placed, placed_syn))
     # the learning curves are the record's own (one budget): the ADPF rows' stage-2 ends
     ends = [row["history"]["fusion"][-1] for row in adpf]
     assert values["fusion_val_end"] == pytest.approx(np.mean([e["val_mae"] for e in ends]), abs=1e-12)
@@ -177,6 +180,55 @@ def test_ch10_woken_heads_are_their_record_and_the_longer_ones_entropies():
     assert values["woken_vs_fixed"] == verdict(mae["ADPF"], old["fixed patches"])
     assert values["woken_vs_attention"] == verdict(mae["ADPF"], mae["AttentionNet alone"])
     assert values["woken_attention_vs_default"] == verdict(mae["AttentionNet alone"], old["AttentionNet alone"])
+
+
+def test_ch10_placed_boxes_are_their_records():
+    values = glued("10_ablations")
+    placed = json.loads(Path(values["placed_record"]).read_text())
+    longer = json.loads(Path(values["longer_record"]).read_text())
+    syn = json.loads(Path(values["syn_placed_record"]).read_text())
+    # the longer record's faces, split and recipe; only the placement of stage 2's patches differs
+    assert placed["data"] == longer["data"] and placed["split"] == longer["split"]
+    assert placed["recipe"] == longer["recipe"] and placed["seeds"] == longer["seeds"]
+    assert placed["models"] == ["ADPF (placed boxes)"]
+    rows = placed["rows"]
+    assert sorted(row["seed"] for row in rows) == sorted(placed["seeds"]) and len(rows) >= 2
+    # stage 1 is the longer record's own network, seed for seed: the switch changes stage 2 only
+    first = {row["seed"]: row["stage_keys"]["attention"] for row in longer["rows"] if row["model"] == "ADPF"}
+    assert all(row["stage_keys"]["attention"] == first[row["seed"]] for row in rows)
+    size = placed["config"]["image_size"]
+    for row in rows:  # every face is cropped at the same n boxes, inside the image
+        boxes = np.asarray(row["placed_boxes"])
+        assert boxes.shape == (placed["config"]["heads"], 4)
+        assert (boxes[:, :2] >= 0).all() and (boxes[:, 2:] <= size).all() and (boxes[:, 2:] > boxes[:, :2]).all()
+        assert row["box_centre_spread"] == 0
+    mae = [row["mae"] for row in rows]
+    old = {m: [row["mae"] for row in longer["rows"] if row["model"] == m] for m in longer["models"]}
+    assert values["placed_adpf"] == pytest.approx(np.mean(mae), abs=1e-12)
+    assert values["placed_aaf"] == pytest.approx(np.mean([row["test_on_mae"] for row in rows]), abs=1e-12)
+    assert values["placed_side"] == pytest.approx(np.mean([row["box_side_median"] for row in rows]), abs=1e-12)
+    assert values["longer_adpf_aaf"] == pytest.approx(
+        np.mean([row["test_on_mae"] for row in longer["rows"] if row["model"] == "ADPF"]), abs=1e-12)
+    for key, model in (("face", "ADPF"), ("fixed", "fixed patches"), ("attention", "AttentionNet alone")):
+        assert values[f"placed_vs_{key}"] == verdict(mae, old[model])
+    # the drawn faces: the paper's ADPF and the placed one share their AttentionNet, seed for seed
+    assert set(syn["models"]) == {"ADPF", "ADPF (placed boxes)", "AttentionNet alone", "fixed patches"}
+    smae = {m: [row["mae"] for row in syn["rows"] if row["model"] == m] for m in syn["models"]}
+    assert all(len(v) >= 2 for v in smae.values())
+    keys = {(row["model"], row["seed"]): row["stage_keys"]["attention"] for row in syn["rows"]
+            if row["model"] in ("ADPF", "ADPF (placed boxes)")}
+    assert all(keys[("ADPF", s)] == keys[("ADPF (placed boxes)", s)] for s in syn["seeds"])
+    for key, model in (("placed", "ADPF (placed boxes)"), ("face", "ADPF"), ("fixed", "fixed patches"),
+                       ("attention", "AttentionNet alone")):
+        assert values[f"syn_{key}"] == pytest.approx(np.mean(smae[model]), abs=1e-12)
+    for key, model in (("face", "ADPF"), ("fixed", "fixed patches"), ("attention", "AttentionNet alone")):
+        assert values[f"syn_placed_vs_{key}"] == verdict(smae["ADPF (placed boxes)"], smae[model])
+    lift = {m: np.mean([row["box_region_lift"] for row in syn["rows"] if row["model"] == m])
+            for m in ("ADPF", "ADPF (placed boxes)")}
+    assert values["syn_placed_lift"] == pytest.approx(lift["ADPF (placed boxes)"], abs=1e-12)
+    assert values["syn_face_lift"] == pytest.approx(lift["ADPF"], abs=1e-12)
+    assert values["syn_face_spread"] == pytest.approx(
+        np.mean([row["box_centre_spread"] for row in syn["rows"] if row["model"] == "ADPF"]), abs=1e-12)
 
 
 def test_ch10_converged_record_is_read_as_recorded():
