@@ -66,7 +66,7 @@ GROUPS = {
     "converged-synthetic": [["ADPF", "AttentionNet alone"], ["plain CNN", "fixed patches"]],
     "longer-utkface": [["ADPF", "AttentionNet alone"], ["plain CNN", "fixed patches"]],
     "qk-init-utkface": [["ADPF", "AttentionNet alone"]],
-    "placed-boxes-utkface": [["ADPF (placed boxes)"]],
+    "placed-boxes-utkface": [["ADPF", "ADPF (placed boxes)"]],
     "placed-boxes-synthetic": [["ADPF", "ADPF (placed boxes)", "AttentionNet alone"], ["fixed patches"]],
     "converged-fullres-synthetic": [["ADPF"], ["plain CNN", "fixed patches"]],
     "fusion-fullres-synthetic": [["ADPF", "plain CNN"]],

@@ -187,30 +187,40 @@ def test_ch10_placed_boxes_are_their_records():
     placed = json.loads(Path(values["placed_record"]).read_text())
     longer = json.loads(Path(values["longer_record"]).read_text())
     syn = json.loads(Path(values["syn_placed_record"]).read_text())
-    # the longer record's faces, split and recipe; only the placement of stage 2's patches differs
+    # the longer record's faces, split, recipe and seeds; only the placement of stage 2's patches differs
     assert placed["data"] == longer["data"] and placed["split"] == longer["split"]
     assert placed["recipe"] == longer["recipe"] and placed["seeds"] == longer["seeds"]
-    assert placed["models"] == ["ADPF (placed boxes)"]
-    rows = placed["rows"]
-    assert sorted(row["seed"] for row in rows) == sorted(placed["seeds"]) and len(rows) >= 2
-    # stage 1 is the longer record's own network, seed for seed: the switch changes stage 2 only
-    first = {row["seed"]: row["stage_keys"]["attention"] for row in longer["rows"] if row["model"] == "ADPF"}
-    assert all(row["stage_keys"]["attention"] == first[row["seed"]] for row in rows)
+    assert set(placed["models"]) == {"ADPF", "ADPF (placed boxes)"}
+    rows = {m: [row for row in placed["rows"] if row["model"] == m] for m in placed["models"]}
+    assert all(sorted(row["seed"] for row in r) == sorted(placed["seeds"]) for r in rows.values())
+    # the two ADPFs of a seed share their stage 1: the switch changes stage 2 only
+    first = {row["seed"]: row["stage_keys"]["attention"] for row in rows["ADPF"]}
+    assert all(row["stage_keys"]["attention"] == first[row["seed"]] for row in rows["ADPF (placed boxes)"])
+    assert all(row["stage_keys"]["fusion"] != next(r["stage_keys"]["fusion"] for r in rows["ADPF"]
+                                                     if r["seed"] == row["seed"])
+               for row in rows["ADPF (placed boxes)"])
     size = placed["config"]["image_size"]
-    for row in rows:  # every face is cropped at the same n boxes, inside the image
+    for row in rows["ADPF (placed boxes)"]:  # every face is cropped at the same n boxes, inside the image
         boxes = np.asarray(row["placed_boxes"])
         assert boxes.shape == (placed["config"]["heads"], 4)
         assert (boxes[:, :2] >= 0).all() and (boxes[:, 2:] <= size).all() and (boxes[:, 2:] > boxes[:, :2]).all()
         assert row["box_centre_spread"] == 0
-    mae = [row["mae"] for row in rows]
+    mae = {m: [row["mae"] for row in r] for m, r in rows.items()}
     old = {m: [row["mae"] for row in longer["rows"] if row["model"] == m] for m in longer["models"]}
-    assert values["placed_adpf"] == pytest.approx(np.mean(mae), abs=1e-12)
-    assert values["placed_aaf"] == pytest.approx(np.mean([row["test_on_mae"] for row in rows]), abs=1e-12)
-    assert values["placed_side"] == pytest.approx(np.mean([row["box_side_median"] for row in rows]), abs=1e-12)
-    assert values["longer_adpf_aaf"] == pytest.approx(
-        np.mean([row["test_on_mae"] for row in longer["rows"] if row["model"] == "ADPF"]), abs=1e-12)
-    for key, model in (("face", "ADPF"), ("fixed", "fixed patches"), ("attention", "AttentionNet alone")):
-        assert values[f"placed_vs_{key}"] == verdict(mae, old[model])
+    for key, model in (("adpf", "ADPF (placed boxes)"), ("face", "ADPF")):
+        assert values[f"placed_{key}"] == pytest.approx(np.mean(mae[model]), abs=1e-12)
+    assert values["placed_aaf"] == pytest.approx(
+        np.mean([row["test_on_mae"] for row in rows["ADPF (placed boxes)"]]), abs=1e-12)
+    assert values["placed_face_aaf"] == pytest.approx(np.mean([row["test_on_mae"] for row in rows["ADPF"]]),
+                                                      abs=1e-12)
+    assert values["placed_side"] == pytest.approx(
+        np.mean([row["box_side_median"] for row in rows["ADPF (placed boxes)"]]), abs=1e-12)
+    assert values["placed_face_spread"] == pytest.approx(
+        np.mean([row["box_centre_spread"] for row in rows["ADPF"]]), abs=1e-12)
+    assert values["placed_vs_face"] == verdict(mae["ADPF (placed boxes)"], mae["ADPF"])
+    assert values["placed_face_vs_longer"] == verdict(mae["ADPF"], old["ADPF"])
+    for key, model in (("fixed", "fixed patches"), ("attention", "AttentionNet alone")):
+        assert values[f"placed_vs_{key}"] == verdict(mae["ADPF (placed boxes)"], old[model])
     # the drawn faces: the paper's ADPF and the placed one share their AttentionNet, seed for seed
     assert set(syn["models"]) == {"ADPF", "ADPF (placed boxes)", "AttentionNet alone", "fixed patches"}
     smae = {m: [row["mae"] for row in syn["rows"] if row["model"] == m] for m in syn["models"]}
