@@ -237,6 +237,11 @@ def test_ch10_placed_boxes_are_their_records():
             for m in ("ADPF", "ADPF (placed boxes)")}
     assert values["syn_placed_lift"] == pytest.approx(lift["ADPF (placed boxes)"], abs=1e-12)
     assert values["syn_face_lift"] == pytest.approx(lift["ADPF"], abs=1e-12)
+    entropy = [row["head_entropy"] for row in syn["rows"] if row["model"] == "ADPF"]
+    flat = json.loads((Path(values["woken_record"]).parent / "head-entropy-longer-utkface.json").read_text())[
+        "flat_threshold"]
+    assert values["syn_flat"] == sum(e >= flat for v in entropy for e in v)
+    assert values["syn_heads_total"] == sum(len(v) for v in entropy) == len(entropy) * syn["config"]["heads"]
     assert values["syn_face_spread"] == pytest.approx(
         np.mean([row["box_centre_spread"] for row in syn["rows"] if row["model"] == "ADPF"]), abs=1e-12)
 
