@@ -217,6 +217,12 @@ def test_ch10_placed_boxes_are_their_records():
         np.mean([row["box_side_median"] for row in rows["ADPF (placed boxes)"]]), abs=1e-12)
     assert values["placed_face_spread"] == pytest.approx(
         np.mean([row["box_centre_spread"] for row in rows["ADPF"]]), abs=1e-12)
+    for key, model in (("placed", "ADPF (placed boxes)"), ("placed_face", "ADPF")):  # stage 2's last epoch
+        ends = [row["history"]["fusion"][-1] for row in rows[model]]
+        train, val = (np.mean([e[k] for e in ends]) for k in ("train_mae", "val_mae"))
+        assert values[f"{key}_train_end"] == pytest.approx(train, abs=1e-12)
+        assert values[f"{key}_val_end"] == pytest.approx(val, abs=1e-12)
+        assert values[f"{key}_gap"] == pytest.approx(val - train, abs=1e-9)
     assert values["placed_vs_face"] == verdict(mae["ADPF (placed boxes)"], mae["ADPF"])
     assert values["placed_face_vs_longer"] == verdict(mae["ADPF"], old["ADPF"])
     for key, model in (("fixed", "fixed patches"), ("attention", "AttentionNet alone")):
