@@ -109,9 +109,9 @@ BOOK_RECORDS: dict[str, str] = {
                        "--set-recipe fusion_boxes=once --set-recipe qk_init=unit_logits "
                        "--rows 'ADPF,AttentionNet alone' --seeds 0 1 2 --test-on data/aaf-64 --attention "
                        "--record benchmarks/results/qk-init-utkface.json",
-    # The longer record's ADPF again, beside the same stage 1 cropping every face at each rank's
-    # median box over the training faces (open choice 19, not the paper's): whether boxes that
-    # hold still let FusionNet add
+    # The longer record's ADPF again, and on the same stage 1 an ADPF that crops every face at
+    # each rank's median box over the training faces (open choice 19, not the paper's): whether
+    # boxes that hold still let FusionNet add
     "placed-boxes-utkface": "adpf experiments ablation --data data/utkface-64 --recipe cpu --epochs 15,40 "
                             "--set-recipe fusion_boxes=once --rows 'ADPF,ADPF (placed boxes)' "
                             "--seeds 0 1 2 --test-on data/aaf-64 --attention "
