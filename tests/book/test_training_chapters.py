@@ -18,6 +18,11 @@ from adpf.cache import code_version
 from adpf.experiments import verdict
 
 
+def mae_by_model(record: dict) -> dict:
+    """A record's test MAE over seeds, model -> list, for every model it names."""
+    return {m: [row["mae"] for row in record["rows"] if row["model"] == m] for m in record["models"]}
+
+
 def test_ch7_attention_net_learns_and_looks_at_the_age_regions():
     values = glued("07_training_attention")
     assert values["n_train"] + values["n_val"] + values["n_test"] == values["n_faces"]
@@ -128,7 +133,7 @@ def test_ch10_reads_its_records_and_says_when_the_code_changed():
     # the box statistics and the verdicts, the ResNet-18 claim among them, are computed from the record
     assert values["box_side"] == pytest.approx(np.mean([row["box_side_median"] for row in adpf]), abs=1e-12)
     assert 0 <= values["box_clamp"] <= 1 and values["box_spread"] >= 0
-    mae = {m: [row["mae"] for row in record["rows"] if row["model"] == m] for m in record["models"]}
+    mae = mae_by_model(record)
     assert values["fusion_verdict"] == verdict(mae["ADPF"], mae["AttentionNet alone"])
     assert values["resnet_verdict"] == verdict(mae["ADPF"], mae["ResNet-18 (reference)"])
     assert values["n_others"] == len(record["models"]) - 1
@@ -168,8 +173,7 @@ def test_ch10_woken_heads_are_their_record_and_the_longer_ones_entropies():
     assert values["heads_total"] == sum(len(n["head_entropy"]) for n in entropy["networks"])
     assert values["n_networks"] == len(entropy["networks"])
     assert values["flat_first_two"] == sum(max(n["head_entropy"][:2]) >= flat for n in entropy["networks"])
-    mae = {m: [row["mae"] for row in woken["rows"] if row["model"] == m] for m in woken["models"]}
-    old = {m: [row["mae"] for row in longer["rows"] if row["model"] == m] for m in longer["models"]}
+    mae, old = mae_by_model(woken), mae_by_model(longer)
     assert all(len(v) >= 2 for v in mae.values())
     assert values["woken_adpf"] == pytest.approx(np.mean(mae["ADPF"]), abs=1e-12)
     spread = np.mean([row["box_centre_spread"] for row in adpf])
@@ -206,8 +210,7 @@ def test_ch10_placed_boxes_are_their_records():
         assert boxes.shape == (placed["config"]["heads"], 4)
         assert (boxes[:, :2] >= 0).all() and (boxes[:, 2:] <= size).all() and (boxes[:, 2:] > boxes[:, :2]).all()
         assert row["box_centre_spread"] == 0
-    mae = {m: [row["mae"] for row in r] for m, r in rows.items()}
-    old = {m: [row["mae"] for row in longer["rows"] if row["model"] == m] for m in longer["models"]}
+    mae, old = mae_by_model(placed), mae_by_model(longer)
     for key, model in (("adpf", "ADPF (placed boxes)"), ("face", "ADPF")):
         assert values[f"placed_{key}"] == pytest.approx(np.mean(mae[model]), abs=1e-12)
     assert values["placed_aaf"] == pytest.approx(
@@ -230,7 +233,7 @@ def test_ch10_placed_boxes_are_their_records():
         assert values[f"placed_vs_{key}"] == verdict(mae["ADPF (placed boxes)"], old[model])
     # the drawn faces: the paper's ADPF and the placed one share their AttentionNet, seed for seed
     assert set(syn["models"]) == {"ADPF", "ADPF (placed boxes)", "AttentionNet alone", "fixed patches"}
-    smae = {m: [row["mae"] for row in syn["rows"] if row["model"] == m] for m in syn["models"]}
+    smae = mae_by_model(syn)
     assert all(len(v) >= 2 for v in smae.values())
     keys = {(row["model"], row["seed"]): row["stage_keys"]["attention"] for row in syn["rows"]
             if row["model"] in ("ADPF", "ADPF (placed boxes)")}
@@ -257,7 +260,7 @@ def test_ch10_converged_record_is_read_as_recorded():
     values = glued("10_ablations")
     conv = json.loads(Path(values["converged_record"]).read_text())
     rows = conv["rows"]
-    mae = {m: [row["mae"] for row in rows if row["model"] == m] for m in conv["models"]}
+    mae = mae_by_model(conv)
     assert all(len(v) >= 2 for v in mae.values())  # every verdict has a spread
     assert_four_models(values, "conv", mae)
     # every stage had the same, longer budget than the book's
@@ -326,7 +329,7 @@ def test_ch10_real_faces_are_the_utkface_record():
     assert values["real_train"] + values["real_val"] + values["real_test"] == real["data"]["count"]
     assert values["real_constant"] == real["constant"]["mae"]
     assert values["aaf_constant"] == real["constant"]["test_on_mae"]
-    mae = {m: [row["mae"] for row in real["rows"] if row["model"] == m] for m in real["models"]}
+    mae = mae_by_model(real)
     other = {m: np.mean([row["test_on_mae"] for row in real["rows"] if row["model"] == m]) for m in real["models"]}
     assert values["real_adpf"] == pytest.approx(np.mean(mae["ADPF"]), abs=1e-12)
     assert values["aaf_adpf"] == pytest.approx(other["ADPF"], abs=1e-12)
@@ -345,7 +348,7 @@ def test_ch10_longer_real_faces_are_their_record():
     longer = json.loads(Path(values["longer_record"]).read_text())
     real = json.loads(Path(values["real_record"]).read_text())
     rows = longer["rows"]
-    mae = {m: [row["mae"] for row in rows if row["model"] == m] for m in longer["models"]}
+    mae = mae_by_model(longer)
     assert all(len(v) >= 2 for v in mae.values())  # every verdict has a spread
     # the same faces and split as the UTKFace record (aligned again on another machine, so the
     # pixels' digest may differ), stage 2 longer, its boxes found once
