@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One session on a lent GPU machine, as one command (the device's time is short): the training loop
 # against its bare steps (benchmarks/gpu_run.sh, about 4 minutes, alone on the card), then the
-# book's records (benchmarks/gpu_records.py: every record's seeds and row groups side by side,
+# book's records (benchmarks/make_records.py: every record's seeds and row groups side by side,
 # each process under LIMIT seconds). The real faces travel as carry/*.npz (benchmarks/device_data.py).
 #
 #   bash benchmarks/device_session.sh OUT [LIMIT]
@@ -20,7 +20,7 @@ export PYTHONUNBUFFERED=1 ADPF_CACHE_DIR=/tmp/adpf-cache
 start=$SECONDS
 timeout -k 5 250 bash benchmarks/gpu_run.sh "$OUT/bench" > "$OUT/bench.log" 2>&1
 echo "bench: $((SECONDS - start)) s" >> "$OUT/machine.txt"
-python3 benchmarks/gpu_records.py "$OUT/rec" --limit "$LIMIT" > "$OUT/records.log" 2>&1
+python3 benchmarks/make_records.py "$OUT/rec" --limit "$LIMIT" > "$OUT/records.log" 2>&1
 echo "records: $((SECONDS - start)) s" >> "$OUT/machine.txt"
 find /tmp/adpf-cache/runs -name checkpoint.pt -path "*fusion-*" -newer "$OUT/machine.txt" > "$OUT/fusion-checkpoints.txt" 2>/dev/null
 (cd "$OUT" && tar czf results.tgz --exclude='*.pt' bench rec)

@@ -1,19 +1,26 @@
-"""Make the book's records (``adpf.experiments.BOOK_RECORDS``) on one GPU, one process per seed.
+"""Make the book's records (``adpf.experiments.BOOK_RECORDS``) in one command, one process per seed and row group.
 
-Each record's command is run once per seed (``--seeds k`` and a record file of its own) with
-``--device cuda --no-amp`` (float32 as on a CPU; the data on the device), all processes side by
-side on the one card, each under a time limit; the per-seed records are then merged
-(``experiments.merge_records``) into ``OUT/records/NAME.json``, with the record's own command.
-A process stopped by its limit keeps the rows it finished (a record is written row by row).
-Prepared real-face folders travel as ``carry/*.npz`` (``benchmarks/device_data.py``) and are
-unpacked into ``data/`` first. Then, on seed 0, the recipe alternatives the recipe was chosen
-against (``SWEEP``), each a training of its own with its validation curve, into
-``OUT/records/recipe-sweep.json``.
+Each record's command is run once per seed and group of rows (``--seeds k --rows …`` and a record
+file of its own, `GROUPS`), every process with one thread; the parts are then merged
+(``experiments.merge_records``) into ``OUT/records/NAME.json``, with the record's own command and
+a ``made_by`` that says how. A process stopped by its limit keeps the rows it finished (a record is
+written row by row).
 
-    python benchmarks/gpu_records.py OUT [--limit SECONDS] [--only NAME ...] [--tiny]
+- ``--device cuda`` (the default): ``--no-amp`` (float32 as on a CPU; the data on the device), all
+  processes side by side on the one card, each under ``--limit`` seconds (default 380: a lent
+  machine's time is short). Prepared real-face folders travel as ``carry/*.npz``
+  (``benchmarks/device_data.py``) and are unpacked into ``data/`` first. Without ``--only``, the
+  recipe alternatives the recipe was chosen against (``SWEEP``) follow on seed 0, each a training
+  of its own with its validation curve, into ``OUT/records/recipe-sweep.json``.
+- ``--device cpu``: ``--jobs`` processes at a time (default: one per core), no time limit. How the
+  CPU records were made, now in one command: a CPU gives the same weights whether a seed's rows run
+  in one process or apart (tests/test_make_records.py).
 
-``--tiny`` rehearses on this CPU: every record at 1 + 1 epochs on 200 drawn faces and the first
-600 real ones, device cpu.
+    python benchmarks/make_records.py OUT [--device cuda|cpu] [--jobs N] [--limit SECONDS] [--only NAME ...] [--tiny]
+    python benchmarks/make_records.py OUT --device cpu --only placed-boxes-synthetic   # then copy
+        OUT/records/placed-boxes-synthetic.json to benchmarks/results/
+
+``--tiny`` rehearses on this CPU: every record at 1 + 1 epochs (200 drawn faces), device cpu. (Named ``gpu_records.py`` until 6 Dec 2026, when it ran on a GPU only.)
 """
 from __future__ import annotations
 
@@ -29,6 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from adpf.cache import write_json  # noqa: E402
 from adpf.experiments import BOOK_RECORDS, merge_records, read_record  # noqa: E402
 
 #: Recipe alternatives measured beside the chosen recipe on UTKFace, seed 0 (changes to `adpf train`).
@@ -82,8 +90,8 @@ def _take(argv: list[str], option: str) -> list[str]:
     return values
 
 
-def seed_commands(name: str, out: Path, tiny: bool) -> list[tuple[str, list[str]]]:
-    """(log name, argv) for each seed and row group of one record's command."""
+def seed_commands(name: str, out: Path, tiny: bool, device: str = "cuda") -> list[tuple[str, list[str]]]:
+    """(log name, argv) for each seed and row group of one record's command, on ``device``."""
     argv = shlex.split(RECORDS[name])[1:]  # without "adpf"
     seeds = _take(argv, "--seeds")
     _take(argv, "--record")
@@ -96,7 +104,7 @@ def seed_commands(name: str, out: Path, tiny: bool) -> list[tuple[str, list[str]
                 _take(argv, dropped)
         argv += ["--device", "cpu", "--epochs", "1,1", "--synthetic-n", "200"]
     else:
-        argv += ["--device", "cuda", "--no-amp"]
+        argv += ["--device", device] + (["--no-amp"] if device == "cuda" else [])
     commands = []
     for seed in seeds:
         for j, group in enumerate(GROUPS[name]):
@@ -107,10 +115,11 @@ def seed_commands(name: str, out: Path, tiny: bool) -> list[tuple[str, list[str]
     return commands
 
 
-def sweep_commands(out: Path, tiny: bool) -> list[tuple[str, list[str]]]:
+def sweep_commands(out: Path, tiny: bool, device: str = "cuda") -> list[tuple[str, list[str]]]:
     data = ["--data", "data/utkface-64"]
     base = ["--recipe", "cpu", "--seed", "0", "--no-progress"]
-    extra = ["--device", "cpu", "--epochs", "1,1"] if tiny else ["--device", "cuda", "--no-amp"]
+    extra = (["--device", "cpu", "--epochs", "1,1"] if tiny
+             else ["--device", device] + (["--no-amp"] if device == "cuda" else []))
     commands = []
     for i, changes in enumerate(SWEEP.values()):
         for variant in ("attention_only", "plain_cnn"):
@@ -121,6 +130,28 @@ def sweep_commands(out: Path, tiny: bool) -> list[tuple[str, list[str]]]:
     return commands
 
 
+def run_jobs(jobs: list[tuple[str, list[str], int]], logs: Path, limit: float | None, parallel: int,
+             env: dict) -> dict[str, int]:
+    """Run (label, argv, niceness) jobs, at most ``parallel`` at a time in the order given, each under
+    ``limit`` seconds (None: none), its output in ``logs/LABEL.log``; {label: exit status}."""
+    start, pending, running, status = time.time(), list(jobs), [], {}
+    while pending or running:
+        while pending and len(running) < parallel:
+            label, argv, niceness = pending.pop(0)
+            limited = (["timeout", "-k", "5", str(int(limit))] if limit else []) + ["nice", "-n", str(niceness), *argv]
+            log = open(logs / f"{label}.log", "w")
+            running.append((label, subprocess.Popen(limited, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT),
+                            log))
+        time.sleep(0.2)
+        for item in [r for r in running if r[1].poll() is not None]:
+            label, proc, log = item
+            log.close()
+            running.remove(item)
+            status[label] = proc.returncode
+            print(f"{label}: exit {status[label]} after {time.time() - start:.0f} s", flush=True)
+    return status
+
+
 def unpack_carried() -> None:
     for packed in sorted((ROOT / "carry").glob("*.npz")):
         target = ROOT / "data" / packed.stem
@@ -129,49 +160,44 @@ def unpack_carried() -> None:
                             str(target)], check=True)
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path)
-    parser.add_argument("--limit", type=float, default=380, help="seconds every process may run (default 380)")
+    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    parser.add_argument("--jobs", type=int, help="processes at a time (default: all on cuda, one per core on cpu)")
+    parser.add_argument("--limit", type=float, help="seconds every process may run (default: 380 on cuda, none on cpu)")
     parser.add_argument("--only", nargs="+", choices=list(RECORDS) + ["sweep"])
     parser.add_argument("--tiny", action="store_true")
     args = parser.parse_args()
+    device = "cpu" if args.tiny else args.device
+    limit = args.limit if args.limit is not None else (380 if device == "cuda" else None)
     (args.out / "parts").mkdir(parents=True, exist_ok=True)
     (args.out / "records").mkdir(parents=True, exist_ok=True)
     unpack_carried()
     names = args.only or [*RECORDS, "sweep"]
     # the book's records first; the others yield the CPU to them (nice 10)
     jobs = [(label, argv, 0) for name in sorted(names, key=lambda n: n not in BOOK_RECORDS) if name != "sweep"
-            for label, argv in seed_commands(name, args.out, args.tiny)]
+            for label, argv in seed_commands(name, args.out, args.tiny, device)]
     jobs = [(label, argv, 10 if label.split("-seed")[0] in EXTRA_RECORDS else 0) for label, argv, _ in jobs]
     if "sweep" in names:
-        jobs += [(label, argv, 10) for label, argv in sweep_commands(args.out, args.tiny)]
+        jobs += [(label, argv, 10) for label, argv in sweep_commands(args.out, args.tiny, device)]
+    parallel = args.jobs or (len(jobs) if device == "cuda" else os.cpu_count() or 1)
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
            "OMP_NUM_THREADS": "1"}
     # the drawn faces once, before the processes that share them start
     subprocess.run([sys.executable, "-c", "from adpf.data.prepared import default_dataset as d; "
                     f"d(image_size=64, n={200 if args.tiny else 3000}, progress=False)"], env=env, check=True, cwd=ROOT)
-    start, running = time.time(), []
-    for label, argv, niceness in jobs:
-        log = open(args.out / "parts" / f"{label}.log", "w")
-        limited = ["timeout", "-k", "5", str(int(args.limit)), "nice", "-n", str(niceness), *argv]
-        running.append((label, subprocess.Popen(limited, stdout=log,
-                                                stderr=subprocess.STDOUT, env=env, cwd=ROOT), log))
-    print(f"{len(running)} processes started", flush=True)
-    status = {}
-    for label, proc, log in running:
-        status[label] = proc.wait()
-        log.close()
-        print(f"{label}: exit {status[label]} after {time.time() - start:.0f} s", flush=True)
+    status = run_jobs(jobs, args.out / "parts", limit, parallel, env)
     for name in names:
         if name == "sweep":
             continue
         parts = [read_record(p) for p in sorted((args.out / "parts").glob(f"{name}-seed*.json"))]
         if parts:
             merged = merge_records(parts, RECORDS[name])
-            merged["made_by"] = ("benchmarks/gpu_records.py: one process per seed, "
-                                 + ("--device cpu (rehearsal)" if args.tiny else "--device cuda --no-amp"))
-            (args.out / "records" / f"{name}.json").write_text(json.dumps(merged, indent=1))
+            merged["made_by"] = (f"benchmarks/make_records.py --device {device}{' --tiny (rehearsal)' if args.tiny else ''}: "
+                                 f"one process per seed and row group, {min(parallel, len(jobs))} at a time, one "
+                                 f"thread each, merged by experiments.merge_records")
+            write_json(args.out / "records" / f"{name}.json", merged)
             print(f"{name}: {len(merged['rows'])} rows, seeds {merged['seeds']}", flush=True)
     sweep = {}
     for i, label in enumerate(SWEEP):
@@ -183,9 +209,14 @@ def main() -> None:
                                                  "val_mae": r["metrics"]["val"]["mae"], "history": r["history"],
                                                  "recipe": r["recipe"], "best_epochs": r.get("best_epochs")}
     if sweep:
-        (args.out / "records" / "recipe-sweep.json").write_text(json.dumps(sweep, indent=1))
+        write_json(args.out / "records" / "recipe-sweep.json", sweep)
     print(json.dumps(status), flush=True)
+    failed = sorted(label for label, code in status.items() if code)
+    if failed:
+        print(f"{len(failed)} of {len(status)} processes failed (their logs in {args.out / 'parts'}): "
+              + ", ".join(failed), file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
