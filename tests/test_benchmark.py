@@ -177,3 +177,12 @@ def test_gpu_run_tiny_parts_write_their_records_and_the_table(tmp_path):
     assert ("What limits the stages short of the target" in table) == bool(short)
     assert all(f"- {stage}: profile part missing." in table for stage in short)
     assert "syncs part missing." in table and "chapters part missing." in table
+
+
+def test_the_benchmarks_readme_names_every_script():
+    """benchmarks/README.md says its table holds every script in the folder: it does."""
+    table = (ROOT / "benchmarks" / "README.md").read_text()
+    listed = set(re.findall(r"^\| `([\w.]+\.(?:py|sh))` \|", table, flags=re.M))
+    scripts = {p.name for p in (ROOT / "benchmarks").iterdir() if p.suffix in (".py", ".sh")}
+    assert scripts - listed == set(), "benchmarks/README.md does not list these scripts"
+    assert listed - scripts == set(), "benchmarks/README.md lists scripts that are not there"
