@@ -112,11 +112,13 @@ def test_ch10_reads_its_records_and_says_when_the_code_changed():
     woken = json.loads(Path(values["woken_record"]).read_text())
     placed = json.loads(Path(values["placed_record"]).read_text())
     placed_syn = json.loads(Path(values["syn_placed_record"]).read_text())
+    adamw = json.loads(Path(values["adamw_record"]).read_text())
     stale = {name for name, r in (("ablation-synthetic", record), ("heads-synthetic", heads),
                                   ("converged-synthetic", converged),
                                   ("converged-fullres-synthetic", fullres), ("ablation-utkface", real),
                                   ("longer-utkface", longer), ("qk-init-utkface", woken),
-                                  ("placed-boxes-utkface", placed), ("placed-boxes-synthetic", placed_syn))
+                                  ("placed-boxes-utkface", placed), ("placed-boxes-synthetic", placed_syn),
+                                  ("adamw-synthetic", adamw))
              if r["code_version"] != code_version()}
     assert set(values["stale_records"]) == stale
     # the coverage of the calibrated ± and the fitted factors are the record's, over its rows
@@ -124,7 +126,7 @@ def test_ch10_reads_its_records_and_says_when_the_code_changed():
         assert values[f"{key}_min"] == min(row[column] for row in record["rows"])
         assert values[f"{key}_max"] == max(row[column] for row in record["rows"])
     assert values["n_trainings"] == sum(len(r["rows"]) for r in (record, heads, converged, fullres, real, longer,
-                                                                 woken, placed, placed_syn))
+                                                                 woken, placed, placed_syn, adamw))
     # the learning curves are the record's own (one budget): the ADPF rows' stage-2 ends
     ends = [row["history"]["fusion"][-1] for row in adpf]
     assert values["fusion_val_end"] == pytest.approx(np.mean([e["val_mae"] for e in ends]), abs=1e-12)
@@ -254,6 +256,51 @@ def test_ch10_placed_boxes_are_their_records():
     assert values["syn_heads_total"] == sum(len(v) for v in entropy) == len(entropy) * syn["config"]["heads"]
     assert values["syn_face_spread"] == pytest.approx(
         np.mean([row["box_centre_spread"] for row in syn["rows"] if row["model"] == "ADPF"]), abs=1e-12)
+
+
+def test_ch10_adamw_is_its_record_beside_the_sgd_rows():
+    values = glued("10_ablations")
+    adamw = json.loads(Path(values["adamw_record"]).read_text())
+    syn = json.loads(Path(values["syn_placed_record"]).read_text())
+    book = json.loads(Path(values["ablation_record"]).read_text())
+    # the SGD rows' faces, split, seeds, config and recipe; only the optimiser's three fields differ
+    # (and the device field, "cpu" against "auto": a speed field, the same CPU either way)
+    changed = {"optimizer": "adamw", "lr": 0.001, "weight_decay": 0.05}
+    assert {k: adamw["recipe"][k] for k in changed} == changed
+    same = set(adamw["recipe"]) - set(changed) - {"device"}
+    assert {k: adamw["recipe"][k] for k in same} == {k: syn["recipe"][k] for k in same}
+    for key in ("data", "split", "seeds", "config"):
+        assert adamw[key] == syn[key], key
+    assert values["adamw_change"] == "optimizer adamw, lr 0.001, weight_decay 0.05"
+    mae, sgd = mae_by_model(adamw), {**mae_by_model(syn), "plain CNN": mae_by_model(book)["plain CNN"]}
+    assert all(len(mae[m]) >= 2 and len(sgd[m]) >= 2 for m in adamw["models"])
+    for key, model in (("adpf", "ADPF"), ("attention", "AttentionNet alone"), ("fixed", "fixed patches"),
+                       ("plain", "plain CNN")):
+        assert values[f"adamw_{key}"] == pytest.approx(np.mean(mae[model]), abs=1e-12)
+        assert values[f"sgd_{key}"] == pytest.approx(np.mean(sgd[model]), abs=1e-12)
+        assert values[f"adamw_{key}_verdict"] == verdict(mae[model], sgd[model])
+    assert values["adamw_fusion_verdict"] == verdict(mae["ADPF"], mae["AttentionNet alone"])
+
+    def by_seed(record, model):
+        return {row["seed"]: row["mae"] for row in record["rows"] if row["model"] == model}
+
+    gains = [by_seed(syn, "ADPF")[s] - by_seed(adamw, "ADPF")[s] for s in adamw["seeds"]]
+    assert values["adamw_seed_gain_min"] == pytest.approx(min(gains), abs=1e-12)
+    adpf = [row for row in adamw["rows"] if row["model"] == "ADPF"]
+    assert values["adamw_overlap"] == pytest.approx(np.mean([r["head_overlap"] for r in adpf]), abs=1e-12)
+    assert values["sgd_overlap"] == pytest.approx(
+        np.mean([r["head_overlap"] for r in syn["rows"] if r["model"] == "ADPF"]), abs=1e-12)
+    assert values["adamw_lift"] == pytest.approx(np.mean([r["region_share"] / r["region_area"] for r in adpf]),
+                                                 abs=1e-12)
+    assert values["adamw_box_clamp"] == pytest.approx(np.mean([r["box_at_clamp"] for r in adpf]), abs=1e-12)
+    # what the reading says: every model but the plain CNN ends lower, ADPF on every seed and
+    # still a tie; the order against AttentionNet alone is the book budget's; the heads overlap less
+    for key in ("adpf", "attention", "fixed"):
+        assert values[f"adamw_{key}"] < values[f"sgd_{key}"], key
+    assert values["adamw_plain"] > values["sgd_plain"]
+    assert values["adamw_seed_gain_min"] > 0 and values["adamw_adpf_verdict"] == "tie"
+    assert values["adamw_fusion_verdict"] == values["fusion_verdict"]
+    assert values["adamw_overlap"] < values["sgd_overlap"]
 
 
 def test_ch10_converged_record_is_read_as_recorded():
