@@ -128,6 +128,12 @@ BOOK_RECORDS: dict[str, str] = {
                        "--set-recipe optimizer=adamw --set-recipe lr=0.001 --set-recipe weight_decay=0.05 "
                        "--rows 'ADPF,AttentionNet alone,plain CNN,fixed patches' --attention --seeds 0 1 2 "
                        "--record benchmarks/results/adamw-synthetic.json",
+    # The same change on UTKFace with the longer record's recipe, ADPF and AttentionNet alone,
+    # beside the SGD rows of placed-boxes-utkface (ADPF) and longer-utkface (AttentionNet alone)
+    "adamw-utkface": "adpf experiments ablation --data data/utkface-64 --recipe cpu --epochs 15,40 "
+                     "--set-recipe fusion_boxes=once --set-recipe optimizer=adamw --set-recipe lr=0.001 "
+                     "--set-recipe weight_decay=0.05 --rows 'ADPF,AttentionNet alone' --seeds 0 1 2 "
+                     "--test-on data/aaf-64 --attention --record benchmarks/results/adamw-utkface.json",
 }
 
 RECORD_FORMAT = 1

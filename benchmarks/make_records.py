@@ -60,13 +60,6 @@ EXTRA_RECORDS = {
                                 "--rows 'ADPF,plain CNN' --set fusion_stem_stride=1 --seeds 0 1 2 "
                                 "--record benchmarks/results/fusion-fullres-synthetic.json",
 }
-EXTRA_RECORDS["adamw-utkface"] = (
-    # the same on UTKFace, beside the SGD rows of placed-boxes-utkface (ADPF) and longer-utkface
-    # (AttentionNet alone)
-    "adpf experiments ablation --data data/utkface-64 --recipe cpu --epochs 15,40 --set-recipe fusion_boxes=once "
-    "--set-recipe optimizer=adamw --set-recipe lr=0.001 --set-recipe weight_decay=0.05 "
-    "--rows 'ADPF,AttentionNet alone' --seeds 0 1 2 --test-on data/aaf-64 --attention "
-    "--record benchmarks/results/adamw-utkface.json")
 RECORDS = {**BOOK_RECORDS, **EXTRA_RECORDS}
 
 #: How a record's rows are shared out between processes (each seed's rows in these groups), so that

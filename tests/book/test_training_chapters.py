@@ -113,12 +113,13 @@ def test_ch10_reads_its_records_and_says_when_the_code_changed():
     placed = json.loads(Path(values["placed_record"]).read_text())
     placed_syn = json.loads(Path(values["syn_placed_record"]).read_text())
     adamw = json.loads(Path(values["adamw_record"]).read_text())
+    adamw_real = json.loads(Path(values["real_adamw_record"]).read_text())
     stale = {name for name, r in (("ablation-synthetic", record), ("heads-synthetic", heads),
                                   ("converged-synthetic", converged),
                                   ("converged-fullres-synthetic", fullres), ("ablation-utkface", real),
                                   ("longer-utkface", longer), ("qk-init-utkface", woken),
                                   ("placed-boxes-utkface", placed), ("placed-boxes-synthetic", placed_syn),
-                                  ("adamw-synthetic", adamw))
+                                  ("adamw-synthetic", adamw), ("adamw-utkface", adamw_real))
              if r["code_version"] != code_version()}
     assert set(values["stale_records"]) == stale
     # the coverage of the calibrated ± and the fitted factors are the record's, over its rows
@@ -126,7 +127,7 @@ def test_ch10_reads_its_records_and_says_when_the_code_changed():
         assert values[f"{key}_min"] == min(row[column] for row in record["rows"])
         assert values[f"{key}_max"] == max(row[column] for row in record["rows"])
     assert values["n_trainings"] == sum(len(r["rows"]) for r in (record, heads, converged, fullres, real, longer,
-                                                                 woken, placed, placed_syn, adamw))
+                                                                 woken, placed, placed_syn, adamw, adamw_real))
     # the learning curves are the record's own (one budget): the ADPF rows' stage-2 ends
     ends = [row["history"]["fusion"][-1] for row in adpf]
     assert values["fusion_val_end"] == pytest.approx(np.mean([e["val_mae"] for e in ends]), abs=1e-12)
@@ -301,6 +302,40 @@ def test_ch10_adamw_is_its_record_beside_the_sgd_rows():
     assert values["adamw_seed_gain_min"] > 0 and values["adamw_adpf_verdict"] == "tie"
     assert values["adamw_fusion_verdict"] == values["fusion_verdict"]
     assert values["adamw_overlap"] < values["sgd_overlap"]
+
+
+def test_ch10_adamw_on_real_faces_is_its_record():
+    values = glued("10_ablations")
+    adamw = json.loads(Path(values["real_adamw_record"]).read_text())
+    placed = json.loads(Path(values["placed_record"]).read_text())
+    longer = json.loads(Path(values["longer_record"]).read_text())
+    # the placed-boxes record's faces, split, seeds and recipe; only the optimiser's fields differ
+    changed = {"optimizer": "adamw", "lr": 0.001, "weight_decay": 0.05}
+    assert {k: adamw["recipe"][k] for k in changed} == changed
+    same = set(adamw["recipe"]) - set(changed) - {"device"}  # "cpu" against "auto": a speed field
+    assert {k: adamw["recipe"][k] for k in same} == {k: placed["recipe"][k] for k in same}
+    for key in ("data", "split", "seeds", "config"):
+        assert adamw[key] == placed[key], key
+    assert adamw["test_on"] == placed["test_on"]
+    mae = mae_by_model(adamw)
+    rows = {m: [row for row in adamw["rows"] if row["model"] == m] for m in adamw["models"]}
+    assert all(len(v) >= 2 for v in mae.values())
+    assert values["real_adamw_adpf"] == pytest.approx(np.mean(mae["ADPF"]), abs=1e-12)
+    assert values["real_adamw_attention"] == pytest.approx(np.mean(mae["AttentionNet alone"]), abs=1e-12)
+    assert values["real_adamw_aaf"] == pytest.approx(np.mean([r["test_on_mae"] for r in rows["ADPF"]]), abs=1e-12)
+    ends = [row["history"]["fusion"][-1] for row in rows["ADPF"]]
+    assert values["real_adamw_gap"] == pytest.approx(
+        np.mean([e["val_mae"] for e in ends]) - np.mean([e["train_mae"] for e in ends]), abs=1e-9)
+    assert values["real_adamw_adpf_verdict"] == verdict(mae["ADPF"], mae_by_model(placed)["ADPF"])
+    assert values["real_adamw_attention_verdict"] == verdict(mae["AttentionNet alone"],
+                                                             mae_by_model(longer)["AttentionNet alone"])
+    assert values["real_adamw_fusion_verdict"] == verdict(mae["ADPF"], mae["AttentionNet alone"])
+    # what the reading says: stage 2 still ends above its training MAE, AttentionNet alone ends
+    # lower than with SGD, ADPF does not gain and stays behind it
+    assert values["real_adamw_gap"] > 0
+    assert values["real_adamw_attention"] < values["longer_attention"]
+    assert values["real_adamw_adpf_verdict"] != "held"
+    assert values["real_adamw_fusion_verdict"] == "did not hold"
 
 
 def test_ch10_converged_record_is_read_as_recorded():
