@@ -322,18 +322,20 @@ def model_style(k: int) -> dict:
             "marker": MODEL_MARKERS[k % len(MODEL_MARKERS)]}
 
 
-def plot_stage_curves(curves, order: Sequence[str], constant: float, figsize=(7.0, 3.2)) -> Figure:
+def plot_stage_curves(curves, order: Sequence[str], constant: float, figsize=(7.0, 3.2),
+                      stage1: Sequence[str] = ("ADPF", "ADPF w/SA", "ADPF w/o diversity loss")) -> Figure:
     """Validation MAE after every epoch, two panels: stage 1 (AttentionNet) and stage 2 with the
     one-stage baselines; the mean over seeds with a band of ± one standard deviation.
 
     curves: `adpf.experiments.learning_curves` rows (model, seed, stage, epoch, val_mae).
     order: the models in the order of their colours (`model_style`). constant: the MAE of
-    always answering the mean training age (a dashed line). Only models with an AttentionNet of
-    their own are drawn in stage 1 (ADPF, ADPF w/o ranking and AttentionNet alone share
-    ADPF's). One legend, below the panels, outside the data (a legend beside them widened the
-    figure, and the page shrank all its text to fit).
+    always answering the mean training age (a dashed line). stage1: the models whose stage 1 is
+    drawn, those with an AttentionNet of their own (by default ADPF's, which ADPF w/o ranking
+    and AttentionNet alone share, and the two ablations that train their own). One legend, below
+    the panels, outside the data (a legend beside them widened the figure, and the page shrank
+    all its text to fit).
     """
-    own_stage1 = curves["model"].isin(["ADPF", "ADPF w/SA", "ADPF w/o diversity loss"])
+    own_stage1 = curves["model"].isin(list(stage1))
     parts = ((curves[(curves["stage"] == "attention") & own_stage1], "stage 1: AttentionNet"),
              (curves[curves["stage"].isin(["fusion", "single"])], "stage 2 and the baselines"))
     styles = {m: model_style(k) for k, m in enumerate(order)}

@@ -181,6 +181,21 @@ def test_plot_stage_curves_gives_every_model_its_own_colour_and_one_legend_below
     assert len(colours) == len(order)
     assert min(np.linalg.norm(np.subtract(a, b))
                for a, b in itertools.combinations(colours.values(), 2)) >= 0.25
+    # stage 1 draws ADPF's AttentionNet and the two ablations with their own, nothing else
+    assert {line.get_label() for line in fig.axes[0].get_lines()} - {"always the mean age"} == {
+        "ADPF", "ADPF w/SA", "ADPF w/o diversity loss"}
+    matplotlib.pyplot.close(fig)
+
+
+def test_plot_stage_curves_draws_the_stage1_of_the_models_named():
+    import matplotlib
+
+    from adpf.plotting import plot_stage_curves
+
+    order = ["ADPF, SGD", "ADPF, AdamW"]
+    fig = plot_stage_curves(stage_curves_rows(order), order, constant=11.0, stage1=order)
+    for ax in fig.axes:
+        assert {line.get_label() for line in ax.get_lines()} - {"always the mean age"} == set(order)
     matplotlib.pyplot.close(fig)
 
 
