@@ -20,7 +20,8 @@ written row by row).
     python benchmarks/make_records.py OUT --device cpu --only placed-boxes-synthetic   # then copy
         OUT/records/placed-boxes-synthetic.json to benchmarks/results/
 
-``--tiny`` rehearses on this CPU: every record at 1 + 1 epochs (200 drawn faces), device cpu. (Named ``gpu_records.py`` until 6 Dec 2026, when it ran on a GPU only.)
+``--tiny`` rehearses on this CPU: every record at 1 + 1 epochs (200 drawn faces), device cpu.
+(Named ``gpu_records.py`` until 6 Dec 2026, when it ran on a GPU only.)
 """
 from __future__ import annotations
 
@@ -92,6 +93,11 @@ def _take(argv: list[str], option: str) -> list[str]:
     return values
 
 
+def device_options(device: str) -> list[str]:
+    """The options every training gets on ``device``: float32 (``--no-amp``) on CUDA, as on a CPU."""
+    return ["--device", device] + (["--no-amp"] if device == "cuda" else [])
+
+
 def seed_commands(name: str, out: Path, tiny: bool, device: str = "cuda") -> list[tuple[str, list[str]]]:
     """(log name, argv) for each seed and row group of one record's command, on ``device``."""
     argv = shlex.split(RECORDS[name])[1:]  # without "adpf"
@@ -106,7 +112,7 @@ def seed_commands(name: str, out: Path, tiny: bool, device: str = "cuda") -> lis
                 _take(argv, dropped)
         argv += ["--device", "cpu", "--epochs", "1,1", "--synthetic-n", "200"]
     else:
-        argv += ["--device", device] + (["--no-amp"] if device == "cuda" else [])
+        argv += device_options(device)
     commands = []
     for seed in seeds:
         for j, group in enumerate(GROUPS[name]):
@@ -120,8 +126,7 @@ def seed_commands(name: str, out: Path, tiny: bool, device: str = "cuda") -> lis
 def sweep_commands(out: Path, tiny: bool, device: str = "cuda") -> list[tuple[str, list[str]]]:
     data = ["--data", "data/utkface-64"]
     base = ["--recipe", "cpu", "--seed", "0", "--no-progress"]
-    extra = (["--device", "cpu", "--epochs", "1,1"] if tiny
-             else ["--device", device] + (["--no-amp"] if device == "cuda" else []))
+    extra = ["--device", "cpu", "--epochs", "1,1"] if tiny else device_options(device)
     commands = []
     for i, changes in enumerate(SWEEP.values()):
         for variant in ("attention_only", "plain_cnn"):

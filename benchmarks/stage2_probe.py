@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
-import json
 import os
 import sys
 import time
@@ -58,14 +56,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, help="write the result as JSON here")
     args = parser.parse_args(argv)
 
+    from adpf.cache import digest
     from adpf.cli import field_values
     from adpf.config import ADPFConfig
     from adpf.recipes import Recipe
     recipe_changes = field_values(args.set_recipe, Recipe, "--set-recipe")
     config_changes = field_values(args.set, ADPFConfig, "--set")
-    name = json.dumps([args.seed, recipe_changes, config_changes, args.fusion_epochs, args.residual_stages],
-                      sort_keys=True)
-    probe_cache = Path(os.environ.get("TMPDIR", "/tmp")) / f"adpf-stage2-probe-{hashlib.sha256(name.encode()).hexdigest()[:12]}"
+    probe = digest([args.seed, recipe_changes, config_changes, args.fusion_epochs, args.residual_stages])
+    probe_cache = Path(os.environ.get("TMPDIR", "/tmp")) / f"adpf-stage2-probe-{probe}"
     link_stage1(args.cache.resolve(), probe_cache)
     os.environ["ADPF_CACHE_DIR"] = str(probe_cache)
 

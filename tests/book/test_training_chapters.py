@@ -259,19 +259,24 @@ def test_ch10_placed_boxes_are_their_records():
         np.mean([row["box_centre_spread"] for row in syn["rows"] if row["model"] == "ADPF"]), abs=1e-12)
 
 
+def assert_only_the_optimiser_differs(adamw: dict, sgd: dict) -> None:
+    """An AdamW record made as ``sgd`` was: the same faces, split, seeds, config and recipe, but
+    the optimiser's three fields (and the device field, "cpu" against "auto": a speed field, the
+    same CPU either way)."""
+    changed = {"optimizer": "adamw", "lr": 0.001, "weight_decay": 0.05}
+    assert {k: adamw["recipe"][k] for k in changed} == changed
+    same = set(adamw["recipe"]) - set(changed) - {"device"}
+    assert {k: adamw["recipe"][k] for k in same} == {k: sgd["recipe"][k] for k in same}
+    for key in ("data", "split", "seeds", "config"):
+        assert adamw[key] == sgd[key], key
+
+
 def test_ch10_adamw_is_its_record_beside_the_sgd_rows():
     values = glued("10_ablations")
     adamw = json.loads(Path(values["adamw_record"]).read_text())
     syn = json.loads(Path(values["syn_placed_record"]).read_text())
     book = json.loads(Path(values["ablation_record"]).read_text())
-    # the SGD rows' faces, split, seeds, config and recipe; only the optimiser's three fields differ
-    # (and the device field, "cpu" against "auto": a speed field, the same CPU either way)
-    changed = {"optimizer": "adamw", "lr": 0.001, "weight_decay": 0.05}
-    assert {k: adamw["recipe"][k] for k in changed} == changed
-    same = set(adamw["recipe"]) - set(changed) - {"device"}
-    assert {k: adamw["recipe"][k] for k in same} == {k: syn["recipe"][k] for k in same}
-    for key in ("data", "split", "seeds", "config"):
-        assert adamw[key] == syn[key], key
+    assert_only_the_optimiser_differs(adamw, syn)
     assert values["adamw_change"] == "optimizer adamw, lr 0.001, weight_decay 0.05"
     mae, sgd = mae_by_model(adamw), {**mae_by_model(syn), "plain CNN": mae_by_model(book)["plain CNN"]}
     assert all(len(mae[m]) >= 2 and len(sgd[m]) >= 2 for m in adamw["models"])
@@ -319,13 +324,7 @@ def test_ch10_adamw_on_real_faces_is_its_record():
     adamw = json.loads(Path(values["real_adamw_record"]).read_text())
     placed = json.loads(Path(values["placed_record"]).read_text())
     longer = json.loads(Path(values["longer_record"]).read_text())
-    # the placed-boxes record's faces, split, seeds and recipe; only the optimiser's fields differ
-    changed = {"optimizer": "adamw", "lr": 0.001, "weight_decay": 0.05}
-    assert {k: adamw["recipe"][k] for k in changed} == changed
-    same = set(adamw["recipe"]) - set(changed) - {"device"}  # "cpu" against "auto": a speed field
-    assert {k: adamw["recipe"][k] for k in same} == {k: placed["recipe"][k] for k in same}
-    for key in ("data", "split", "seeds", "config"):
-        assert adamw[key] == placed[key], key
+    assert_only_the_optimiser_differs(adamw, placed)
     assert adamw["test_on"] == placed["test_on"]
     mae = mae_by_model(adamw)
     rows = {m: [row for row in adamw["rows"] if row["model"] == m] for m in adamw["models"]}
