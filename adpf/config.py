@@ -81,6 +81,9 @@ class ADPFConfig:
     fusion_stem_stride: the stride of FusionNet's first conv block (book/open_choices.md, choice 1):
         2 (default) halves the image before the first stage; 1 keeps the first stage at full
         resolution, as AttentionNet's stem does.
+    fusion_block: what each stage of FusionNet's main stream is (book/open_choices.md, choice 1):
+        "plain" (default), two conv blocks; "residual", a ResNet basic block (the same two
+        convolutions, their sum with a shortcut: ``networks.BasicBlock``).
     reference_width: w, the first stage's width of the ``resnet18`` reference (widths w, 2w,
         4w, 8w; book/open_choices.md, choice 14), set per preset to about ADPF's parameter count.
     attention: "hybrid" (Eq. 5) or "self_sum" (ADPF w/SA: self-attention summed over channels).
@@ -134,6 +137,7 @@ class ADPFConfig:
     reference_width: int = 42
     fusion_head: Literal["pool", "flatten"] = "pool"
     fusion_stem_stride: int = 2
+    fusion_block: Literal["plain", "residual"] = "plain"
     # age output
     age_min: int = 0
     age_max: int = 100
@@ -201,6 +205,7 @@ class ADPFConfig:
                               ("eq9", ("as_written", "raw")), ("diversity_maps", ("unit", "normalized", "raw")),
                               ("attention_impl", ("sdpa", "plain")), ("patch_baseline", ("median", "min")),
                               ("fusion_head", ("pool", "flatten")), ("patch_stream", ("strided", "resize")),
+                              ("fusion_block", ("plain", "residual")),
                               ("patch_placement", ("per_face", "rank_median"))]:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")

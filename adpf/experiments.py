@@ -134,6 +134,15 @@ BOOK_RECORDS: dict[str, str] = {
                      "--set-recipe fusion_boxes=once --set-recipe optimizer=adamw --set-recipe lr=0.001 "
                      "--set-recipe weight_decay=0.05 --rows 'ADPF,AttentionNet alone' --seeds 0 1 2 "
                      "--test-on data/aaf-64 --attention --record benchmarks/results/adamw-utkface.json",
+    # The drawn faces with AdamW, stage 2 at 20 epochs (boxes found once) and FusionNet's main
+    # stream at full resolution with residual stages: a main stream that learns as fast as
+    # AttentionNet, and what the patches do to it, dynamic, fixed and placed
+    "main-stream-synthetic": "adpf experiments ablation --data synthetic --synthetic-n 3000 --recipe book "
+                             "--epochs 10,20 --set-recipe fusion_boxes=once --set-recipe optimizer=adamw "
+                             "--set-recipe lr=0.001 --set-recipe weight_decay=0.05 --set fusion_stem_stride=1 "
+                             "--set fusion_block=residual --rows 'ADPF,ADPF (placed boxes),AttentionNet alone,"
+                             "plain CNN,fixed patches' --attention --seeds 0 1 2 "
+                             "--record benchmarks/results/main-stream-synthetic.json",
 }
 
 RECORD_FORMAT = 1

@@ -4,8 +4,9 @@ Open choices made here (numbered as in ``book/open_choices.md``, "choice N"):
 
 1. Stems. AttentionNet: one stage per ``config.stem_channels`` entry, each two conv blocks
    (conv 3×3 – BatchNorm – ReLU), every stage but the first halving the resolution, then a
-   1×1 conv block to X (``x_channels`` at ``x_size``). FusionNet: one stride-2 conv block,
-   then one stage per head, each two conv blocks; a stage halves the resolution unless the
+   1×1 conv block to X (``x_channels`` at ``x_size``). FusionNet: one stride-2 conv block
+   (``config.fusion_stem_stride``), then one stage per head, each two conv blocks, or a ResNet
+   basic block with ``config.fusion_block="residual"``; a stage halves the resolution unless the
    main stream is already ``MIN_SIDE`` wide.
 8. Patch streams. Each patch has its own stream that brings it to the main stream's size t_k
    at its joining stage, where R = Concat[I, P] feeds the stage. Stage k receives P_k, so P_1
@@ -160,7 +161,8 @@ class FusionNet(nn.Module):
         for width in widths:
             stride = 2 if side > MIN_SIDE else 1
             self.input_sizes.append(side)
-            stages.append(nn.Sequential(conv_block(prev + extra, width, stride), conv_block(width, width)))
+            stages.append(BasicBlock(prev + extra, width, stride) if config.fusion_block == "residual"
+                          else nn.Sequential(conv_block(prev + extra, width, stride), conv_block(width, width)))
             side, prev = (side + 1) // 2 if stride == 2 else side, width
         self.stages = nn.ModuleList(stages)
         self.patch_streams = nn.ModuleList(

@@ -81,6 +81,7 @@ GROUPS = {
     "fusion-fullres-synthetic": [["ADPF", "plain CNN"]],
     "adamw-synthetic": [["ADPF", "AttentionNet alone"], ["plain CNN", "fixed patches"]],
     "adamw-utkface": [["ADPF", "AttentionNet alone"]],
+    "main-stream-synthetic": [["ADPF", "ADPF (placed boxes)", "AttentionNet alone"], ["plain CNN", "fixed patches"]],
 }
 
 

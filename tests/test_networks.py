@@ -383,3 +383,26 @@ def test_rank_median_placement_crops_every_face_at_the_placed_boxes(tmp_path):
     assert loaded.boxes_placed and torch.equal(loaded.placed_boxes, placed)
     torch.testing.assert_close(loaded(x).logits, out.logits, rtol=0, atol=0)
     assert "placed_boxes" not in ADPF(tiny()).state_dict()  # the paper's ADPF keeps its checkpoints' layout
+
+
+def test_residual_fusion_stages_are_basic_blocks_over_the_same_widths_and_strides():
+    torch.manual_seed(0)
+    plain, residual = FusionNet(tiny(fusion_stem_stride=1)), FusionNet(tiny(fusion_stem_stride=1, fusion_block="residual"))
+    assert residual.input_sizes == plain.input_sizes
+    extra = tiny().patch_channels
+    for k, (p, r) in enumerate(zip(plain.stages, residual.stages)):
+        assert isinstance(r, BasicBlock)
+        assert (r.body[0].in_channels, r.body[0].out_channels, r.body[0].stride) == \
+            (p[0][0].in_channels, p[0][0].out_channels, p[0][0].stride)
+        assert r.body[0].in_channels == (tiny().fusion_channels[k - 1] if k else tiny().fusion_channels[0]) + extra
+    x = torch.rand(2, 3, 16, 16)
+    patches = torch.rand(2, 3, 3, 8, 8)
+    features = residual.stem(2 * x - 1)
+    for k, stage in enumerate(residual.stages):
+        p = residual.patch_streams[k](2 * patches[:, k] - 1)
+        joined = torch.cat([features, p], dim=1)
+        features = stage(joined)
+        assert torch.allclose(features, torch.relu(stage.body(joined) + stage.shortcut(joined)))
+    assert torch.allclose(residual(x, patches).logits, residual.fc(features.mean(dim=(2, 3))), atol=1e-6)
+    with pytest.raises(ValueError, match="fusion_block"):
+        tiny(fusion_block="dense")
