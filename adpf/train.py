@@ -47,6 +47,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 import adpf
+from adpf.attention import RelativeSelfAttention
 from adpf.cache import (attention_config, code_version, data_identity, digest, read_json,
                         split_identity, stage_dir, write_json)
 from adpf.checkpoint import (check_config, checkpoint_dict, load_checkpoint, load_model_state, rng_state,
@@ -56,7 +57,6 @@ from adpf.data.prepared import DeviceBatches, Prepared, PreparedFaces, load_prep
 from adpf.distributed import Process, close_process, setup_process
 from adpf.evaluate import fit_std_scale, predict, summarize
 from adpf.losses import age_estimation_loss, attention_net_loss
-from adpf.attention import RelativeSelfAttention
 from adpf.networks import ADPF, build_model
 from adpf.patches import move_boxes
 from adpf.recipes import SPEED_FIELDS, Recipe, get_recipe
@@ -96,6 +96,11 @@ class Stage:
         return stage_dir(self.name, self.key)
 
 
+#: Recipe fields that shape one stage only, and that stage: the others share their keys across
+#: the field's values (stage 2 still follows a changed stage 1 through its key's ``after``).
+ONE_STAGE_FIELDS = {"fusion_boxes": "fusion", "qk_init": "attention"}
+
+
 def plan_stages(config: ADPFConfig, identity: dict, recipe: Recipe) -> list[Stage]:
     """The stages ``config`` trains through, each with its cache key.
 
@@ -104,17 +109,14 @@ def plan_stages(config: ADPFConfig, identity: dict, recipe: Recipe) -> list[Stag
     the key of the stage-1 model.
     """
     shaping = {k: v for k, v in recipe.to_dict().items()
-               if k not in SPEED_FIELDS + ("attention_epochs", "fusion_epochs", "fusion_boxes", "qk_init")}
+               if k not in SPEED_FIELDS + ("attention_epochs", "fusion_epochs") + tuple(ONE_STAGE_FIELDS)}
     device = recipe.resolved_device().type
     shaping.update(device=device, amp=recipe.amp and device == "cuda")
 
     def key(name: str, cfg: ADPFConfig, epochs: int, after: str | None = None) -> str:
-        # fusion_boxes shapes ADPF's stage 2 only and qk_init stage 1 only (stage 2 through ``after``),
-        # so every other stage is shared across them
-        stage_recipe = {**shaping, **({"fusion_boxes": recipe.fusion_boxes} if name == "fusion" else {}),
-                        **({"qk_init": recipe.qk_init} if name == "attention" else {})}
+        own = {field: getattr(recipe, field) for field, stage in ONE_STAGE_FIELDS.items() if stage == name}
         return digest({"stage": name, "config": cfg.to_dict(), "epochs": epochs, "after": after,
-                       "recipe": stage_recipe, "code": code_version(), **identity})
+                       "recipe": {**shaping, **own}, "code": code_version(), **identity})
 
     if config.variant in ("adpf", "attention_only"):
         att = attention_config(config)
