@@ -114,12 +114,14 @@ def test_ch10_reads_its_records_and_says_when_the_code_changed():
     placed_syn = json.loads(Path(values["syn_placed_record"]).read_text())
     adamw = json.loads(Path(values["adamw_record"]).read_text())
     adamw_real = json.loads(Path(values["real_adamw_record"]).read_text())
+    stream = json.loads(Path(values["ms_record"]).read_text())
     stale = {name for name, r in (("ablation-synthetic", record), ("heads-synthetic", heads),
                                   ("converged-synthetic", converged),
                                   ("converged-fullres-synthetic", fullres), ("ablation-utkface", real),
                                   ("longer-utkface", longer), ("qk-init-utkface", woken),
                                   ("placed-boxes-utkface", placed), ("placed-boxes-synthetic", placed_syn),
-                                  ("adamw-synthetic", adamw), ("adamw-utkface", adamw_real))
+                                  ("adamw-synthetic", adamw), ("adamw-utkface", adamw_real),
+                                  ("main-stream-synthetic", stream))
              if r["code_version"] != code_version()}
     assert set(values["stale_records"]) == stale
     # the coverage of the calibrated ± and the fitted factors are the record's, over its rows
@@ -127,7 +129,8 @@ def test_ch10_reads_its_records_and_says_when_the_code_changed():
         assert values[f"{key}_min"] == min(row[column] for row in record["rows"])
         assert values[f"{key}_max"] == max(row[column] for row in record["rows"])
     assert values["n_trainings"] == sum(len(r["rows"]) for r in (record, heads, converged, fullres, real, longer,
-                                                                 woken, placed, placed_syn, adamw, adamw_real))
+                                                                 woken, placed, placed_syn, adamw, adamw_real,
+                                                                 stream))
     # the learning curves are the record's own (one budget): the ADPF rows' stage-2 ends
     ends = [row["history"]["fusion"][-1] for row in adpf]
     assert values["fusion_val_end"] == pytest.approx(np.mean([e["val_mae"] for e in ends]), abs=1e-12)
@@ -317,6 +320,67 @@ def test_ch10_adamw_is_its_record_beside_the_sgd_rows():
     for stage in ("attention", "fusion"):
         fast, slow = val_curve(adamw, stage), val_curve(syn, stage)
         assert fast[0] < slow[0] and fast.mean() < slow.mean(), stage
+
+
+def test_ch10_main_stream_is_its_record_beside_the_adamw_one():
+    values = glued("10_ablations")
+    stream = json.loads(Path(values["ms_record"]).read_text())
+    adamw = json.loads(Path(values["adamw_record"]).read_text())
+    # the AdamW record's faces, split, seeds and recipe, but stage 2's epochs and boxes; its
+    # config, but the main stream's first stride and blocks
+    changed = {"fusion_epochs": 20, "fusion_boxes": "once"}
+    assert {k: stream["recipe"][k] for k in changed} == changed
+    same = set(stream["recipe"]) - set(changed) - {"device"}
+    assert {k: stream["recipe"][k] for k in same} == {k: adamw["recipe"][k] for k in same}
+    config_changes = {"fusion_stem_stride": 1, "fusion_block": "residual"}
+    assert {k: stream["config"][k] for k in config_changes} == config_changes
+    assert {k: v for k, v in stream["config"].items() if k not in config_changes} == \
+        {k: v for k, v in adamw["config"].items() if k not in config_changes}
+    for key in ("data", "split", "seeds"):
+        assert stream[key] == adamw[key], key
+    assert values["ms_change"] == "optimizer adamw, lr 0.001, weight_decay 0.05"
+    assert (values["ms_attention_epochs"], values["ms_fusion_epochs"]) == (10, 20)
+    mae = mae_by_model(stream)
+    assert all(len(v) == len(stream["seeds"]) >= 3 for v in mae.values())
+    keys = {"adpf": "ADPF", "placed": "ADPF (placed boxes)", "attention": "AttentionNet alone",
+            "plain": "plain CNN", "fixed": "fixed patches"}
+    for key, model in keys.items():
+        assert values[f"ms_{key}"] == pytest.approx(np.mean(mae[model]), abs=1e-12)
+        rows = [r for r in stream["rows"] if r["model"] == model]
+        last = [r["history"][list(r["history"])[-1]][-1] for r in rows]
+        assert values[f"ms_{key}_gap"] == pytest.approx(np.mean([e["val_mae"] - e["train_mae"] for e in last]),
+                                                        abs=1e-12)
+    for name, (a, b) in {"plain_attention": ("plain CNN", "AttentionNet alone"),
+                         "fusion": ("ADPF", "AttentionNet alone"), "patches": ("plain CNN", "ADPF"),
+                         "fixed": ("fixed patches", "ADPF"), "placed": ("ADPF (placed boxes)", "ADPF")}.items():
+        assert values[f"ms_{name}_verdict"] == verdict(mae[a], mae[b]), name
+    assert values["ms_adamw_verdict"] == verdict(mae["ADPF"], mae_by_model(adamw)["ADPF"])
+    assert values["ms_adpf_worst"] == pytest.approx(max(mae["ADPF"]), abs=1e-12)
+    assert values["ms_plain_worst"] == pytest.approx(max(mae["plain CNN"]), abs=1e-12)
+    adpf = [r for r in stream["rows"] if r["model"] == "ADPF"]
+    assert values["ms_lift"] == pytest.approx(np.mean([r["region_share"] / r["region_area"] for r in adpf]), abs=1e-12)
+    assert values["ms_box_side"] == pytest.approx(np.mean([r["box_side_median"] for r in adpf]), abs=1e-12)
+    assert values["ms_box_clamp"] == pytest.approx(np.mean([r["box_at_clamp"] for r in adpf]), abs=1e-12)
+    # what the reading says: the main stream alone is level with AttentionNet alone, and so
+    # (by the same rule) are the fixed patches and the placed boxes with it; the paper's ADPF is
+    # behind every other model, no better than the AdamW record's, and its gap is the largest
+    assert values["ms_plain_attention_verdict"] == "tie" and values["ms_fusion_verdict"] == "did not hold"
+    assert verdict(mae["fixed patches"], mae["plain CNN"]) == verdict(mae["ADPF (placed boxes)"], mae["plain CNN"]) \
+        == "tie"
+    assert all(values["ms_adpf"] > values[f"ms_{key}"] for key in keys if key != "adpf")
+    assert values["ms_patches_verdict"] == values["ms_fixed_verdict"] == values["ms_placed_verdict"] == "held"
+    assert values["ms_adamw_verdict"] == "tie"
+    assert all(values["ms_adpf_gap"] > values[f"ms_{key}_gap"] for key in keys if key != "adpf")
+    # the figure: every model with patches starts lower than the plain CNN (its first epoch,
+    # mean over seeds), and ADPF's curve ends above every other of stage 2 and the baselines
+
+    def val_curve(model):
+        rows = [r for r in stream["rows"] if r["model"] == model]
+        return np.mean([[e["val_mae"] for e in r["history"][list(r["history"])[-1]]] for r in rows], axis=0)
+
+    curves = {m: val_curve(m) for m in ("ADPF", "ADPF (placed boxes)", "fixed patches", "plain CNN")}
+    assert all(curves[m][0] < curves["plain CNN"][0] for m in curves if m != "plain CNN")
+    assert all(curves["ADPF"][-1] > curves[m][-1] for m in curves if m != "ADPF")
 
 
 def test_ch10_adamw_on_real_faces_is_its_record():
