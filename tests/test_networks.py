@@ -404,5 +404,10 @@ def test_residual_fusion_stages_are_basic_blocks_over_the_same_widths_and_stride
         features = stage(joined)
         assert torch.allclose(features, torch.relu(stage.body(joined) + stage.shortcut(joined)))
     assert torch.allclose(residual(x, patches).logits, residual.fc(features.mean(dim=(2, 3))), atol=1e-6)
+    # every parameter learns, the patch streams' included: a start that silences a stream (a
+    # zero BatchNorm scale before its ReLU) would leave all of its gradients at exactly zero
+    residual(x, patches).logits.square().sum().backward()
+    dead = [name for name, p in residual.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not dead
     with pytest.raises(ValueError, match="fusion_block"):
         tiny(fusion_block="dense")
