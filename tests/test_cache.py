@@ -138,6 +138,14 @@ def test_fusion_only_fields_are_config_fields(field):
     assert field in ADPFConfig.__dataclass_fields__
 
 
+def test_every_field_of_fusionnet_and_its_patches_is_fusion_only():
+    # a FusionNet or patch field left out would give stage 1 a key of its own for each of its
+    # values, and train the same AttentionNet again (fusion_block was, for one record)
+    named = {f for f in ADPFConfig.__dataclass_fields__ if f.startswith(("fusion_", "patch_"))}
+    assert named <= set(FUSION_ONLY_FIELDS)
+    assert keys(tiny(fusion_block="residual"))["attention"] == keys(tiny())["attention"]
+
+
 def test_code_version_follows_the_model_and_training_code_only(tmp_path):
     # a copy of the package: editing a shaping file changes the version, anything else keeps it
     import shutil
