@@ -262,16 +262,23 @@ def test_ch10_placed_boxes_are_their_records():
         np.mean([row["box_centre_spread"] for row in syn["rows"] if row["model"] == "ADPF"]), abs=1e-12)
 
 
-def assert_only_the_optimiser_differs(adamw: dict, sgd: dict) -> None:
-    """An AdamW record made as ``sgd`` was: the same faces, split, seeds, config and recipe, but
-    the optimiser's three fields (and the device field, "cpu" against "auto": a speed field, the
-    same CPU either way)."""
-    changed = {"optimizer": "adamw", "lr": 0.001, "weight_decay": 0.05}
-    assert {k: adamw["recipe"][k] for k in changed} == changed
-    same = set(adamw["recipe"]) - set(changed) - {"device"}
-    assert {k: adamw["recipe"][k] for k in same} == {k: sgd["recipe"][k] for k in same}
-    for key in ("data", "split", "seeds", "config"):
-        assert adamw[key] == sgd[key], key
+#: The recipe fields the AdamW records change, against the SGD records they are read beside.
+ADAMW = {"optimizer": "adamw", "lr": 0.001, "weight_decay": 0.05}
+
+
+def assert_made_as(record: dict, base: dict, recipe: dict, config: dict | None = None) -> None:
+    """``record`` made as ``base`` was: the same faces, split, seeds, config and recipe, but the
+    ``recipe`` and ``config`` fields given (with these values) and the device field of the
+    recipe ("cpu" against "auto": a speed field, the same CPU either way)."""
+    config = config or {}
+    assert {k: record["recipe"][k] for k in recipe} == recipe
+    same = set(record["recipe"]) - set(recipe) - {"device"}
+    assert {k: record["recipe"][k] for k in same} == {k: base["recipe"][k] for k in same}
+    assert {k: record["config"][k] for k in config} == config
+    assert {k: v for k, v in record["config"].items() if k not in config} == \
+        {k: v for k, v in base["config"].items() if k not in config}
+    for key in ("data", "split", "seeds"):
+        assert record[key] == base[key], key
 
 
 def test_ch10_adamw_is_its_record_beside_the_sgd_rows():
@@ -279,7 +286,7 @@ def test_ch10_adamw_is_its_record_beside_the_sgd_rows():
     adamw = json.loads(Path(values["adamw_record"]).read_text())
     syn = json.loads(Path(values["syn_placed_record"]).read_text())
     book = json.loads(Path(values["ablation_record"]).read_text())
-    assert_only_the_optimiser_differs(adamw, syn)
+    assert_made_as(adamw, syn, ADAMW)
     assert values["adamw_change"] == "optimizer adamw, lr 0.001, weight_decay 0.05"
     mae, sgd = mae_by_model(adamw), {**mae_by_model(syn), "plain CNN": mae_by_model(book)["plain CNN"]}
     assert all(len(mae[m]) >= 2 and len(sgd[m]) >= 2 for m in adamw["models"])
@@ -326,18 +333,9 @@ def test_ch10_main_stream_is_its_record_beside_the_adamw_one():
     values = glued("10_ablations")
     stream = json.loads(Path(values["ms_record"]).read_text())
     adamw = json.loads(Path(values["adamw_record"]).read_text())
-    # the AdamW record's faces, split, seeds and recipe, but stage 2's epochs and boxes; its
-    # config, but the main stream's first stride and blocks
-    changed = {"fusion_epochs": 20, "fusion_boxes": "once"}
-    assert {k: stream["recipe"][k] for k in changed} == changed
-    same = set(stream["recipe"]) - set(changed) - {"device"}
-    assert {k: stream["recipe"][k] for k in same} == {k: adamw["recipe"][k] for k in same}
-    config_changes = {"fusion_stem_stride": 1, "fusion_block": "residual"}
-    assert {k: stream["config"][k] for k in config_changes} == config_changes
-    assert {k: v for k, v in stream["config"].items() if k not in config_changes} == \
-        {k: v for k, v in adamw["config"].items() if k not in config_changes}
-    for key in ("data", "split", "seeds"):
-        assert stream[key] == adamw[key], key
+    # the AdamW record's, but stage 2's epochs and boxes and the main stream's first stride and blocks
+    assert_made_as(stream, adamw, {"fusion_epochs": 20, "fusion_boxes": "once"},
+                   {"fusion_stem_stride": 1, "fusion_block": "residual"})
     assert values["ms_change"] == "optimizer adamw, lr 0.001, weight_decay 0.05"
     assert (values["ms_attention_epochs"], values["ms_fusion_epochs"]) == (10, 20)
     mae = mae_by_model(stream)
@@ -388,7 +386,7 @@ def test_ch10_adamw_on_real_faces_is_its_record():
     adamw = json.loads(Path(values["real_adamw_record"]).read_text())
     placed = json.loads(Path(values["placed_record"]).read_text())
     longer = json.loads(Path(values["longer_record"]).read_text())
-    assert_only_the_optimiser_differs(adamw, placed)
+    assert_made_as(adamw, placed, ADAMW)
     assert adamw["test_on"] == placed["test_on"]
     mae = mae_by_model(adamw)
     rows = {m: [row for row in adamw["rows"] if row["model"] == m] for m in adamw["models"]}
