@@ -143,6 +143,14 @@ BOOK_RECORDS: dict[str, str] = {
                              "--set fusion_block=residual --rows 'ADPF,ADPF (placed boxes),AttentionNet alone,"
                              "plain CNN,fixed patches' --attention --seeds 0 1 2 "
                              "--record benchmarks/results/main-stream-synthetic.json",
+    # The same main stream on UTKFace, on the adamw-utkface command (AdamW, 15 + 40, boxes found
+    # once): whether the paper's ADPF, beside a plain CNN that learns, reaches the real faces'
+    # target and adds to its AttentionNet
+    "main-stream-utkface": "adpf experiments ablation --data data/utkface-64 --recipe cpu --epochs 15,40 "
+                           "--set-recipe fusion_boxes=once --set-recipe optimizer=adamw --set-recipe lr=0.001 "
+                           "--set-recipe weight_decay=0.05 --set fusion_stem_stride=1 --set fusion_block=residual "
+                           "--rows 'ADPF,AttentionNet alone,plain CNN' --seeds 0 1 2 --test-on data/aaf-64 "
+                           "--attention --record benchmarks/results/main-stream-utkface.json",
 }
 
 RECORD_FORMAT = 1
