@@ -143,6 +143,12 @@ BOOK_RECORDS: dict[str, str] = {
                              "--set fusion_block=residual --rows 'ADPF,ADPF (placed boxes),AttentionNet alone,"
                              "plain CNN,fixed patches' --attention --seeds 0 1 2 "
                              "--record benchmarks/results/main-stream-synthetic.json",
+    # AttentionNet alone of adamw-synthetic without the diversity loss (Eq. 14's weight 0):
+    # what the loss does to the heads' overlap and to where they attend, with a stage 1 that learns
+    "no-diversity-synthetic": "adpf experiments ablation --data synthetic --synthetic-n 3000 --recipe book "
+                              "--set-recipe optimizer=adamw --set-recipe lr=0.001 --set-recipe weight_decay=0.05 "
+                              "--set diversity_weight=0 --rows 'AttentionNet alone' --attention --seeds 0 1 2 "
+                              "--record benchmarks/results/no-diversity-synthetic.json",
     # The same main stream on UTKFace, on the adamw-utkface command (AdamW, 15 + 40, boxes found
     # once): whether the paper's ADPF, beside a plain CNN that learns, reaches the real faces'
     # target and adds to its AttentionNet

@@ -83,6 +83,7 @@ GROUPS = {
     "adamw-utkface": [["ADPF", "AttentionNet alone"]],
     "main-stream-synthetic": [["ADPF", "ADPF (placed boxes)", "AttentionNet alone"], ["plain CNN", "fixed patches"]],
     "main-stream-utkface": [["ADPF", "AttentionNet alone"], ["plain CNN"]],
+    "no-diversity-synthetic": [["AttentionNet alone"]],
 }
 
 

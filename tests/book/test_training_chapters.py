@@ -115,13 +115,14 @@ def test_ch10_reads_its_records_and_says_when_the_code_changed():
     adamw = json.loads(Path(values["adamw_record"]).read_text())
     adamw_real = json.loads(Path(values["real_adamw_record"]).read_text())
     stream = json.loads(Path(values["ms_record"]).read_text())
+    no_diversity = json.loads(Path(values["nodiv_record"]).read_text())
     stale = {name for name, r in (("ablation-synthetic", record), ("heads-synthetic", heads),
                                   ("converged-synthetic", converged),
                                   ("converged-fullres-synthetic", fullres), ("ablation-utkface", real),
                                   ("longer-utkface", longer), ("qk-init-utkface", woken),
                                   ("placed-boxes-utkface", placed), ("placed-boxes-synthetic", placed_syn),
                                   ("adamw-synthetic", adamw), ("adamw-utkface", adamw_real),
-                                  ("main-stream-synthetic", stream))
+                                  ("no-diversity-synthetic", no_diversity), ("main-stream-synthetic", stream))
              if r["code_version"] != code_version()}
     assert set(values["stale_records"]) == stale
     # the coverage of the calibrated ± and the fitted factors are the record's, over its rows
@@ -130,7 +131,7 @@ def test_ch10_reads_its_records_and_says_when_the_code_changed():
         assert values[f"{key}_max"] == max(row[column] for row in record["rows"])
     assert values["n_trainings"] == sum(len(r["rows"]) for r in (record, heads, converged, fullres, real, longer,
                                                                  woken, placed, placed_syn, adamw, adamw_real,
-                                                                 stream))
+                                                                 no_diversity, stream))
     # the learning curves are the record's own (one budget): the ADPF rows' stage-2 ends
     ends = [row["history"]["fusion"][-1] for row in adpf]
     assert values["fusion_val_end"] == pytest.approx(np.mean([e["val_mae"] for e in ends]), abs=1e-12)
@@ -327,6 +328,33 @@ def test_ch10_adamw_is_its_record_beside_the_sgd_rows():
     for stage in ("attention", "fusion"):
         fast, slow = val_curve(adamw, stage), val_curve(syn, stage)
         assert fast[0] < slow[0] and fast.mean() < slow.mean(), stage
+
+
+def test_ch10_diversity_loss_with_adamw_is_its_record_beside_the_adamw_one():
+    values = glued("10_ablations")
+    no_diversity = json.loads(Path(values["nodiv_record"]).read_text())
+    adamw = json.loads(Path(values["adamw_record"]).read_text())
+    # AttentionNet alone of the AdamW record, but Eq. 14's weight (the AdamW record, older than
+    # fusion_block, holds a config without it; its main stream was the plain one)
+    assert_made_as(no_diversity, adamw, {},
+                   {"diversity_weight": 0.0, "variant": "attention_only", "fusion_block": "plain"})
+    assert adamw["config"]["diversity_weight"] > 0 and no_diversity["models"] == ["AttentionNet alone"]
+    sides = {"div": [r for r in adamw["rows"] if r["model"] == "AttentionNet alone"],
+             "nodiv": no_diversity["rows"]}
+    assert all(len(rows) == len(adamw["seeds"]) >= 3 for rows in sides.values())
+    columns = {"overlap": lambda r: r["head_overlap"], "lift": lambda r: r["region_share"] / r["region_area"],
+               "mae": lambda r: r["mae"]}
+    measured = {(side, name): [get(r) for r in rows] for side, rows in sides.items() for name, get in columns.items()}
+    for (side, name), got in measured.items():
+        assert values[f"{side}_{name}"] == pytest.approx(np.mean(got), abs=1e-12), (side, name)
+    assert values["div_overlap_verdict"] == verdict(measured["div", "overlap"], measured["nodiv", "overlap"])
+    assert values["div_lift_verdict"] == verdict(measured["div", "lift"], measured["nodiv", "lift"], True)
+    assert values["div_mae_verdict"] == verdict(measured["div", "mae"], measured["nodiv", "mae"])
+    # what the reading says: the loss keeps the heads apart and their attention on the regions,
+    # without it the maps are at chance (within a tenth), and the error is a tie
+    assert values["div_overlap_verdict"] == values["div_lift_verdict"] == "held"
+    assert abs(values["nodiv_lift"] - 1) < 0.1
+    assert values["div_mae_verdict"] == "tie"
 
 
 def test_ch10_main_stream_is_its_record_beside_the_adamw_one():
