@@ -355,6 +355,12 @@ def test_ch10_diversity_loss_with_adamw_is_its_record_beside_the_adamw_one():
     assert values["div_overlap_verdict"] == values["div_lift_verdict"] == "held"
     assert abs(values["nodiv_lift"] - 1) < 0.1
     assert values["div_mae_verdict"] == "tie"
+    # the SGD verdicts the section opens with are the ablation record's claims
+    ablation = json.loads(Path(values["ablation_record"]).read_text())
+    sgd = {m: [r for r in ablation["rows"] if r["model"] == m] for m in ("ADPF", "ADPF w/o diversity loss")}
+    assert values["diversity_verdict"] == verdict(*([r["head_overlap"] for r in rows] for rows in sgd.values()))
+    assert values["diversity_lift_verdict"] == verdict(
+        *([r["region_share"] / r["region_area"] for r in rows] for rows in sgd.values()), True)
 
 
 def test_ch10_main_stream_is_its_record_beside_the_adamw_one():
