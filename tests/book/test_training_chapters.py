@@ -115,6 +115,7 @@ def test_ch10_reads_its_records_and_says_when_the_code_changed():
     adamw = json.loads(Path(values["adamw_record"]).read_text())
     adamw_real = json.loads(Path(values["real_adamw_record"]).read_text())
     stream = json.loads(Path(values["ms_record"]).read_text())
+    stream_real = json.loads(Path(values["msr_record"]).read_text())
     no_diversity = json.loads(Path(values["nodiv_record"]).read_text())
     stale = {name for name, r in (("ablation-synthetic", record), ("heads-synthetic", heads),
                                   ("converged-synthetic", converged),
@@ -122,7 +123,8 @@ def test_ch10_reads_its_records_and_says_when_the_code_changed():
                                   ("longer-utkface", longer), ("qk-init-utkface", woken),
                                   ("placed-boxes-utkface", placed), ("placed-boxes-synthetic", placed_syn),
                                   ("adamw-synthetic", adamw), ("adamw-utkface", adamw_real),
-                                  ("no-diversity-synthetic", no_diversity), ("main-stream-synthetic", stream))
+                                  ("no-diversity-synthetic", no_diversity), ("main-stream-synthetic", stream),
+                                  ("main-stream-utkface", stream_real))
              if r["code_version"] != code_version()}
     assert set(values["stale_records"]) == stale
     # the coverage of the calibrated ± and the fitted factors are the record's, over its rows
@@ -131,7 +133,7 @@ def test_ch10_reads_its_records_and_says_when_the_code_changed():
         assert values[f"{key}_max"] == max(row[column] for row in record["rows"])
     assert values["n_trainings"] == sum(len(r["rows"]) for r in (record, heads, converged, fullres, real, longer,
                                                                  woken, placed, placed_syn, adamw, adamw_real,
-                                                                 no_diversity, stream))
+                                                                 no_diversity, stream, stream_real))
     # the learning curves are the record's own (one budget): the ADPF rows' stage-2 ends
     ends = [row["history"]["fusion"][-1] for row in adpf]
     assert values["fusion_val_end"] == pytest.approx(np.mean([e["val_mae"] for e in ends]), abs=1e-12)
@@ -413,6 +415,47 @@ def test_ch10_main_stream_is_its_record_beside_the_adamw_one():
     curves = {m: val_curve(m) for m in ("ADPF", "ADPF (placed boxes)", "fixed patches", "plain CNN")}
     assert all(curves[m][0] < curves["plain CNN"][0] for m in curves if m != "plain CNN")
     assert all(curves["ADPF"][-1] > curves[m][-1] for m in curves if m != "ADPF")
+
+
+def test_ch10_main_stream_on_real_faces_is_its_record_beside_the_adamw_one():
+    values = glued("10_ablations")
+    stream = json.loads(Path(values["msr_record"]).read_text())
+    adamw = json.loads(Path(values["real_adamw_record"]).read_text())
+    longer = json.loads(Path(values["longer_record"]).read_text())
+    # the AdamW record on UTKFace, but the main stream's first stride and blocks (and its rows)
+    assert_made_as(stream, adamw, {}, {"fusion_stem_stride": 1, "fusion_block": "residual"})
+    assert stream["test_on"] == adamw["test_on"]
+    assert (values["msr_attention_epochs"], values["msr_fusion_epochs"]) == (15, 40)
+    mae = mae_by_model(stream)
+    assert set(mae) == {"ADPF", "AttentionNet alone", "plain CNN"}
+    assert all(len(v) == len(stream["seeds"]) >= 3 for v in mae.values())
+    keys = {"adpf": "ADPF", "attention": "AttentionNet alone", "plain": "plain CNN"}
+    for key, model in keys.items():
+        rows = [r for r in stream["rows"] if r["model"] == model]
+        assert values[f"msr_{key}"] == pytest.approx(np.mean(mae[model]), abs=1e-12)
+        assert values[f"msr_{key}_aaf"] == pytest.approx(np.mean([r["test_on_mae"] for r in rows]), abs=1e-12)
+        last = [r["history"][list(r["history"])[-1]][-1] for r in rows]
+        assert values[f"msr_{key}_gap"] == pytest.approx(np.mean([e["val_mae"] - e["train_mae"] for e in last]),
+                                                         abs=1e-12)
+    assert values["msr_adpf_worst"] == pytest.approx(max(mae["ADPF"]), abs=1e-12)
+    for name, (a, b) in {"fusion": ("ADPF", "AttentionNet alone"), "patches": ("plain CNN", "ADPF"),
+                         "plain_attention": ("plain CNN", "AttentionNet alone")}.items():
+        assert values[f"msr_{name}_verdict"] == verdict(mae[a], mae[b]), name
+    assert values["msr_adamw_verdict"] == verdict(mae["ADPF"], mae_by_model(adamw)["ADPF"])
+    assert values["msr_longer_plain_verdict"] == verdict(mae["plain CNN"], mae_by_model(longer)["plain CNN"])
+    # what the reading says: the stronger main stream alone is the lowest mean of every UTKFace
+    # record of the chapter; ADPF is behind it and its AttentionNet on UTKFace and on
+    # All-Age-Faces, with the largest gap between validation and training MAE, and the plain CNN
+    # keeps an epoch in the last five on every seed (its curve still falls at the end)
+    others = [json.loads(Path(values[key]).read_text()) for key in
+              ("real_record", "longer_record", "woken_record", "placed_record", "real_adamw_record")]
+    assert all(values["msr_plain"] < np.mean(v) for r in others for v in mae_by_model(r).values())
+    assert values["msr_longer_plain_verdict"] == "held"
+    assert values["msr_fusion_verdict"] == "did not hold" and values["msr_patches_verdict"] == "held"
+    assert values["msr_plain_aaf"] < values["msr_attention_aaf"] < values["msr_adpf_aaf"]
+    assert values["msr_adpf_gap"] > 1 + max(values["msr_plain_gap"], values["msr_attention_gap"])
+    epochs = stream["recipe"]["fusion_epochs"]
+    assert all(r["best_epochs"]["single"] > epochs - 5 for r in stream["rows"] if r["model"] == "plain CNN")
 
 
 def test_ch10_adamw_on_real_faces_is_its_record():
