@@ -23,6 +23,21 @@ def mae_by_model(record: dict) -> dict:
     return {m: [row["mae"] for row in record["rows"] if row["model"] == m] for m in record["models"]}
 
 
+def last_stage(row: dict) -> list[dict]:
+    """The epochs (training and validation MAE each) of a record row's last stage."""
+    return row["history"][list(row["history"])[-1]]
+
+
+def end_gap(row: dict) -> float:
+    """Validation minus training MAE at the last epoch of the row's last stage."""
+    return last_stage(row)[-1]["val_mae"] - last_stage(row)[-1]["train_mae"]
+
+
+def region_lift(row: dict) -> float:
+    """The share of a row's attention on the true age regions over their share of the face (1: chance)."""
+    return row["region_share"] / row["region_area"]
+
+
 def test_ch7_attention_net_learns_and_looks_at_the_age_regions():
     values = glued("07_training_attention")
     assert values["n_train"] + values["n_val"] + values["n_test"] == values["n_faces"]
@@ -309,7 +324,7 @@ def test_ch10_adamw_is_its_record_beside_the_sgd_rows():
     assert values["adamw_overlap"] == pytest.approx(np.mean([r["head_overlap"] for r in adpf]), abs=1e-12)
     assert values["sgd_overlap"] == pytest.approx(
         np.mean([r["head_overlap"] for r in syn["rows"] if r["model"] == "ADPF"]), abs=1e-12)
-    assert values["adamw_lift"] == pytest.approx(np.mean([r["region_share"] / r["region_area"] for r in adpf]),
+    assert values["adamw_lift"] == pytest.approx(np.mean([region_lift(r) for r in adpf]),
                                                  abs=1e-12)
     assert values["adamw_box_clamp"] == pytest.approx(np.mean([r["box_at_clamp"] for r in adpf]), abs=1e-12)
     # what the reading says: every model but the plain CNN ends lower, ADPF on every seed and
@@ -344,7 +359,7 @@ def test_ch10_diversity_loss_with_adamw_is_its_record_beside_the_adamw_one():
     sides = {"div": [r for r in adamw["rows"] if r["model"] == "AttentionNet alone"],
              "nodiv": no_diversity["rows"]}
     assert all(len(rows) == len(adamw["seeds"]) >= 3 for rows in sides.values())
-    columns = {"overlap": lambda r: r["head_overlap"], "lift": lambda r: r["region_share"] / r["region_area"],
+    columns = {"overlap": lambda r: r["head_overlap"], "lift": region_lift,
                "mae": lambda r: r["mae"]}
     measured = {(side, name): [get(r) for r in rows] for side, rows in sides.items() for name, get in columns.items()}
     for (side, name), got in measured.items():
@@ -362,7 +377,7 @@ def test_ch10_diversity_loss_with_adamw_is_its_record_beside_the_adamw_one():
     sgd = {m: [r for r in ablation["rows"] if r["model"] == m] for m in ("ADPF", "ADPF w/o diversity loss")}
     assert values["diversity_verdict"] == verdict(*([r["head_overlap"] for r in rows] for rows in sgd.values()))
     assert values["diversity_lift_verdict"] == verdict(
-        *([r["region_share"] / r["region_area"] for r in rows] for rows in sgd.values()), True)
+        *([region_lift(r) for r in rows] for rows in sgd.values()), True)
 
 
 def test_ch10_main_stream_is_its_record_beside_the_adamw_one():
@@ -381,9 +396,7 @@ def test_ch10_main_stream_is_its_record_beside_the_adamw_one():
     for key, model in keys.items():
         assert values[f"ms_{key}"] == pytest.approx(np.mean(mae[model]), abs=1e-12)
         rows = [r for r in stream["rows"] if r["model"] == model]
-        last = [r["history"][list(r["history"])[-1]][-1] for r in rows]
-        assert values[f"ms_{key}_gap"] == pytest.approx(np.mean([e["val_mae"] - e["train_mae"] for e in last]),
-                                                        abs=1e-12)
+        assert values[f"ms_{key}_gap"] == pytest.approx(np.mean([end_gap(r) for r in rows]), abs=1e-12)
     for name, (a, b) in {"plain_attention": ("plain CNN", "AttentionNet alone"),
                          "fusion": ("ADPF", "AttentionNet alone"), "patches": ("plain CNN", "ADPF"),
                          "fixed": ("fixed patches", "ADPF"), "placed": ("ADPF (placed boxes)", "ADPF")}.items():
@@ -392,7 +405,7 @@ def test_ch10_main_stream_is_its_record_beside_the_adamw_one():
     assert values["ms_adpf_worst"] == pytest.approx(max(mae["ADPF"]), abs=1e-12)
     assert values["ms_plain_worst"] == pytest.approx(max(mae["plain CNN"]), abs=1e-12)
     adpf = [r for r in stream["rows"] if r["model"] == "ADPF"]
-    assert values["ms_lift"] == pytest.approx(np.mean([r["region_share"] / r["region_area"] for r in adpf]), abs=1e-12)
+    assert values["ms_lift"] == pytest.approx(np.mean([region_lift(r) for r in adpf]), abs=1e-12)
     assert values["ms_box_side"] == pytest.approx(np.mean([r["box_side_median"] for r in adpf]), abs=1e-12)
     assert values["ms_box_clamp"] == pytest.approx(np.mean([r["box_at_clamp"] for r in adpf]), abs=1e-12)
     # what the reading says: the main stream alone is level with AttentionNet alone, and so
@@ -410,7 +423,7 @@ def test_ch10_main_stream_is_its_record_beside_the_adamw_one():
 
     def val_curve(model):
         rows = [r for r in stream["rows"] if r["model"] == model]
-        return np.mean([[e["val_mae"] for e in r["history"][list(r["history"])[-1]]] for r in rows], axis=0)
+        return np.mean([[e["val_mae"] for e in last_stage(r)] for r in rows], axis=0)
 
     curves = {m: val_curve(m) for m in ("ADPF", "ADPF (placed boxes)", "fixed patches", "plain CNN")}
     assert all(curves[m][0] < curves["plain CNN"][0] for m in curves if m != "plain CNN")
@@ -434,9 +447,7 @@ def test_ch10_main_stream_on_real_faces_is_its_record_beside_the_adamw_one():
         rows = [r for r in stream["rows"] if r["model"] == model]
         assert values[f"msr_{key}"] == pytest.approx(np.mean(mae[model]), abs=1e-12)
         assert values[f"msr_{key}_aaf"] == pytest.approx(np.mean([r["test_on_mae"] for r in rows]), abs=1e-12)
-        last = [r["history"][list(r["history"])[-1]][-1] for r in rows]
-        assert values[f"msr_{key}_gap"] == pytest.approx(np.mean([e["val_mae"] - e["train_mae"] for e in last]),
-                                                         abs=1e-12)
+        assert values[f"msr_{key}_gap"] == pytest.approx(np.mean([end_gap(r) for r in rows]), abs=1e-12)
     assert values["msr_adpf_worst"] == pytest.approx(max(mae["ADPF"]), abs=1e-12)
     for name, (a, b) in {"fusion": ("ADPF", "AttentionNet alone"), "patches": ("plain CNN", "ADPF"),
                          "plain_attention": ("plain CNN", "AttentionNet alone")}.items():
@@ -499,16 +510,14 @@ def test_ch10_converged_record_is_read_as_recorded():
     assert values["conv_epochs"] > book["recipe"]["fusion_epochs"]
     # "no model's validation MAE fell by more than …" in the last five epochs of its last stage
 
-    def last(row):
-        return row["history"][list(row["history"])[-1]]
-
-    gains = {m: np.mean([last(r)[-6]["val_mae"] - last(r)[-1]["val_mae"] for r in rows if r["model"] == m])
+    gains = {m: np.mean([last_stage(r)[-6]["val_mae"] - last_stage(r)[-1]["val_mae"] for r in rows
+                         if r["model"] == m])
              for m in conv["models"]}
     assert values["conv_late_gain"] == pytest.approx(max(gains.values()), abs=1e-9)
     adpf = [r for r in rows if r["model"] == "ADPF"]
-    assert values["conv_adpf_train"] == pytest.approx(np.mean([last(r)[-1]["train_mae"] for r in adpf]), abs=1e-9)
+    assert values["conv_adpf_train"] == pytest.approx(np.mean([last_stage(r)[-1]["train_mae"] for r in adpf]), abs=1e-9)
     assert values["conv_region_lift"] == pytest.approx(
-        np.mean([r["region_share"] / r["region_area"] for r in adpf]), abs=1e-9)
+        np.mean([region_lift(r) for r in adpf]), abs=1e-9)
     assert values["conv_box_clamp"] == pytest.approx(np.mean([r["box_at_clamp"] for r in adpf]), abs=1e-12)
     # what the reading says: both models improve with the longer budget, ADPF ends level with
     # its FusionNet baselines, nothing overfits, the maps sharpen while P1's does not
@@ -516,7 +525,7 @@ def test_ch10_converged_record_is_read_as_recorded():
     assert values["conv_plain_verdict"] == values["conv_dynamic_verdict"] == values["conv_fixed_verdict"] == "tie"
     assert values["conv_stream_verdict"] == "did not hold"
     for model, train_key in (("ADPF", "conv_adpf_train"), ("plain CNN", "conv_plain_train")):
-        val_end = np.mean([last(r)[-1]["val_mae"] for r in rows if r["model"] == model])
+        val_end = np.mean([last_stage(r)[-1]["val_mae"] for r in rows if r["model"] == model])
         assert abs(values[train_key] - val_end) < 0.5
     assert values["conv_region_lift"] > values["region_lift"]
     assert values["conv_region_lift_p1"] <= values["region_lift_p1"]
@@ -589,15 +598,11 @@ def test_ch10_longer_real_faces_are_their_record():
     assert longer["recipe"]["fusion_boxes"] == "once"
     assert_four_models(values, "longer", mae)
 
-    def gap(row):  # validation minus training MAE at the last epoch of the row's last stage
-        last = row["history"][list(row["history"])[-1]][-1]
-        return last["val_mae"] - last["train_mae"]
-
     for key, model in (("adpf", "ADPF"), ("attention", "AttentionNet alone"), ("plain", "plain CNN"),
                        ("fixed", "fixed patches")):
         assert values[f"longer_{key}_gap"] == pytest.approx(
-            np.mean([gap(row) for row in rows if row["model"] == model]), abs=1e-9)
-    real_gap = np.mean([gap(row) for row in real["rows"] if row["model"] == "ADPF"])
+            np.mean([end_gap(row) for row in rows if row["model"] == model]), abs=1e-9)
+    real_gap = np.mean([end_gap(row) for row in real["rows"] if row["model"] == "ADPF"])
     assert values["real_adpf_gap"] == pytest.approx(real_gap, abs=1e-9)
     real_mae = {m: np.mean([row["mae"] for row in real["rows"] if row["model"] == m]) for m in real["models"]}
     assert values["longer_real_plain"] == pytest.approx(real_mae["plain CNN"], abs=1e-12)
