@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from adpf.cache import cache_root  # noqa: E402
 from adpf.checkpoint import load_model  # noqa: E402
+from adpf.data.prepared import images_to_tensor  # noqa: E402
 from adpf.losses import predict_age  # noqa: E402
 from adpf.networks import ADPF  # noqa: E402
 from adpf.setting import book_setting  # noqa: E402
@@ -85,7 +86,7 @@ def main() -> None:
         boxes, age, predicted = {}, {}, {}
         for split in SPLITS:
             index = getattr(setting.split, split)
-            images = torch.as_tensor(np.asarray(setting.data.images[index])).permute(0, 3, 1, 2).float() / 255
+            images = images_to_tensor(np.asarray(setting.data.images[index]))
             with torch.no_grad():
                 out, found = model.face_boxes(images)
             boxes[split], age[split] = found.numpy(), ages[index]
