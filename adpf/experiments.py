@@ -155,8 +155,8 @@ BOOK_RECORDS: dict[str, str] = {
     "main-stream-utkface": "adpf experiments ablation --data data/utkface-64 --recipe cpu --epochs 15,40 "
                            "--set-recipe fusion_boxes=once --set-recipe optimizer=adamw --set-recipe lr=0.001 "
                            "--set-recipe weight_decay=0.05 --set fusion_stem_stride=1 --set fusion_block=residual "
-                           "--rows 'ADPF,AttentionNet alone,plain CNN' --seeds 0 1 2 --test-on data/aaf-64 "
-                           "--attention --record benchmarks/results/main-stream-utkface.json",
+                           "--rows 'ADPF,ADPF (placed boxes),AttentionNet alone,plain CNN' --seeds 0 1 2 "
+                           "--test-on data/aaf-64 --attention --record benchmarks/results/main-stream-utkface.json",
 }
 
 RECORD_FORMAT = 1

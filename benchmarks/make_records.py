@@ -82,7 +82,7 @@ GROUPS = {
     "adamw-synthetic": [["ADPF", "AttentionNet alone"], ["plain CNN", "fixed patches"]],
     "adamw-utkface": [["ADPF", "AttentionNet alone"]],
     "main-stream-synthetic": [["ADPF", "ADPF (placed boxes)", "AttentionNet alone"], ["plain CNN", "fixed patches"]],
-    "main-stream-utkface": [["ADPF", "AttentionNet alone"], ["plain CNN"]],
+    "main-stream-utkface": [["ADPF", "AttentionNet alone"], ["plain CNN"], ["ADPF (placed boxes)"]],
     "no-diversity-synthetic": [["AttentionNet alone"]],
 }
 
