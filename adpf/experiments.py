@@ -151,18 +151,11 @@ BOOK_RECORDS: dict[str, str] = {
                               "--record benchmarks/results/no-diversity-synthetic.json",
     # The same with Eq. 14's weight ten, thirty and a hundred times the paper's: how far the pull
     # that keeps the heads apart also sends them to the age regions, and where it sends them away
-    "diversity-0.1-synthetic": "adpf experiments ablation --data synthetic --synthetic-n 3000 --recipe book "
-                               "--set-recipe optimizer=adamw --set-recipe lr=0.001 --set-recipe weight_decay=0.05 "
-                               "--set diversity_weight=0.1 --rows 'AttentionNet alone' --attention --seeds 0 1 2 "
-                               "--record benchmarks/results/diversity-0.1-synthetic.json",
-    "diversity-0.3-synthetic": "adpf experiments ablation --data synthetic --synthetic-n 3000 --recipe book "
-                               "--set-recipe optimizer=adamw --set-recipe lr=0.001 --set-recipe weight_decay=0.05 "
-                               "--set diversity_weight=0.3 --rows 'AttentionNet alone' --attention --seeds 0 1 2 "
-                               "--record benchmarks/results/diversity-0.3-synthetic.json",
-    "diversity-1-synthetic": "adpf experiments ablation --data synthetic --synthetic-n 3000 --recipe book "
-                             "--set-recipe optimizer=adamw --set-recipe lr=0.001 --set-recipe weight_decay=0.05 "
-                             "--set diversity_weight=1 --rows 'AttentionNet alone' --attention --seeds 0 1 2 "
-                             "--record benchmarks/results/diversity-1-synthetic.json",
+    **{f"diversity-{weight}-synthetic": "adpf experiments ablation --data synthetic --synthetic-n 3000 "
+       "--recipe book --set-recipe optimizer=adamw --set-recipe lr=0.001 --set-recipe weight_decay=0.05 "
+       f"--set diversity_weight={weight} --rows 'AttentionNet alone' --attention --seeds 0 1 2 "
+       f"--record benchmarks/results/diversity-{weight}-synthetic.json"
+       for weight in ("0.1", "0.3", "1")},
     # The same main stream on UTKFace, on the adamw-utkface command (AdamW, 15 + 40, boxes found
     # once): whether the paper's ADPF, beside a plain CNN that learns, reaches the real faces'
     # target and adds to its AttentionNet

@@ -84,9 +84,7 @@ GROUPS = {
     "main-stream-synthetic": [["ADPF", "ADPF (placed boxes)", "AttentionNet alone"], ["plain CNN", "fixed patches"]],
     "main-stream-utkface": [["ADPF", "AttentionNet alone"], ["plain CNN"], ["ADPF (placed boxes)"]],
     "no-diversity-synthetic": [["AttentionNet alone"]],
-    "diversity-0.1-synthetic": [["AttentionNet alone"]],
-    "diversity-0.3-synthetic": [["AttentionNet alone"]],
-    "diversity-1-synthetic": [["AttentionNet alone"]],
+    **{f"diversity-{weight}-synthetic": [["AttentionNet alone"]] for weight in ("0.1", "0.3", "1")},
 }
 
 

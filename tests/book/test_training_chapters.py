@@ -33,9 +33,10 @@ def end_gap(row: dict) -> float:
     return last_stage(row)[-1]["val_mae"] - last_stage(row)[-1]["train_mae"]
 
 
-def region_lift(row: dict) -> float:
-    """The share of a row's attention on the true age regions over their share of the face (1: chance)."""
-    return row["region_share"] / row["region_area"]
+def region_lift(row: dict, share: str = "region_share") -> float:
+    """The share of a row's attention (``share``: all heads', the top-ranked map's, the boxes') on
+    the true age regions over their share of the face (1: chance)."""
+    return row[share] / row["region_area"]
 
 
 def test_ch7_attention_net_learns_and_looks_at_the_age_regions():
@@ -269,7 +270,7 @@ def test_ch10_placed_boxes_are_their_records():
         assert values[f"syn_{key}"] == pytest.approx(np.mean(smae[model]), abs=1e-12)
     for key, model in (("face", "ADPF"), ("fixed", "fixed patches"), ("attention", "AttentionNet alone")):
         assert values[f"syn_placed_vs_{key}"] == verdict(smae["ADPF (placed boxes)"], smae[model])
-    lift = {m: np.mean([row["box_region_share"] / row["region_area"] for row in syn["rows"] if row["model"] == m])
+    lift = {m: np.mean([region_lift(row, "box_region_share") for row in syn["rows"] if row["model"] == m])
             for m in ("ADPF", "ADPF (placed boxes)")}
     assert values["syn_placed_lift"] == pytest.approx(lift["ADPF (placed boxes)"], abs=1e-12)
     assert values["syn_face_lift"] == pytest.approx(lift["ADPF"], abs=1e-12)
@@ -397,7 +398,7 @@ def test_ch10_diversity_weights_are_their_records_beside_the_adamw_one():
             for made in [no_diversity, adamw, *weighted]}
     assert len(rows) == 5 and all(len(r) == len(adamw["seeds"]) >= 3 for r in rows.values())
     columns = {"overlap": lambda r: r["head_overlap"], "lift": region_lift,
-               "lift_p1": lambda r: r["region_share_p1"] / r["region_area"], "val": lambda r: r["val_mae"]}
+               "lift_p1": lambda r: region_lift(r, "region_share_p1"), "val": lambda r: r["val_mae"]}
     measured = {(w, name): [get(r) for r in rs] for w, rs in rows.items() for name, get in columns.items()}
     paper = adamw["config"]["diversity_weight"]
     assert values["lam_paper"] == paper == 0.01
