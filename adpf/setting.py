@@ -11,12 +11,16 @@ Three words, one meaning each:
   network's sizes and switches;
 - a **recipe** is a `Recipe` by name (``adpf.recipes.RECIPES``: "paper", "cpu", "book"): how to
   train it (optimiser, schedule, epochs);
-- a **profile** is what a chapter runs at (`PROFILES`): a preset, a recipe and a number of
-  drawn faces. A profile is named after its preset. The "cpu" profile trains with the "book"
-  recipe (the paper's schedule shrunk to what two CPU cores do in minutes; the "cpu" recipe,
-  the command line's default, is meant for ~10,000 faces); the "paper" profile is the paper's
-  preset with the "gpu" recipe (the paper's schedule compressed for one card).
-
+- a **profile** is what a chapter runs at (`PROFILES`): a preset, a recipe, each with the
+  fields it changes, and a number of drawn faces. A profile is named after its preset. The
+  "cpu" profile, the chapters' default, trains the "cpu" preset with FusionNet's main stream
+  at full resolution with residual stages, and the "book" recipe with AdamW and a 20-epoch
+  stage 2 whose boxes are found once: the setting of the record ``main-stream-synthetic``,
+  whose curves level out where the SGD recipe's were still falling (book/open_choices.md,
+  choice 20). "cpu-sgd" is the book's first setting (the preset as built, the "book" recipe
+  as named: SGD, 10 + 8 epochs), at which the SGD records of chapter 10 were made; the "cpu"
+  recipe, the command line's default, is meant for ~10,000 faces. The "paper" profile is the
+  paper's preset with the "gpu" recipe (the paper's schedule compressed for one card).
 The chapters' parameter is ``profile``; the command line, which sets preset and recipe apart,
 has ``--preset`` and ``--recipe``.
 
@@ -30,7 +34,8 @@ values is that setting's model.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -49,15 +54,25 @@ SPLIT_SHARES = {"train": 0.7, "val": 0.1, "test": 0.2}
 
 @dataclass(frozen=True)
 class Profile:
-    """What a chapter runs at: a config preset, a recipe and the number of drawn faces."""
+    """What a chapter runs at: a config preset and a recipe, each with the fields it changes
+    (as ``--set`` and ``--set-recipe`` change them on the command line), and the number of drawn faces."""
 
     preset: str
     recipe: str
     n_faces: int
+    config_changes: dict = field(default_factory=dict)
+    recipe_changes: dict = field(default_factory=dict)
 
 
 PROFILES: dict[str, Profile] = {
-    "cpu": Profile(preset="cpu", recipe="book", n_faces=3000),
+    # main-stream-synthetic's setting: chapter 10's records at it, three seeds each, are the
+    # book's models trained again (benchmarks/results/recipes-2026-12-07.md, "The record")
+    "cpu": Profile(preset="cpu", recipe="book", n_faces=3000,
+                   config_changes={"fusion_stem_stride": 1, "fusion_block": "residual"},
+                   recipe_changes={"fusion_epochs": 20, "fusion_boxes": "once", "optimizer": "adamw",
+                                   "lr": 1e-3, "weight_decay": 0.05}),
+    # the book's first setting, of the SGD records (ablation-synthetic, heads-synthetic, ...)
+    "cpu-sgd": Profile(preset="cpu", recipe="book", n_faces=3000),
     # the paper's preset at its 128×128, trained with the "gpu" recipe: the paper's own (SGD at
     # lr 0.1, batch 32, no clipping) diverges to NaN within the first epoch on the drawn faces
     # (benchmarks/results/2026-12-01-training-fixes.md); "gpu" is its schedule compressed, clipped
@@ -106,11 +121,15 @@ class Setting:
 
     def command(self, variant: str = "adpf") -> str:
         """The ``adpf train`` line that trains this setting's ``variant`` (drawn faces only)."""
-        parts = ["adpf train", f"--preset {self.config_preset}", f"--variant {variant}", "--data synthetic",
-                 f"--synthetic-n {len(self.data)}", f"--recipe {self.recipe_name}"]
-        named = get_recipe(self.recipe_name)
+        chosen = PROFILES[self.profile]
+        parts = ["adpf train", f"--preset {chosen.preset}", f"--variant {variant}", "--data synthetic",
+                 f"--synthetic-n {len(self.data)}", f"--recipe {chosen.recipe}"]
+        named = get_recipe(chosen.recipe)
         if (self.recipe.attention_epochs, self.recipe.fusion_epochs) != (named.attention_epochs, named.fusion_epochs):
             parts.append(f"--epochs {self.recipe.attention_epochs},{self.recipe.fusion_epochs}")
+        parts += [f"--set-recipe {name}={_word(value)}" for name, value in chosen.recipe_changes.items()
+                  if name not in ("attention_epochs", "fusion_epochs")]
+        parts += [f"--set {name}={_word(value)}" for name, value in chosen.config_changes.items()]
         if self.recipe.seed:
             parts.append(f"--seed {self.recipe.seed}")
         return " ".join(parts)
@@ -125,10 +144,11 @@ class Setting:
 
     def describe(self) -> pd.DataFrame:
         """The setting as a table for a chapter's page: one row per part (index), its value."""
-        c, r, meta = self.config, self.recipe, self.data.meta
+        c, r, meta, chosen = self.config, self.recipe, self.data.meta, PROFILES[self.profile]
         people = {name: meta["subject"].iloc[getattr(self.split, name)].nunique() for name in SPLIT_SHARES}
         rows = {
-            "profile": f"{self.profile} (preset {self.config_preset}, recipe {self.recipe_name})",
+            "profile": f"{self.profile} (preset {self.config_preset}{_changed(chosen.config_changes)}; "
+                       f"recipe {self.recipe_name}{_changed(chosen.recipe_changes)})",
             "model": f"{c.image_size}×{c.image_size} input, {c.heads} heads, "
                      f"X = {c.x_size}×{c.x_size}×{c.x_channels}",
             "data": f"{len(self.data):,} {self.data.info.get('name', '')} faces "
@@ -160,12 +180,22 @@ def book_setting(profile: str = "cpu", n_faces: int | None = None, epochs: int |
     if profile not in PROFILES:
         raise KeyError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
     chosen = PROFILES[profile]
-    config = get_preset(chosen.preset)
+    config = get_preset(chosen.preset).replace(**chosen.config_changes)
     data = load_prepared(default_dataset(config.image_size, n=n_faces or chosen.n_faces, seed=0))
     split = subject_split(data.meta, **SPLIT_SHARES, seed=0)
     stage_epochs = {} if epochs is None else {"attention_epochs": epochs, "fusion_epochs": epochs}
-    recipe = get_recipe(chosen.recipe, device=device, seed=seed, **stage_epochs)
+    recipe = get_recipe(chosen.recipe, device=device, seed=seed, **{**chosen.recipe_changes, **stage_epochs})
     return Setting(profile, config, data, split, recipe, str(recipe.resolved_device()))
+
+
+def _changed(changes: dict) -> str:
+    """``" with a=1, b='x'"`` for a profile's changes to its preset or recipe ("" for none)."""
+    return " with " + ", ".join(f"{k}={v!r}" for k, v in changes.items()) if changes else ""
+
+
+def _word(value) -> str:
+    """A ``--set`` value as the command line reads it: a string bare, anything else as JSON."""
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def keep_epoch(stage, row: dict, model) -> None:

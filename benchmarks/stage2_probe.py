@@ -1,9 +1,9 @@
-"""Probe ADPF's stage 2 alone in the book's setting: another optimiser, more epochs, another main stream.
+"""Probe ADPF's stage 2 alone in the book's first (SGD) setting: another optimiser, more epochs, another main stream.
 
 Stage 2 (FusionNet, AttentionNet frozen) is what keeps ADPF behind its AttentionNet on the drawn
 faces at the book's budget (``benchmarks/results/recipes-2026-12-06.md``). This script trains it
-again with one thing changed and everything else as the book's ADPF of ``--seed``
-(``adpf.setting.book_setting("cpu")``): the same faces, split and stage 1, which it reads from the
+again with one thing changed and everything else as that setting's ADPF of ``--seed``
+(``adpf.setting.book_setting("cpu-sgd")``): the same faces, split and stage 1, which it reads from the
 project's cache (``.adpf-cache``; train the book's model first, e.g. ``adpf experiments ablation
 --data synthetic --synthetic-n 3000 --recipe book --rows ADPF --seeds 0``). Stage 1 is linked into
 a cache folder of the probe's own, so a changed stage 2 never takes the place of the book's.
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
     training.build_stage_model = build_stage_model
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
 
-    setting = book_setting("cpu", None, None, "cpu", args.seed)
+    setting = book_setting("cpu-sgd", None, None, "cpu", args.seed)
     if args.fusion_epochs:
         setting = dataclasses.replace(setting, recipe=setting.recipe.replace(fusion_epochs=args.fusion_epochs))
     start = time.time()

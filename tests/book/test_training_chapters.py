@@ -7,6 +7,7 @@ ADPF ranks against its ablations and baselines is reported by chapter 10 from it
 asserted here; its checks compare the page with the records it read.
 """
 import json
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -56,10 +57,12 @@ def test_ch7_attention_net_learns_and_looks_at_the_age_regions():
 def test_ch8_maps_to_boxes_to_patches_and_the_joining_order():
     values = glued("08_patches_fusion")
     assert values["stage1_key"] == glued("07_training_attention")["stage1_key"]
-    # both implementations give exactly the boxes of the plain loops
+    # both implementations give the boxes of the plain loops, but where a map's peak is tied
+    # (float32 rounding may keep another of the tied pixels): few, and every one such a tie
     assert values["n_check_boxes"] == values["n_check"] * values["n_stages"]
-    assert values["box_mismatch_torch"] == 0
-    assert values["box_mismatch_cv2"] == 0
+    for method in ("torch", "cv2"):
+        assert values[f"box_mismatch_{method}"] <= 0.1 * values["n_check_boxes"]
+        assert values[f"box_ties_{method}"] == values[f"box_mismatch_{method}"]
     assert 0 <= values["crop_loop_error"] < 1e-10
     # patch P_k first changes the output of stage k
     assert values["first_changed"] == tuple(range(1, values["n_stages"] + 1))
@@ -707,14 +710,22 @@ def test_ch10_one_model_of_real_faces_is_its_record():
     assert all(0 <= x0 < x1 <= size and 0 <= y0 < y1 <= size for x0, y0, x1, y1 in looked["photo"]["boxes"])
 
 
-def test_ch9_model_is_the_records_seed_0_row_when_trained_under_its_key():
-    # a record row trained under chapter 9's cache key is chapter 9's model (a separate check:
-    # it needs chapter 9 executed too)
-    values = glued("10_ablations")
-    record = json.loads(Path(values["ablation_record"]).read_text())
-    seed0 = next(row for row in record["rows"] if row["model"] == "ADPF" and row["seed"] == 0)
-    if seed0.get("stage_keys", {}).get("fusion") == glued("09_training_adpf")["adpf_key"]:
-        assert values["mae_adpf_seed0"] == glued("09_training_adpf")["adpf_mae"]
+def test_ch9_trains_at_the_setting_of_the_book_record():
+    # chapter 9's command (the cpu profile) and main-stream-synthetic's train the same config
+    # with the same recipe on the same faces and split, and the record has chapter 9's seed
+    # (a separate check: it needs chapters 9 and 10 executed)
+    from adpf.cli import build_parser, config_from_args, recipe_from_args
+
+    chapter, values = glued("09_training_adpf"), glued("10_ablations")
+    record = json.loads(Path(values["ms_record"]).read_text())
+    ours = build_parser().parse_args(shlex.split(chapter["setting_command"])[1:])
+    theirs = build_parser().parse_args(shlex.split(record["command"])[1:])
+    assert config_from_args(ours) == config_from_args(theirs)
+    same = {"device": "cpu", "seed": 0}
+    assert recipe_from_args(ours).replace(**same) == recipe_from_args(theirs).replace(**same)
+    assert (ours.data, ours.synthetic_n, ours.split_seed, ours.val, ours.test) == (
+        theirs.data, theirs.synthetic_n, theirs.split_seed, theirs.val, theirs.test)
+    assert (ours.seed or 0) in theirs.seeds
 
 
 def test_ch11_protocols_keep_people_apart():
