@@ -83,6 +83,9 @@ GROUPS = {
     "adamw-utkface": [["ADPF", "AttentionNet alone"]],
     "main-stream-synthetic": [["ADPF", "ADPF (placed boxes)", "AttentionNet alone"], ["plain CNN", "fixed patches"]],
     "main-stream-utkface": [["ADPF", "AttentionNet alone"], ["plain CNN"], ["ADPF (placed boxes)"]],
+    "main-stream-ablation-synthetic": [["ADPF", "AttentionNet alone", "ADPF w/o ranking"], ["ADPF w/SA"],
+                                       ["ADPF w/o diversity loss"],
+                                       ["plain CNN", "fixed patches", "ResNet-18 (reference)"]],
     "no-diversity-synthetic": [["AttentionNet alone"]],
     **{f"diversity-{weight}-synthetic": [["AttentionNet alone"]] for weight in ("0.1", "0.3", "1")},
 }

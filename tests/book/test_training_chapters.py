@@ -15,6 +15,7 @@ import pytest
 from book_outputs import glued
 
 from adpf.book import spoken_list
+from adpf.cli import build_parser, config_from_args, recipe_from_args
 from adpf.cache import code_version
 from adpf.experiments import verdict
 
@@ -134,6 +135,7 @@ def test_ch10_reads_its_records_and_says_when_the_code_changed():
     adamw = json.loads(Path(values["adamw_record"]).read_text())
     adamw_real = json.loads(Path(values["real_adamw_record"]).read_text())
     stream = json.loads(Path(values["ms_record"]).read_text())
+    table7 = json.loads(Path(values["t7_record"]).read_text())
     stream_real = json.loads(Path(values["msr_record"]).read_text())
     no_diversity = json.loads(Path(values["nodiv_record"]).read_text())
     weights = {Path(path).stem: json.loads(Path(path).read_text()) for path in values["lam_records"]}
@@ -144,6 +146,7 @@ def test_ch10_reads_its_records_and_says_when_the_code_changed():
                                   ("placed-boxes-utkface", placed), ("placed-boxes-synthetic", placed_syn),
                                   ("adamw-synthetic", adamw), ("adamw-utkface", adamw_real),
                                   ("no-diversity-synthetic", no_diversity), ("main-stream-synthetic", stream),
+                                  ("main-stream-ablation-synthetic", table7),
                                   ("main-stream-utkface", stream_real), *weights.items())
              if r["code_version"] != code_version()}
     assert set(values["stale_records"]) == stale
@@ -153,7 +156,7 @@ def test_ch10_reads_its_records_and_says_when_the_code_changed():
         assert values[f"{key}_max"] == max(row[column] for row in record["rows"])
     assert values["n_trainings"] == sum(len(r["rows"]) for r in (record, heads, converged, fullres, real, longer,
                                                                  woken, placed, placed_syn, adamw, adamw_real,
-                                                                 no_diversity, stream, stream_real,
+                                                                 no_diversity, stream, table7, stream_real,
                                                                  *weights.values()))
     # the learning curves are the record's own (one budget): the ADPF rows' stage-2 ends
     ends = [row["history"]["fusion"][-1] for row in adpf]
@@ -168,6 +171,50 @@ def test_ch10_reads_its_records_and_says_when_the_code_changed():
     assert values["resnet_verdict"] == verdict(mae["ADPF"], mae["ResNet-18 (reference)"])
     assert values["n_others"] == len(record["models"]) - 1
     assert values["n_below_adpf"] == sum(np.mean(v) < np.mean(mae["ADPF"]) for v in mae.values())
+
+
+def test_ch10_table7_at_the_book_setting_is_its_record():
+    from adpf.experiments import BOOK_RECORDS, DEFAULT_ROWS, check_claims
+
+    values = glued("10_ablations")
+    table7 = json.loads(Path(values["t7_record"]).read_text())
+    stream = json.loads(Path(values["ms_record"]).read_text())
+    sgd = json.loads(Path(values["ablation_record"]).read_text())
+    # the record is the book's setting (main-stream-synthetic's command) with every default row
+    parsed = {name: build_parser().parse_args(shlex.split(BOOK_RECORDS[name])[1:])
+              for name in ("main-stream-ablation-synthetic", "main-stream-synthetic")}
+    ours, theirs = parsed["main-stream-ablation-synthetic"], parsed["main-stream-synthetic"]
+    assert config_from_args(ours) == config_from_args(theirs) and recipe_from_args(ours) == recipe_from_args(theirs)
+    assert ours.rows is None and set(table7["models"]) == set(DEFAULT_ROWS) and table7["command"] == BOOK_RECORDS[
+        "main-stream-ablation-synthetic"]
+    assert table7["split"] == stream["split"] and table7["data"] == stream["data"]
+    # every glued mean and verdict is the record's
+    mae = mae_by_model(table7)
+    for key, model in (("adpf", "ADPF"), ("attention", "AttentionNet alone"), ("plain", "plain CNN"),
+                       ("resnet", "ResNet-18 (reference)")):
+        assert values[f"t7_{key}"] == pytest.approx(np.mean(mae[model]), abs=1e-12)
+    means = {m: np.mean(v) for m, v in mae.items()}
+    assert values["t7_best_model"] == min(means, key=means.get) and values["t7_best"] == pytest.approx(min(means.values()))
+    assert values["t7_worst_model"] == max(means, key=means.get)
+    assert values["t7_fusion_verdict"] == verdict(mae["ADPF"], mae["AttentionNet alone"])
+    assert values["t7_plain_verdict"] == verdict(mae["ADPF"], mae["plain CNN"])
+    assert values["t7_dynamic_verdict"] == verdict(mae["ADPF"], mae["fixed patches"])
+    assert values["t7_resnet_verdict"] == verdict(mae["ADPF"], mae["ResNet-18 (reference)"])
+    adpf = [row for row in table7["rows"] if row["model"] == "ADPF"]
+    assert values["t7_adpf_gap"] == pytest.approx(np.mean([end_gap(row) for row in adpf]), abs=1e-9)
+    # the verdicts that changed are those of the two records' claims
+    import pandas as pd
+
+    def claims_of(record):
+        rows = pd.DataFrame(record["rows"])
+        return check_claims(rows).set_index("claim")["verdict"]
+
+    now, before = claims_of(table7), claims_of(sgd)
+    measured = {"held", "did not hold", "tie"}
+    changed = [c for c in now.index if now[c] in measured and before.get(c) in measured and now[c] != before[c]]
+    assert values["t7_n_changed"] == len(changed)
+    assert values["t7_n_measured"] == sum(v in measured for v in now)
+    assert all(c in values["t7_changed"] for c in changed)
 
 
 def assert_four_models(values: dict, prefix: str, mae: dict) -> None:
@@ -714,8 +761,6 @@ def test_ch9_trains_at_the_setting_of_the_book_record():
     # chapter 9's command (the cpu profile) and main-stream-synthetic's train the same config
     # with the same recipe on the same faces and split, and the record has chapter 9's seed
     # (a separate check: it needs chapters 9 and 10 executed)
-    from adpf.cli import build_parser, config_from_args, recipe_from_args
-
     chapter, values = glued("09_training_adpf"), glued("10_ablations")
     record = json.loads(Path(values["ms_record"]).read_text())
     ours = build_parser().parse_args(shlex.split(chapter["setting_command"])[1:])
