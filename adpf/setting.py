@@ -119,36 +119,33 @@ class Setting:
             kept = _kept_epochs(result)
         return start, result, kept
 
+    @property
+    def spec(self) -> Profile:
+        """The profile this setting was made from (its preset, recipe and their changes)."""
+        return PROFILES[self.profile]
+
     def command(self, variant: str = "adpf") -> str:
         """The ``adpf train`` line that trains this setting's ``variant`` (drawn faces only)."""
-        chosen = PROFILES[self.profile]
-        parts = ["adpf train", f"--preset {chosen.preset}", f"--variant {variant}", "--data synthetic",
-                 f"--synthetic-n {len(self.data)}", f"--recipe {chosen.recipe}"]
-        named = get_recipe(chosen.recipe)
+        spec = self.spec
+        parts = ["adpf train", f"--preset {spec.preset}", f"--variant {variant}", "--data synthetic",
+                 f"--synthetic-n {len(self.data)}", f"--recipe {spec.recipe}"]
+        named = get_recipe(spec.recipe)
         if (self.recipe.attention_epochs, self.recipe.fusion_epochs) != (named.attention_epochs, named.fusion_epochs):
             parts.append(f"--epochs {self.recipe.attention_epochs},{self.recipe.fusion_epochs}")
-        parts += [f"--set-recipe {name}={_word(value)}" for name, value in chosen.recipe_changes.items()
+        parts += [f"--set-recipe {name}={_word(value)}" for name, value in spec.recipe_changes.items()
                   if name not in ("attention_epochs", "fusion_epochs")]
-        parts += [f"--set {name}={_word(value)}" for name, value in chosen.config_changes.items()]
+        parts += [f"--set {name}={_word(value)}" for name, value in spec.config_changes.items()]
         if self.recipe.seed:
             parts.append(f"--seed {self.recipe.seed}")
         return " ".join(parts)
 
-    @property
-    def config_preset(self) -> str:
-        return PROFILES[self.profile].preset
-
-    @property
-    def recipe_name(self) -> str:
-        return PROFILES[self.profile].recipe
-
     def describe(self) -> pd.DataFrame:
         """The setting as a table for a chapter's page: one row per part (index), its value."""
-        c, r, meta, chosen = self.config, self.recipe, self.data.meta, PROFILES[self.profile]
+        c, r, meta, spec = self.config, self.recipe, self.data.meta, self.spec
         people = {name: meta["subject"].iloc[getattr(self.split, name)].nunique() for name in SPLIT_SHARES}
         rows = {
-            "profile": f"{self.profile} (preset {self.config_preset}{_changed(chosen.config_changes)}; "
-                       f"recipe {self.recipe_name}{_changed(chosen.recipe_changes)})",
+            "profile": f"{self.profile} (preset {spec.preset}{_changed(spec.config_changes)}; "
+                       f"recipe {spec.recipe}{_changed(spec.recipe_changes)})",
             "model": f"{c.image_size}×{c.image_size} input, {c.heads} heads, "
                      f"X = {c.x_size}×{c.x_size}×{c.x_channels}",
             "data": f"{len(self.data):,} {self.data.info.get('name', '')} faces "

@@ -106,7 +106,7 @@ def book_cache(tmp_path_factory):
 
 
 @pytest.mark.parametrize("name,profile", [("ablation-synthetic", "cpu-sgd"), ("heads-synthetic", "cpu-sgd"),
-                                          ("main-stream-synthetic", "cpu")])
+                                          ("main-stream-synthetic", "cpu"), ("main-stream-ablation-synthetic", "cpu")])
 def test_the_book_records_are_made_at_the_book_setting(book_cache, name, profile):
     from adpf.experiments import BOOK_RECORDS
 

@@ -17,7 +17,7 @@ from book_outputs import glued
 from adpf.book import spoken_list
 from adpf.cli import build_parser, config_from_args, recipe_from_args
 from adpf.cache import code_version
-from adpf.experiments import verdict
+from adpf.experiments import BOOK_RECORDS, DEFAULT_ROWS, check_claims, record_rows, verdict
 
 
 def mae_by_model(record: dict) -> dict:
@@ -174,19 +174,15 @@ def test_ch10_reads_its_records_and_says_when_the_code_changed():
 
 
 def test_ch10_table7_at_the_book_setting_is_its_record():
-    from adpf.experiments import BOOK_RECORDS, DEFAULT_ROWS, check_claims
-
     values = glued("10_ablations")
     table7 = json.loads(Path(values["t7_record"]).read_text())
     stream = json.loads(Path(values["ms_record"]).read_text())
     sgd = json.loads(Path(values["ablation_record"]).read_text())
-    # the record is the book's setting (main-stream-synthetic's command) with every default row
-    parsed = {name: build_parser().parse_args(shlex.split(BOOK_RECORDS[name])[1:])
-              for name in ("main-stream-ablation-synthetic", "main-stream-synthetic")}
-    ours, theirs = parsed["main-stream-ablation-synthetic"], parsed["main-stream-synthetic"]
-    assert config_from_args(ours) == config_from_args(theirs) and recipe_from_args(ours) == recipe_from_args(theirs)
-    assert ours.rows is None and set(table7["models"]) == set(DEFAULT_ROWS) and table7["command"] == BOOK_RECORDS[
-        "main-stream-ablation-synthetic"]
+    # the record is made by its command (at the book's setting: tests/test_setting.py), with every
+    # default row, on main-stream-synthetic's faces and split
+    args = build_parser().parse_args(shlex.split(BOOK_RECORDS["main-stream-ablation-synthetic"])[1:])
+    assert args.rows is None and set(table7["models"]) == set(DEFAULT_ROWS)
+    assert table7["command"] == BOOK_RECORDS["main-stream-ablation-synthetic"]
     assert table7["split"] == stream["split"] and table7["data"] == stream["data"]
     # every glued mean and verdict is the record's
     mae = mae_by_model(table7)
@@ -215,13 +211,7 @@ def test_ch10_table7_at_the_book_setting_is_its_record():
     assert all(verdict(mae["ADPF"], mae[m]) == "tie" for m in ("ADPF w/SA", "ADPF w/o ranking",
                                                               "ADPF w/o diversity loss"))
     # the verdicts that changed are those of the two records' claims
-    import pandas as pd
-
-    def claims_of(record):
-        rows = pd.DataFrame(record["rows"])
-        return check_claims(rows).set_index("claim")["verdict"]
-
-    now, before = claims_of(table7), claims_of(sgd)
+    now, before = (check_claims(record_rows(r)).set_index("claim")["verdict"] for r in (table7, sgd))
     measured = {"held", "did not hold", "tie"}
     changed = [c for c in now.index if now[c] in measured and before.get(c) in measured and now[c] != before[c]]
     assert values["t7_n_changed"] == len(changed)
