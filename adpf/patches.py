@@ -262,24 +262,31 @@ def move_boxes(boxes: Tensor, offsets: Tensor, pad: int, image_size: int) -> Ten
 
     Stage 2 with ``recipe.fusion_boxes="once"`` finds every training face's boxes once, on the
     face as stored, and moves them with each draw of the augmentation (book/open_choices.md,
-    choice 17). A pixel (y, x) of the stored face is at (y + pad - top, x + pad - left) in the
-    augmented one, mirrored to W - 1 - x when flip is 1; a box that then sticks out of the image
-    is shifted back inside, keeping its side (as step 4 places every box).
+    choice 17). A box edge at e pixels of the stored face is at (e + pad - top) · S / side in the
+    augmented one (S = ``image_size``, the window of ``side`` pixels resized to S; rounded to the
+    nearest pixel, exactly e + pad - top for the paper's windows of side S), mirrored to S - e
+    when flip is 1; a box that then sticks out of the image is shifted back inside, keeping its
+    side (as step 4 places every box), and one larger than the image is cut to it.
 
     Args:
         boxes: ``(B, n, 4)`` int64 (x0, y0, x1, y1), x1/y1 exclusive.
-        offsets: ``(B, 3)`` int64 (top, left, flip) as ``adpf.data.prepared.draw_offsets`` draws them.
+        offsets: ``(B, 4)`` int64 (top, left, flip, side) as ``adpf.data.prepared.draw_offsets`` draws them.
     Returns:
         ``(B, n, 4)`` int64 on the boxes' device.
     """
-    if boxes.dim() != 3 or boxes.shape[-1] != 4 or offsets.shape != (boxes.shape[0], 3):
-        raise ValueError(f"need boxes (B, n, 4) and offsets (B, 3), got {tuple(boxes.shape)} and "
+    if boxes.dim() != 3 or boxes.shape[-1] != 4 or offsets.shape != (boxes.shape[0], 4):
+        raise ValueError(f"need boxes (B, n, 4) and offsets (B, 4), got {tuple(boxes.shape)} and "
                          f"{tuple(offsets.shape)}")
     offsets = offsets.to(boxes.device)
-    top, left, flip = (offsets[:, i:i + 1] for i in range(3))  # (B, 1) each
+    top, left, flip, side = (offsets[:, i:i + 1] for i in range(4))  # (B, 1) each
+
+    def scaled(edge: Tensor, start: Tensor) -> Tensor:  # round((edge + pad - start) · S / side), in integers
+        return torch.div(2 * (edge + pad - start) * image_size + side, 2 * side, rounding_mode="floor")
+
     x0, y0, x1, y1 = boxes.unbind(dim=-1)  # (B, n) each
-    x0, x1, y0, y1 = x0 + pad - left, x1 + pad - left, y0 + pad - top, y1 + pad - top
+    x0, x1, y0, y1 = scaled(x0, left), scaled(x1, left), scaled(y0, top), scaled(y1, top)
     x0, x1 = torch.where(flip.bool(), image_size - x1, x0), torch.where(flip.bool(), image_size - x0, x1)
+    x1, y1 = x0 + (x1 - x0).clamp_max(image_size), y0 + (y1 - y0).clamp_max(image_size)
     dx = (-x0).clamp_min(0) - (x1 - image_size).clamp_min(0)
     dy = (-y0).clamp_min(0) - (y1 - image_size).clamp_min(0)
     return torch.stack([x0 + dx, y0 + dy, x1 + dx, y1 + dy], dim=-1)

@@ -40,6 +40,15 @@ class Recipe:
         collapsed to one age for every face at lr 0.02 (measured in the comment of `RECIPES`).
     pad: zero padding of the pad-crop-flip augmentation in pixels (book/open_choices.md,
         choice 9); None is the dataset's default, image_size / 16 (8 px at 128).
+    crop_scale: the smallest side of the augmentation's window as a fraction of the face's side
+        (``adpf.data.prepared.draw_offsets``): each training face is cut from its padded image
+        by a square window of side uniform in crop_scale..1 of the face, resized back (and its
+        boxes with it). 1 (every named recipe): the paper's window of the face's own size.
+        Not the paper's (book/open_choices.md, choice 21).
+    colour_jitter: brightness, contrast and saturation each scaled by a factor uniform in
+        1 ± colour_jitter (``adpf.data.prepared.jitter_colours``); 0: no colour change, as
+        in the paper and every named recipe (choice 21).
+    grayscale: the probability that a training face is turned gray (0: never; choice 21).
     num_workers: DataLoader worker processes (workers draw their own augmentation seeds, so
         this is part of what determines a result). Unused when the data is on the device.
     data_on_device: hold the training and validation faces on the device as uint8 and augment
@@ -84,6 +93,9 @@ class Recipe:
     weight_decay: float = 5e-4
     clip_grad_norm: float | None = None
     pad: int | None = None
+    crop_scale: float = 1.0
+    colour_jitter: float = 0.0
+    grayscale: float = 0.0
     num_workers: int = 0
     data_on_device: bool | None = None
     seed: int = 0
@@ -109,6 +121,11 @@ class Recipe:
             raise ValueError(f"fusion_boxes must be 'every_step' or 'once', got {self.fusion_boxes!r}")
         if self.qk_init not in ("pytorch", "unit_logits"):
             raise ValueError(f"qk_init must be 'pytorch' or 'unit_logits', got {self.qk_init!r}")
+        if not 0 < self.crop_scale <= 1:
+            raise ValueError(f"crop_scale must be in (0, 1], got {self.crop_scale}")
+        if not 0 <= self.colour_jitter < 1 or not 0 <= self.grayscale <= 1:
+            raise ValueError(f"need 0 <= colour_jitter < 1 and 0 <= grayscale <= 1, got {self.colour_jitter}, "
+                             f"{self.grayscale}")
         if self.schedule == "step" and self.lr_step < 1:
             raise ValueError(f"lr_step must be >= 1, got {self.lr_step}")
 

@@ -232,10 +232,11 @@ def make_loader(data: Prepared, indices: np.ndarray, recipe: Recipe, process: Pr
     ``batch_size`` faces (per process), evaluation batches twice as many.
     """
     per_process = recipe.batch_size // process.world_size
+    augmentation = {k: getattr(recipe, k) for k in ("crop_scale", "colour_jitter", "grayscale")}
     if data_on_device(recipe, process):
         return DeviceBatches(data, indices, per_process if train else 2 * recipe.batch_size, process.device,
-                             train, pad=recipe.pad, generator=generator)
-    dataset = PreparedFaces(data, indices, augment=train, pad=recipe.pad)
+                             train, pad=recipe.pad, generator=generator, **augmentation)
+    dataset = PreparedFaces(data, indices, augment=train, pad=recipe.pad, **augmentation)
     sampler = None
     if train:
         sampler = (DistributedSampler(dataset, process.world_size, process.rank, shuffle=True,

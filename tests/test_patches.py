@@ -322,7 +322,7 @@ def test_moved_boxes_hold_what_the_augmentation_moved_into_the_image():
     for _ in range(400):
         side = rng.randint(2, size)
         x0, y0 = rng.randint(0, size - side), rng.randint(0, size - side)
-        offsets = torch.tensor([rng.randint(0, 2 * pad), rng.randint(0, 2 * pad), rng.randint(0, 1)])
+        offsets = torch.tensor([rng.randint(0, 2 * pad), rng.randint(0, 2 * pad), rng.randint(0, 1), size])
         mask = torch.zeros(1, size, size)
         mask[0, y0:y0 + side, x0:x0 + side] = 1
         moved_mask = pad_crop_flip(mask, None, pad, offsets)[0][0]
@@ -337,7 +337,37 @@ def test_moved_boxes_hold_what_the_augmentation_moved_into_the_image():
             assert (gx0 <= xs.min()) and (xs.max() < gx1) and (gy0 <= ys.min()) and (ys.max() < gy1)
     assert clipped > 20  # both cases were met
     with pytest.raises(ValueError, match="offsets"):
-        move_boxes(torch.zeros(2, 3, 4, dtype=torch.int64), torch.zeros(3, 3, dtype=torch.int64), pad, size)
+        move_boxes(torch.zeros(2, 3, 4, dtype=torch.int64), torch.zeros(3, 4, dtype=torch.int64), pad, size)
+
+
+def test_boxes_grow_and_move_with_a_window_smaller_than_the_face():
+    """crop_scale < 1 (open choice 21): the window of ``side`` pixels is resized to the face, so a
+    box grows by size / side. The moved box against the moved mask (the masks' nearest-pixel
+    resampling, `pad_crop_flip`): every edge within a pixel where the box stays in view, and the
+    box always inside the image."""
+    rng = random.Random(2)
+    size, pad, checked = 32, 2, 0
+    for _ in range(300):
+        window = rng.randint(20, size)
+        box = rng.randint(4, 18)
+        x0, y0 = rng.randint(0, size - box), rng.randint(0, size - box)
+        offsets = torch.tensor([rng.randint(0, size + 2 * pad - window), rng.randint(0, size + 2 * pad - window),
+                                rng.randint(0, 1), window])
+        mask = torch.zeros(1, size, size, dtype=torch.bool)
+        mask[0, y0:y0 + box, x0:x0 + box] = True
+        moved = pad_crop_flip(torch.zeros(3, size, size), mask, pad, offsets)[1][0]
+        gx0, gy0, gx1, gy1 = move_boxes(torch.tensor([[[x0, y0, x0 + box, y0 + box]]]), offsets[None], pad,
+                                        size)[0, 0].tolist()
+        assert 0 <= gx0 < gx1 <= size and 0 <= gy0 < gy1 <= size
+        ys, xs = torch.nonzero(moved, as_tuple=True)
+        inside = (x0 + pad - offsets[1] >= 0 and y0 + pad - offsets[0] >= 0
+                  and x0 + box + pad - offsets[1] <= window and y0 + box + pad - offsets[0] <= window)
+        if inside:  # the whole box in the window: its edges where the mask's are, to a pixel
+            checked += 1
+            found = torch.tensor([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+            assert (torch.tensor([gx0, gy0, gx1, gy1]) - found).abs().max() <= 1, (offsets, found, gx0, gy0)
+            assert abs((gx1 - gx0) - box * size / window) <= 1
+    assert checked > 100
 
 
 def test_a_blobs_box_moves_as_the_box_found_on_the_moved_blob():
@@ -350,7 +380,7 @@ def test_a_blobs_box_moves_as_the_box_found_on_the_moved_blob():
         cy, cx = rng.uniform(10, 22), rng.uniform(10, 22)
         yy, xx = torch.meshgrid(torch.arange(size) + 0.5, torch.arange(size) + 0.5, indexing="ij")
         blob = torch.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * rng.uniform(1.5, 3) ** 2))[None]
-        offsets = torch.tensor([rng.randint(0, 2 * pad), rng.randint(0, 2 * pad), rng.randint(0, 1)])
+        offsets = torch.tensor([rng.randint(0, 2 * pad), rng.randint(0, 2 * pad), rng.randint(0, 1), size])
         moved = pad_crop_flip(blob, None, pad, offsets)[0]
         before = maps_to_boxes(blob[None], size, min_frac=0.1, max_frac=0.9)
         after = maps_to_boxes(moved[None], size, min_frac=0.1, max_frac=0.9)

@@ -10,7 +10,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from adpf.data.prepared import (DeviceBatches, PreparedFaces, PreparedFormatError, PreparedWriter, augment_batch,
-                                default_dataset, draw_offsets, images_to_tensor, load_prepared, pad_crop_flip,
+                                default_dataset, draw_colours, draw_offsets, images_to_tensor, jitter_colours,
+                                load_prepared, pad_crop_flip,
                                 write_prepared, write_synthetic_prepared)
 from adpf.data.synthetic import REGION_NAMES, make_synthetic_faces
 
@@ -57,26 +58,42 @@ def test_items_follow_the_contract(tmp_path):
         PreparedFaces(ds.root, indices=[7])
 
 
-def _reference_augment(image, pad, top, left, flip):
+def _reference_augment(image, pad, top, left, flip, side=None):
+    """Float64 loops: the padded face's window of ``side`` pixels at (top, left), resized to the
+    face bilinearly with pixel centres aligned (source s = (i + 0.5)·side/size − 0.5, clamped to
+    the window), mirrored when flip."""
     c, h, w = image.shape
-    out = np.zeros_like(image)
-    for ch in range(c):
-        for y in range(h):
-            for x in range(w):
-                sy, sx = y + top - pad, (w - 1 - x if flip else x) + left - pad
-                out[ch, y, x] = image[ch, sy, sx] if 0 <= sy < h and 0 <= sx < w else 0
+    side = h if side is None else side
+    padded = np.zeros((c, h + 2 * pad, w + 2 * pad))
+    padded[:, pad:pad + h, pad:pad + w] = image
+
+    def taps(i):
+        s = min(max((i + 0.5) * side / h - 0.5, 0.0), side - 1.0)
+        first = int(np.floor(s))
+        return first, min(first + 1, side - 1), s - first
+
+    out = np.zeros((c, h, w))
+    for y in range(h):
+        y0, y1, fy = taps(y)
+        for x in range(w):
+            x0, x1, fx = taps(w - 1 - x if flip else x)
+            for ch in range(c):
+                p = padded[ch, top:top + side, left:left + side]
+                out[ch, y, x] = ((1 - fy) * ((1 - fx) * p[y0, x0] + fx * p[y0, x1])
+                                 + fy * ((1 - fx) * p[y1, x0] + fx * p[y1, x1]))
     return out
 
 
 def test_pad_crop_flip_matches_a_loop_and_moves_masks_with_the_image():
-    image = torch.rand(3, 9, 11, dtype=torch.float64)
+    image = torch.rand(3, 11, 11, dtype=torch.float64)
     masks = image[:2] > 0.5
     pad, seen = 3, set()
     for seed in range(60):
         g = torch.Generator().manual_seed(seed)
         top, left = (int(v) for v in torch.randint(0, 2 * pad + 1, (2,), generator=g))
         flip = bool(torch.randint(0, 2, (1,), generator=g))
-        offsets = draw_offsets(1, pad, torch.Generator().manual_seed(seed))[0]
+        offsets = draw_offsets(1, 11, pad, torch.Generator().manual_seed(seed))[0]
+        assert offsets.tolist() == [top, left, flip, 11]  # the paper's draw, as it always was
         out, out_masks = pad_crop_flip(image, masks, pad, offsets)
         np.testing.assert_array_equal(out.numpy(), _reference_augment(image.numpy(), pad, top, left, flip))
         torch.testing.assert_close(out_masks, out[:2] > 0.5)
@@ -84,51 +101,126 @@ def test_pad_crop_flip_matches_a_loop_and_moves_masks_with_the_image():
     assert {t for t, _, _ in seen} == set(range(7)) and {f for *_, f in seen} == {True, False}
 
 
+def test_a_smaller_window_is_resized_as_a_loop_resizes_it_and_masks_take_the_nearest_pixel():
+    """crop_scale < 1 (open choice 21): the window is resized to the face bilinearly (float64
+    loops, and F.interpolate with align_corners=False on the same window), the masks by the
+    nearest pixel (a loop)."""
+    size, pad = 12, 2
+    image = torch.rand(3, size, size, dtype=torch.float64)
+    masks = torch.rand(2, size, size) > 0.5
+    sides = set()
+    for seed in range(40):
+        offsets = draw_offsets(1, size, pad, torch.Generator().manual_seed(seed), crop_scale=0.6)[0]
+        top, left, flip, side = offsets.tolist()
+        sides.add(side)
+        assert 8 <= side <= size and 0 <= top <= size + 2 * pad - side and 0 <= left <= size + 2 * pad - side
+        out, out_masks = pad_crop_flip(image, masks, pad, offsets)
+        np.testing.assert_allclose(out.numpy(), _reference_augment(image.numpy(), pad, top, left, flip, side),
+                                   rtol=0, atol=1e-6)
+        window = torch.nn.functional.pad(image, (pad,) * 4)[None, :, top:top + side, left:left + side]
+        resized = torch.nn.functional.interpolate(window, size=(size, size), mode="bilinear", align_corners=False)[0]
+        torch.testing.assert_close(out, resized.flip(-1) if flip else resized, rtol=0, atol=1e-6)
+        padded = torch.nn.functional.pad(masks, (pad,) * 4)
+        for y in range(size):
+            for x in range(size):
+                sx = min(int((((size - 1 - x) if flip else x) + 0.5) * side / size), side - 1)
+                sy = min(int((y + 0.5) * side / size), side - 1)
+                assert torch.equal(out_masks[:, y, x], padded[:, top + sy, left + sx])
+    assert len(sides) > 3
+
+
 def test_the_batch_augmentation_is_pad_crop_flip_face_by_face():
     """augment_batch (the device path) with the offsets draw_offsets gives equals pad_crop_flip (the
-    DataLoader path) with the same generator, face by face: the same augmentation, drawn the same way."""
+    DataLoader path) with the same generator, face by face: the same augmentation, drawn the same way,
+    with the paper's windows, smaller windows and the colour switches."""
     rng = np.random.default_rng(0)
-    faces = rng.integers(0, 256, (40, 9, 11, 3), dtype=np.uint8)
+    faces = rng.integers(0, 256, (40, 11, 11, 3), dtype=np.uint8)
     pad = 3
-    offsets = draw_offsets(len(faces), pad, torch.Generator().manual_seed(1))
+    offsets = draw_offsets(len(faces), 11, pad, torch.Generator().manual_seed(1))
     batch = augment_batch(torch.from_numpy(faces), offsets, pad)
-    assert batch.shape == (40, 3, 9, 11) and batch.dtype == torch.float32
+    assert batch.shape == (40, 3, 11, 11) and batch.dtype == torch.float32
     assert batch.is_contiguous(memory_format=torch.channels_last)
-    for face, out, (top, left, flip) in zip(faces, batch, offsets.tolist()):
-        reference = _reference_augment(images_to_tensor(face).numpy(), pad, top, left, flip)
-        np.testing.assert_array_equal(out.numpy(), reference)
-    for seed in range(5):  # one face, one draw: the host path and the batch path agree
-        expected, _ = pad_crop_flip(images_to_tensor(faces[0]), None, pad,
-                                    draw_offsets(1, pad, torch.Generator().manual_seed(seed))[0])
-        got = augment_batch(torch.from_numpy(faces[:1]), draw_offsets(1, pad, torch.Generator().manual_seed(seed)), pad)
-        torch.testing.assert_close(got[0], expected, rtol=0, atol=0)
+    for face, out, (top, left, flip, side) in zip(faces, batch, offsets.tolist()):
+        reference = _reference_augment(images_to_tensor(face).numpy(), pad, top, left, flip, side)
+        np.testing.assert_array_equal(out.numpy(), reference.astype(np.float32))
+    for crop_scale, jitter, gray in [(1.0, 0.0, 0.0), (0.7, 0.0, 0.0), (0.8, 0.3, 0.5)]:
+        g = torch.Generator().manual_seed(2)
+        offsets = draw_offsets(len(faces), 11, pad, g, crop_scale)
+        colours = draw_colours(len(faces), jitter, gray, g)
+        batch = augment_batch(torch.from_numpy(faces), offsets, pad, colours)
+        for j, face in enumerate(faces):
+            expected, _ = pad_crop_flip(images_to_tensor(face), None, pad, offsets[j],
+                                        None if colours is None else colours[j])
+            torch.testing.assert_close(batch[j], expected, rtol=0, atol=1e-6)
+
+
+def test_the_colour_switches_match_a_loop_and_are_off_by_default():
+    """jitter_colours against float64 loops (brightness, contrast about the mean gray level,
+    saturation about each pixel's gray level, then gray); draw_colours draws nothing when off."""
+    g = torch.Generator().manual_seed(0)
+    assert draw_colours(5, 0.0, 0.0, g) is None and torch.equal(g.get_state(), torch.Generator().manual_seed(0).get_state())
+    with pytest.raises(ValueError, match="colour_jitter"):
+        draw_colours(5, 1.5, 0.0)
+    images = torch.rand(6, 3, 5, 4, dtype=torch.float64)
+    colours = draw_colours(6, 0.4, 0.5, torch.Generator().manual_seed(3)).double()
+    assert ((colours[:, :3] - 1).abs() <= 0.4).all() and set(colours[:, 3].tolist()) <= {0.0, 1.0}
+    got = jitter_colours(images, colours)
+    w = (0.299, 0.587, 0.114)
+    for b in range(6):
+        bright, contrast, saturation, gray = colours[b].tolist()
+        x = images[b].numpy() * bright
+        mean = sum(w[c] * x[c] for c in range(3)).mean()
+        x = (x - mean) * contrast + mean
+        level = sum(w[c] * x[c] for c in range(3))
+        x = level + (x - level) * saturation
+        if gray:
+            level = sum(w[c] * x[c] for c in range(3))
+            x = np.stack([level] * 3)
+        np.testing.assert_allclose(got[b].numpy(), np.clip(x, 0, 1), rtol=0, atol=1e-12)
+        if gray:
+            assert torch.equal(got[b, 0], got[b, 1]) and torch.equal(got[b, 1], got[b, 2])
 
 
 def test_augmented_items_and_batches_say_how_each_face_was_moved(tmp_path):
     """An augmented item's (and a device batch's) offsets are the draw that made its image, so
     boxes found on the stored face can be moved with it (adpf.patches.move_boxes)."""
     data = load_prepared(write_synthetic_prepared(tmp_path / "syn", 6, 16, seed=2))
-    faces = PreparedFaces(data, augment=True, pad=2)
-    torch.manual_seed(0)
-    for j in range(6):
-        item = faces[j]
-        stored = images_to_tensor(np.array(data.images[j]))
-        moved, masks = pad_crop_flip(stored, torch.from_numpy(np.array(data.masks[j])), 2, item["offsets"])
-        assert item["offsets"].shape == (3,) and torch.equal(item["image"], moved) and torch.equal(item["masks"], masks)
+    for crop_scale in (1.0, 0.75):
+        faces = PreparedFaces(data, augment=True, pad=2, crop_scale=crop_scale)
+        torch.manual_seed(0)
+        for j in range(6):
+            item = faces[j]
+            stored = images_to_tensor(np.array(data.images[j]))
+            moved, masks = pad_crop_flip(stored, torch.from_numpy(np.array(data.masks[j])), 2, item["offsets"])
+            assert item["offsets"].shape == (4,) and torch.equal(item["image"], moved)
+            assert torch.equal(item["masks"], masks)
+        batches = DeviceBatches(data, np.arange(6), 3, "cpu", train=True, pad=2,
+                                generator=torch.Generator().manual_seed(0), crop_scale=crop_scale)
+        for batch in batches:
+            stored = torch.from_numpy(np.array(data.images[batch["index"].numpy()]))
+            assert torch.equal(batch["image"], augment_batch(stored, batch["offsets"], 2))
     assert "offsets" not in PreparedFaces(data)[0]
-    for batch in DeviceBatches(data, np.arange(6), 3, "cpu", train=True, pad=2, generator=torch.Generator().manual_seed(0)):
-        stored = torch.from_numpy(np.array(data.images[batch["index"].numpy()]))
-        assert torch.equal(batch["image"], augment_batch(stored, batch["offsets"], 2))
+    with pytest.raises(ValueError, match="crop_scale"):
+        PreparedFaces(data, augment=True, crop_scale=0)
 
 
 def test_offsets_are_uniform_and_independent():
     pad, n = 2, 50_000
-    offsets = draw_offsets(n, pad, torch.Generator().manual_seed(0)).numpy()
-    cells = np.unique(offsets, axis=0, return_counts=True)[1]
+    offsets = draw_offsets(n, 16, pad, torch.Generator().manual_seed(0)).numpy()
+    assert (offsets[:, 3] == 16).all()
+    cells = np.unique(offsets[:, :3], axis=0, return_counts=True)[1]
     assert len(cells) == 5 * 5 * 2  # every (top, left, flip)
     expected = n / len(cells)
     chi2 = ((cells - expected) ** 2 / expected).sum()
     assert chi2 < 100  # 49 degrees of freedom: P(chi2 > 100) < 1e-4
+    scaled = draw_offsets(n, 16, pad, torch.Generator().manual_seed(0), crop_scale=0.75).numpy()
+    sides, counts = np.unique(scaled[:, 3], return_counts=True)
+    assert sides.tolist() == list(range(12, 17)) and counts.min() > 0.9 * n / 5
+    for side in sides:  # every place a window of that side has, about equally often
+        rows = scaled[scaled[:, 3] == side]
+        room = 16 + 2 * pad - side + 1
+        tops = np.bincount(rows[:, 0], minlength=room)
+        assert len(tops) == room and tops.min() > 0.7 * len(rows) / room
 
 
 def test_device_batches_shuffle_augment_and_cover_the_rows(tmp_path):
@@ -146,7 +238,7 @@ def test_device_batches_shuffle_augment_and_cover_the_rows(tmp_path):
             for image, age, j in zip(batch["image"], batch["age"], batch["index"].tolist()):
                 assert age == plain[j]["age"]
                 candidates = [augment_batch(torch.from_numpy(np.array(data.images[j:j + 1])),
-                                            torch.tensor([[t, left, f]]), 1)[0]
+                                            torch.tensor([[t, left, f, 16]]), 1)[0]
                               for t in range(3) for left in range(3) for f in range(2)]
                 assert any(torch.equal(image, c) for c in candidates)  # a pad-crop-flip of its own row
             seen += batch["index"].tolist()

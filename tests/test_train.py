@@ -419,17 +419,18 @@ def test_a_kept_best_stage_found_before_its_record_resumes_to_the_end(data, cach
         assert torch.equal(load_checkpoint(again.checkpoint)["model"][k], v), k
 
 
-@pytest.mark.parametrize("on_device", [False, True])
+@pytest.mark.parametrize("on_device, crop_scale", [(False, 1.0), (True, 1.0), (False, 0.875), (True, 0.875)])
 def test_boxes_found_once_are_the_stored_faces_boxes_moved_with_each_augmentation(data, cache, monkeypatch,
-                                                                                  on_device):
+                                                                                  on_device, crop_scale):
     """recipe.fusion_boxes="once": stage 1 is the one "every_step" trains; before stage 2 the frozen
     AttentionNet finds every training face's boxes on the face as stored, and each step crops
-    those boxes moved as its augmentation moved the face, without running AttentionNet."""
+    those boxes moved as its augmentation moved the face, without running AttentionNet; with
+    windows smaller than the face (crop_scale, open choice 21) the boxes grow with the face."""
     import adpf.train as train_module
     from adpf.networks import AttentionNet
     from adpf.patches import move_boxes
 
-    recipe = RECIPE.replace(data_on_device=on_device)
+    recipe = RECIPE.replace(data_on_device=on_device, crop_scale=crop_scale)
     every_step, _ = run(tiny(), data, recipe)
     steps, calls = [], []
     original_step = train_module.train_step
@@ -457,22 +458,28 @@ def test_boxes_found_once_are_the_stored_faces_boxes_moved_with_each_augmentatio
     stored = torch.from_numpy(np.array(data.images[SPLIT["train"]])).permute(0, 3, 1, 2).float() / 255
     with torch.no_grad():
         found = torch.cat([model.attend(stored[:16])[1], model.attend(stored[16:])[1]])
+    draws = [(j, top, left, flip, side) for j in range(len(SPLIT["train"])) for side in range(int(16 * crop_scale), 17)
+             for top in range(21 - side) for left in range(21 - side) for flip in (0, 1)]
+    candidates = torch.stack([_augmented(stored[j], top, left, flip, side) for j, top, left, flip, side in draws])
+    used_sides = set()
     for images, boxes in fusion_steps:
         for image, face_boxes in zip(images, boxes):
-            matches = [j for j in SPLIT["train"] for top in range(5) for left in range(5) for flip in (0, 1)
-                       if torch.equal(image, _augmented(stored[j], top, left, flip))
-                       and torch.equal(face_boxes, move_boxes(found[j][None], torch.tensor([[top, left, flip]]),
-                                                              2, 16)[0])]
+            same = (candidates == image).flatten(1).all(1).nonzero().flatten().tolist()
+            matches = [draws[k] for k in same
+                       if torch.equal(face_boxes, move_boxes(found[draws[k][0]][None], torch.tensor([draws[k][1:]]),
+                                                             2, 16)[0])]
             assert matches, face_boxes
+            used_sides.add(matches[0][-1])
+    assert (min(used_sides) < 16) == (crop_scale < 1)  # smaller windows were drawn, and only then
 
 
 def nn_call(module, x):
     return torch.nn.Module.__call__(module, x)
 
 
-def _augmented(face, top, left, flip):
+def _augmented(face, top, left, flip, side=16):
     from adpf.data.prepared import pad_crop_flip
-    return pad_crop_flip(face, None, 2, torch.tensor([top, left, flip]))[0]
+    return pad_crop_flip(face, None, 2, torch.tensor([top, left, flip, side]))[0]
 
 
 def test_qk_init_draws_stage_one_queries_and_keys_and_nothing_else(data, cache, monkeypatch):

@@ -323,65 +323,177 @@ def images_to_tensor(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(array).permute(*dims).float().div_(255)
 
 
-def draw_offsets(n: int, pad: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """The random part of the paper's augmentation for ``n`` faces: ``(n, 3)`` int64 on the host,
-    columns top and left (uniform in 0..2·pad: where the crop's window starts in the padded
-    image) and flip (0 or 1, each with probability 1/2), all independent.
+def draw_offsets(n: int, size: int, pad: int, generator: torch.Generator | None = None,
+                 crop_scale: float = 1.0) -> torch.Tensor:
+    """The random geometry of the augmentation for ``n`` faces of side ``size``: ``(n, 4)`` int64
+    on the host, columns top and left (where the crop's window starts in the image zero-padded by
+    ``pad``), flip (0 or 1, each with probability 1/2) and side (the window's side in pixels).
+
+    crop_scale = 1 (the paper's augmentation): the window is the face's own size (side = size),
+    top and left uniform in 0..2·pad. crop_scale < 1 (book/open_choices.md, choice 21): the side
+    is uniform in ceil(crop_scale·size)..size, then top and left uniform over every window of that
+    side inside the padded image; the window is resized back to ``size`` (`pad_crop_flip`).
 
     The one draw both training paths use: `pad_crop_flip` (one face on the host, the DataLoader
     path) and `DeviceBatches` (a whole epoch's faces at once, applied by `augment_batch`), so
-    the two apply the same distribution of augmentations. For ``n = 1`` it consumes the
-    generator as the former ``randint((2,))`` then ``randint((1,))`` did.
+    the two apply the same distribution of augmentations. With crop_scale = 1 it consumes the
+    generator as it always has (corners, then flips), so the default draws what it always drew.
     """
-    corner = torch.randint(0, 2 * pad + 1, (n, 2), generator=generator)
+    if not 0 < crop_scale <= 1:
+        raise ValueError(f"crop_scale must be in (0, 1], got {crop_scale}")
+    if crop_scale == 1:
+        corner = torch.randint(0, 2 * pad + 1, (n, 2), generator=generator)
+        flip = torch.randint(0, 2, (n, 1), generator=generator)
+        return torch.cat([corner, flip, torch.full((n, 1), size, dtype=torch.int64)], dim=1)
+    smallest = min(size, max(1, int(np.ceil(crop_scale * size - 1e-9))))
+    side = torch.randint(smallest, size + 1, (n, 1), generator=generator)
+    room = size + 2 * pad - side + 1  # (n, 1): how many places a window of that side has
+    corner = (torch.rand(n, 2, generator=generator, dtype=torch.float64) * room).long().clamp_max(room - 1)
     flip = torch.randint(0, 2, (n, 1), generator=generator)
-    return torch.cat([corner, flip], dim=1)
+    return torch.cat([corner, flip, side], dim=1)
 
 
-def augment_batch(images: torch.Tensor, offsets: torch.Tensor, pad: int) -> torch.Tensor:
+def draw_colours(n: int, colour_jitter: float = 0.0, grayscale: float = 0.0,
+                 generator: torch.Generator | None = None) -> torch.Tensor | None:
+    """The random colour change of ``n`` faces (book/open_choices.md, choice 21): ``(n, 4)``
+    float32, columns brightness, contrast and saturation factors (each uniform in
+    1 ± colour_jitter) and gray (1 with probability ``grayscale``); None when both switches are
+    off, which draws nothing (the paper's augmentation changes no colour)."""
+    if not 0 <= colour_jitter < 1 or not 0 <= grayscale <= 1:
+        raise ValueError(f"need 0 <= colour_jitter < 1 and 0 <= grayscale <= 1, got {colour_jitter}, {grayscale}")
+    if colour_jitter == 0 and grayscale == 0:
+        return None
+    factors = 1 + colour_jitter * (2 * torch.rand(n, 3, generator=generator) - 1)
+    gray = (torch.rand(n, 1, generator=generator) < grayscale).float()
+    return torch.cat([factors, gray], dim=1)
+
+
+def window_taps(start: torch.Tensor, side: torch.Tensor, size: int, mirrored: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Where each of ``size`` output pixels reads a window of ``side`` pixels starting at ``start``
+    (both ``(B, 1)`` int64), bilinearly with pixel centres aligned (``F.interpolate``'s
+    ``align_corners=False``): source coordinate s = (i + 0.5)·side/size − 0.5, clamped to the
+    window. Output i reads from size − 1 − i where ``mirrored`` ``(B, 1)`` is true.
+
+    Returns the first tap, the second tap (both ``(B, size)`` int64, absolute) and the second
+    tap's weight ``(B, size)`` float32. When side = size every weight is exactly 0 and the first
+    tap is start + i: the unscaled crop, pixel for pixel.
+    """
+    i = torch.arange(size, device=start.device)
+    if mirrored is not None:
+        i = torch.where(mirrored.bool(), size - 1 - i, i)  # (B, size)
+    s = ((i + 0.5) * side / size - 0.5).clamp(min=0).minimum(side - 1.0)  # (B, size) float
+    first = s.floor()
+    second = (first + 1).minimum(side - 1.0)
+    return start + first.long(), start + second.long(), (s - first).float()
+
+
+def resample_windows(padded: torch.Tensor, offsets: torch.Tensor, size: int) -> torch.Tensor:
+    """The augmentation's windows cut from zero-padded faces and resized to ``size``.
+
+    padded: ``(B, size + 2·pad, size + 2·pad, C)`` float; offsets: ``(B, 4)`` int64 (top, left,
+    flip, side) as `draw_offsets` gives them. Returns ``(B, size, size, C)``: rows, then columns,
+    each a blend of two taps (`window_taps`), mirrored where flip is 1. A window of the face's
+    own side is copied exactly (every second tap's weight is 0).
+    """
+    top, left, flip, side = (offsets[:, k:k + 1] for k in range(4))
+    batch = torch.arange(padded.shape[0], device=padded.device)[:, None]  # (B, 1)
+    r0, r1, wy = window_taps(top, side, size)
+    rows = padded[batch, r0] * (1 - wy)[:, :, None, None] + padded[batch, r1] * wy[:, :, None, None]  # (B, size, Wp, C)
+    c0, c1, wx = window_taps(left, side, size, flip)
+    y = torch.arange(size, device=padded.device)[None, :, None]
+    return rows[batch[:, :, None], y, c0[:, None, :]] * (1 - wx)[:, None, :, None] \
+        + rows[batch[:, :, None], y, c1[:, None, :]] * wx[:, None, :, None]  # (B, size, size, C)
+
+
+def jitter_colours(images: torch.Tensor, colours: torch.Tensor) -> torch.Tensor:
+    """The colour switches of the augmentation (book/open_choices.md, choice 21), on ``(B, 3, H, W)``
+    images in [0, 1] with ``colours`` ``(B, 4)`` from `draw_colours`: multiply by the brightness
+    factor; scale the distance from the face's mean gray level by the contrast factor; scale the
+    distance of every pixel from its own gray level (0.299 R + 0.587 G + 0.114 B) by the saturation
+    factor; where gray is 1, replace the face by its gray levels; clamp to [0, 1]."""
+    weights = images.new_tensor([0.299, 0.587, 0.114])[None, :, None, None]
+
+    def gray(x: torch.Tensor) -> torch.Tensor:
+        return (x * weights).sum(1, keepdim=True)  # (B, 1, H, W)
+
+    brightness, contrast, saturation, to_gray = (colours[:, k, None, None, None] for k in range(4))
+    x = images * brightness
+    mean = gray(x).mean(dim=(2, 3), keepdim=True)
+    x = (x - mean) * contrast + mean
+    x = gray(x) + (x - gray(x)) * saturation
+    x = torch.where(to_gray.bool(), gray(x).expand_as(x), x)
+    return x.clamp(0, 1)
+
+
+def augment_batch(images: torch.Tensor, offsets: torch.Tensor, pad: int,
+                  colours: torch.Tensor | None = None) -> torch.Tensor:
     """`pad_crop_flip` for a batch, on whatever device ``images`` live, without a host sync.
 
-    images: ``(B, H, W, 3)`` uint8 (the stored layout); offsets: ``(B, 3)`` int64 on the same
-    device, as `draw_offsets` gives them (top, left, flip). Returns ``(B, 3, H, W)`` float32 in
-    [0, 1] in channels-last memory, each face equal to ``pad_crop_flip(images_to_tensor(face),
-    None, pad)`` with its offsets: zero padding by ``pad``, the ``H × W`` window at (top, left),
-    mirrored when flip is 1. One gather of pixels (no data-dependent shape, no ``.item()``);
-    another augmentation (a random scale, say) is another column of ``offsets`` read here.
+    images: ``(B, H, W, 3)`` uint8 (the stored layout, H = W); offsets: ``(B, 4)`` int64 on the same
+    device, as `draw_offsets` gives them (top, left, flip, side); colours: ``(B, 4)`` from
+    `draw_colours` or None. Returns ``(B, 3, H, W)`` float32 in [0, 1] in channels-last memory,
+    each face equal to ``pad_crop_flip(images_to_tensor(face), None, pad, offsets, colours)``:
+    zero padding by ``pad``, the window at (top, left) of ``side`` pixels resized to H × W,
+    mirrored when flip is 1, then the colour change. Gathers only (no data-dependent shape, no
+    ``.item()``).
     """
     b, h, w, _ = images.shape
-    padded = torch.nn.functional.pad(images, (0, 0, pad, pad, pad, pad))  # (B, H + 2p, W + 2p, 3)
-    y = torch.arange(h, device=images.device)
-    x = torch.arange(w, device=images.device)
-    rows = offsets[:, 0:1] + y  # (B, H)
-    cols = offsets[:, 1:2] + torch.where(offsets[:, 2:3].bool(), w - 1 - x, x)  # (B, W)
-    batch = torch.arange(b, device=images.device)[:, None, None]
-    out = padded[batch, rows[:, :, None], cols[:, None, :]]  # (B, H, W, 3)
-    return out.permute(0, 3, 1, 2).float().div_(255)
+    padded = torch.nn.functional.pad(images, (0, 0, pad, pad, pad, pad)).float().div_(255)  # (B, Hp, Wp, 3)
+    out = resample_windows(padded, offsets, h).permute(0, 3, 1, 2)
+    if colours is not None:
+        out = jitter_colours(out, colours)
+    return out.contiguous(memory_format=torch.channels_last)
 
 
-def pad_crop_flip(image: torch.Tensor, masks: torch.Tensor | None, pad: int,
-                  offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The paper's augmentation: zero-pad by ``pad`` pixels, crop a random window of the
-    original size, flip horizontally with probability 1/2. Masks move with the image.
+def pad_crop_flip(image: torch.Tensor, masks: torch.Tensor | None, pad: int, offsets: torch.Tensor,
+                  colours: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The augmentation of one face: zero-pad by ``pad`` pixels, cut the window ``offsets`` draws
+    and resize it to the face's size, flip horizontally when asked, change the colours when
+    ``colours`` is given. With windows of the face's own side and no colours (the defaults) this
+    is the paper's: a random crop of the original size from the padded face, flipped with
+    probability 1/2. Masks move with the image (nearest pixel, never blended) and keep their colour.
 
-    image: ``(C, H, W)``; masks: ``(R, H, W)`` or None; offsets: ``(3,)`` (top, left, flip),
-    one row of `draw_offsets`. Returns tensors of the same shapes.
+    image: ``(C, H, W)`` float, H = W; masks: ``(R, H, W)`` or None; offsets: ``(4,)`` (top, left,
+    flip, side), one row of `draw_offsets`; colours: ``(4,)``, one row of `draw_colours`, or None.
+    Returns tensors of the same shapes.
     """
     _, h, w = image.shape
-    top, left, flip = (int(v) for v in offsets)
+    top, left, flip, side = (int(v) for v in offsets)
 
     def move(t: torch.Tensor) -> torch.Tensor:
-        t = torch.nn.functional.pad(t, (pad, pad, pad, pad))[:, top: top + h, left: left + w]
-        return t.flip(-1) if flip else t
+        if side == h:  # the paper's crop: a window of the face's own size, no resampling
+            t = torch.nn.functional.pad(t, (pad, pad, pad, pad))[:, top: top + h, left: left + w]
+            return t.flip(-1) if flip else t
+        padded = torch.nn.functional.pad(t, (pad, pad, pad, pad)).permute(1, 2, 0)[None]
+        return resample_windows(padded, offsets[None], h)[0].permute(2, 0, 1)
 
-    return move(image), None if masks is None else move(masks)
+    moved = move(image)
+    if colours is not None:
+        moved = jitter_colours(moved[None], colours[None])[0]
+    if masks is None:
+        return moved, None
+    if side == h:
+        return moved, move(masks)
+    return moved, nearest_masks(masks, pad, top, left, bool(flip), side)
+
+
+def nearest_masks(masks: torch.Tensor, pad: int, top: int, left: int, flip: bool, side: int) -> torch.Tensor:
+    """Masks ``(R, H, W)`` moved as `pad_crop_flip` moves a face with a window of ``side`` pixels at
+    (top, left), each output pixel the padded mask's pixel nearest its source coordinate."""
+    _, h, w = masks.shape
+    padded = torch.nn.functional.pad(masks, (pad, pad, pad, pad))
+    i = torch.arange(h)
+    source = ((i + 0.5) * side / h).floor().long().clamp(max=side - 1)
+    cols = source.flip(0) if flip else source
+    return padded[:, top + source[:, None], left + cols[None, :]]
 
 
 class PreparedFaces(Dataset):
     """Items of a prepared folder, as CONTRIBUTING.md specifies: a dict with ``image``
     ``(3, H, W)`` float32 in [0, 1], ``age`` float32, ``subject`` int64, ``index`` int64 (the
     row in the folder), where the folder has them ``masks`` ``(R, H, W)`` bool and, when
-    augmenting, ``offsets`` ``(3,)`` int64: the draw that moved the face (`draw_offsets`), which
+    augmenting, ``offsets`` ``(4,)`` int64: the draw that moved the face (`draw_offsets`), which
     ``adpf.patches.move_boxes`` reads to move boxes found before the augmentation.
 
     indices: rows to expose (a protocol's split); default all.
@@ -389,9 +501,12 @@ class PreparedFaces(Dataset):
         does not give its padding: book/open_choices.md, choice 9). Random draws use torch's
         global generator, so ``torch.manual_seed`` and DataLoader worker seeding make them
         reproducible.
+    crop_scale, colour_jitter, grayscale: the augmentation's switches beyond the paper's
+        (`draw_offsets`, `draw_colours`; book/open_choices.md, choice 21); the defaults are off.
     """
 
-    def __init__(self, root: str | Path | Prepared, indices=None, augment: bool = False, pad: int | None = None):
+    def __init__(self, root: str | Path | Prepared, indices=None, augment: bool = False, pad: int | None = None,
+                 crop_scale: float = 1.0, colour_jitter: float = 0.0, grayscale: float = 0.0):
         data = root if isinstance(root, Prepared) else load_prepared(root)
         self.root = data.root
         self._data: Prepared | None = data
@@ -404,6 +519,10 @@ class PreparedFaces(Dataset):
         self.region_names = data.region_names
         self.augment = augment
         self.pad = data.image_size // 16 if pad is None else pad
+        self.crop_scale, self.colour_jitter, self.grayscale = crop_scale, colour_jitter, grayscale
+        draw_colours(0, colour_jitter, grayscale)  # checks the switches now, not in a worker
+        if not 0 < crop_scale <= 1:
+            raise ValueError(f"crop_scale must be in (0, 1], got {crop_scale}")
 
     @property
     def data(self) -> Prepared:
@@ -424,8 +543,10 @@ class PreparedFaces(Dataset):
         item = {"age": torch.tensor(self.ages[j]), "subject": torch.tensor(self.subjects[j]),
                 "index": torch.tensor(j, dtype=torch.int64)}
         if self.augment:
-            item["offsets"] = draw_offsets(1, self.pad)[0]
-            image, masks = pad_crop_flip(image, masks, self.pad, item["offsets"])
+            item["offsets"] = draw_offsets(1, image.shape[-1], self.pad, crop_scale=self.crop_scale)[0]
+            colours = draw_colours(1, self.colour_jitter, self.grayscale)
+            image, masks = pad_crop_flip(image, masks, self.pad, item["offsets"],
+                                         None if colours is None else colours[0])
         item["image"] = image
         if masks is not None:
             item["masks"] = masks
@@ -440,10 +561,11 @@ class DeviceBatches:
     float32 in [0, 1] (channels-last memory) on ``device``; ``age`` ``(B,)`` float32 and
     ``index`` ``(B,)`` int64 (the row in the folder), on ``device`` for training and on the host
     otherwise (what ``evaluate.predict`` reads); training batches also hold ``offsets``
-    ``(B, 3)`` int64 on ``device``, as `PreparedFaces` items do.
+    ``(B, 4)`` int64 on ``device``, as `PreparedFaces` items do.
 
     train=True: every epoch (every ``iter``) a fresh order (``randperm``) and the augmentation's
-    offsets (`draw_offsets`, ``pad`` as in `PreparedFaces`) are drawn from ``generator`` on the
+    offsets and colours (`draw_offsets`, `draw_colours`; ``pad`` and the switches as in
+    `PreparedFaces`) are drawn from ``generator`` on the
     host, once, and copied to the device in one non-blocking copy; each batch is then a gather
     and `augment_batch` on the device. As the DataLoader path drops a last incomplete batch
     (unless the rows are fewer than one batch), so does this. The generator is the stage's, saved
@@ -453,10 +575,13 @@ class DeviceBatches:
     """
 
     def __init__(self, data: Prepared, indices, batch_size: int, device: torch.device | str, train: bool,
-                 pad: int | None = None, generator: torch.Generator | None = None):
+                 pad: int | None = None, generator: torch.Generator | None = None, crop_scale: float = 1.0,
+                 colour_jitter: float = 0.0, grayscale: float = 0.0):
         self.device, self.train, self.batch_size = torch.device(device), train, batch_size
         self.indices = torch.as_tensor(np.asarray(indices, dtype=np.int64))
         self.pad = data.image_size // 16 if pad is None else pad
+        self.size = data.image_size
+        self.crop_scale, self.colour_jitter, self.grayscale = crop_scale, colour_jitter, grayscale
         self.generator = generator
         self.images = torch.from_numpy(np.ascontiguousarray(data.images[self.indices.numpy()])).to(self.device)
         ages = torch.from_numpy(data.meta["age"].to_numpy(np.float32)[self.indices.numpy()])
@@ -476,20 +601,23 @@ class DeviceBatches:
                 yield {"image": self.images[part].permute(0, 3, 1, 2).float().div_(255),
                        "age": self.ages[part], "index": self.rows[part]}
             return
-        order, offsets = self._draw_epoch()
+        order, offsets, colours = self._draw_epoch()
         size = min(self.batch_size, len(self.indices))
         for step in range(len(self)):
-            take = order[step * size: (step + 1) * size]
-            moved = offsets[step * size: (step + 1) * size]
-            yield {"image": augment_batch(self.images[take], moved, self.pad),
+            part = slice(step * size, (step + 1) * size)
+            take, moved = order[part], offsets[part]
+            yield {"image": augment_batch(self.images[take], moved, self.pad,
+                                          None if colours is None else colours[part]),
                    "age": self.ages[take], "index": self.rows[take], "offsets": moved}
 
-    def _draw_epoch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """One epoch's order ``(N,)`` and offsets ``(N, 3)``, drawn on the host and moved to the device
-        without waiting (pinned memory, non-blocking: no host sync)."""
+    def _draw_epoch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """One epoch's order ``(N,)``, offsets ``(N, 4)`` and colours ``(N, 4)`` or None, drawn on the
+        host and moved to the device without waiting (pinned memory, non-blocking: no host sync)."""
         n = len(self.indices)
         drawn = torch.cat([torch.randperm(n, generator=self.generator)[:, None],
-                           draw_offsets(n, self.pad, self.generator)], dim=1)
+                           draw_offsets(n, self.size, self.pad, self.generator, self.crop_scale)], dim=1)
+        colours = draw_colours(n, self.colour_jitter, self.grayscale, self.generator)
         if self.device.type == "cuda":
             drawn = drawn.pin_memory().to(self.device, non_blocking=True)
-        return drawn[:, 0], drawn[:, 1:]
+            colours = None if colours is None else colours.pin_memory().to(self.device, non_blocking=True)
+        return drawn[:, 0], drawn[:, 1:], colours
