@@ -86,6 +86,7 @@ GROUPS = {
     "main-stream-ablation-synthetic": [["ADPF", "AttentionNet alone", "ADPF w/o ranking"], ["ADPF w/SA"],
                                        ["ADPF w/o diversity loss"],
                                        ["plain CNN", "fixed patches", "ResNet-18 (reference)"]],
+    "crop-scale-synthetic": [["ADPF", "AttentionNet alone"], ["plain CNN"]],
     "no-diversity-synthetic": [["AttentionNet alone"]],
     **{f"diversity-{weight}-synthetic": [["AttentionNet alone"]] for weight in ("0.1", "0.3", "1")},
 }

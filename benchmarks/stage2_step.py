@@ -49,7 +49,7 @@ def main() -> None:
     data = load_prepared(default_dataset(image_size=config.image_size, n=max(200, args.batch_size), progress=False))
     b, pad = args.batch_size, config.image_size // 16
     stored_faces = torch.from_numpy(data.images[:b].copy())
-    offsets = draw_offsets(b, pad, torch.Generator().manual_seed(0))
+    offsets = draw_offsets(b, config.image_size, pad, torch.Generator().manual_seed(0))
     images = augment_batch(stored_faces, offsets, pad).contiguous()
     age = torch.tensor(data.meta["age"].to_numpy()[:b], dtype=torch.float32)
     model = ADPF(config).freeze_attention().train()
