@@ -136,6 +136,7 @@ def test_ch10_reads_its_records_and_says_when_the_code_changed():
     adamw_real = json.loads(Path(values["real_adamw_record"]).read_text())
     stream = json.loads(Path(values["ms_record"]).read_text())
     table7 = json.loads(Path(values["t7_record"]).read_text())
+    cropped = json.loads(Path(values["cs_record"]).read_text())
     stream_real = json.loads(Path(values["msr_record"]).read_text())
     no_diversity = json.loads(Path(values["nodiv_record"]).read_text())
     weights = {Path(path).stem: json.loads(Path(path).read_text()) for path in values["lam_records"]}
@@ -146,7 +147,7 @@ def test_ch10_reads_its_records_and_says_when_the_code_changed():
                                   ("placed-boxes-utkface", placed), ("placed-boxes-synthetic", placed_syn),
                                   ("adamw-synthetic", adamw), ("adamw-utkface", adamw_real),
                                   ("no-diversity-synthetic", no_diversity), ("main-stream-synthetic", stream),
-                                  ("main-stream-ablation-synthetic", table7),
+                                  ("main-stream-ablation-synthetic", table7), ("crop-scale-synthetic", cropped),
                                   ("main-stream-utkface", stream_real), *weights.items())
              if r["code_version"] != code_version()}
     assert set(values["stale_records"]) == stale
@@ -156,7 +157,8 @@ def test_ch10_reads_its_records_and_says_when_the_code_changed():
         assert values[f"{key}_max"] == max(row[column] for row in record["rows"])
     assert values["n_trainings"] == sum(len(r["rows"]) for r in (record, heads, converged, fullres, real, longer,
                                                                  woken, placed, placed_syn, adamw, adamw_real,
-                                                                 no_diversity, stream, table7, stream_real,
+                                                                 no_diversity, stream, table7, cropped,
+                                                                 stream_real,
                                                                  *weights.values()))
     # the learning curves are the record's own (one budget): the ADPF rows' stage-2 ends
     ends = [row["history"]["fusion"][-1] for row in adpf]
@@ -171,6 +173,34 @@ def test_ch10_reads_its_records_and_says_when_the_code_changed():
     assert values["resnet_verdict"] == verdict(mae["ADPF"], mae["ResNet-18 (reference)"])
     assert values["n_others"] == len(record["models"]) - 1
     assert values["n_below_adpf"] == sum(np.mean(v) < np.mean(mae["ADPF"]) for v in mae.values())
+
+
+def test_ch10_larger_augmentation_is_its_record():
+    """Chapter 10, "A larger augmentation": the record is Table VII's command with crop_scale and
+    three of its rows, on the same faces, split and seeds; every glued mean and verdict is the
+    records' (the paper's augmentation against the larger one, lower is better)."""
+    values = glued("10_ablations")
+    cropped = json.loads(Path(values["cs_record"]).read_text())
+    table7 = json.loads(Path(values["t7_record"]).read_text())
+    assert cropped["command"] == BOOK_RECORDS["crop-scale-synthetic"]
+    args = build_parser().parse_args(shlex.split(BOOK_RECORDS["crop-scale-synthetic"])[1:])
+    paper_args = build_parser().parse_args(shlex.split(BOOK_RECORDS["main-stream-ablation-synthetic"])[1:])
+    assert recipe_from_args(args) == recipe_from_args(paper_args).replace(crop_scale=0.8)
+    assert config_from_args(args) == config_from_args(paper_args)
+    assert cropped["recipe"]["crop_scale"] == values["cs_scale"] == 0.8 and table7["recipe"].get("crop_scale", 1.0) == 1.0
+    assert (cropped["data"], cropped["split"], cropped["seeds"]) == (table7["data"], table7["split"], table7["seeds"])
+    mae, before = mae_by_model(cropped), mae_by_model(table7)
+    val = {m: [r["val_mae"] for r in cropped["rows"] if r["model"] == m] for m in mae}
+    val_before = [r["val_mae"] for r in table7["rows"] if r["model"] == "ADPF"]
+    for key, model in (("adpf", "ADPF"), ("attention", "AttentionNet alone"), ("plain", "plain CNN")):
+        assert values[f"cs_{key}_mae"] == pytest.approx(np.mean(mae[model]), abs=1e-12)
+        assert values[f"cs_{key}_val_mae"] == pytest.approx(np.mean(val[model]), abs=1e-12)
+        assert values[f"cs_{key}_verdict"] == verdict(before[model], mae[model])
+        gaps = [end_gap(r) for r in cropped["rows"] if r["model"] == model]
+        assert values[f"cs_{key}_gap"] == pytest.approx(np.mean(gaps), abs=1e-9)
+    assert values["cs_adpf_val_verdict"] == verdict(val_before, val["ADPF"])
+    clamp = [r["box_at_clamp"] for r in cropped["rows"] if r["model"] == "ADPF"]
+    assert values["cs_clamp"] == pytest.approx(100 * np.mean(clamp), abs=1e-9)
 
 
 def test_ch10_table7_at_the_book_setting_is_its_record():
