@@ -452,7 +452,7 @@ def pad_crop_flip(image: torch.Tensor, masks: torch.Tensor | None, pad: int, off
     and resize it to the face's size, flip horizontally when asked, change the colours when
     ``colours`` is given. With windows of the face's own side and no colours (the defaults) this
     is the paper's: a random crop of the original size from the padded face, flipped with
-    probability 1/2. Masks move with the image (nearest pixel, never blended) and keep their colour.
+    probability 1/2. Masks move with the image (nearest pixel, never blended); colours leave them alone.
 
     image: ``(C, H, W)`` float, H = W; masks: ``(R, H, W)`` or None; offsets: ``(4,)`` (top, left,
     flip, side), one row of `draw_offsets`; colours: ``(4,)``, one row of `draw_colours`, or None.
