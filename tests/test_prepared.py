@@ -151,7 +151,7 @@ def test_the_batch_augmentation_is_pad_crop_flip_face_by_face():
         for j, face in enumerate(faces):
             expected, _ = pad_crop_flip(images_to_tensor(face), None, pad, offsets[j],
                                         None if colours is None else colours[j])
-            torch.testing.assert_close(batch[j], expected, rtol=0, atol=1e-6)
+            torch.testing.assert_close(batch[j], expected, rtol=0, atol=0)
 
 
 def test_the_colour_switches_match_a_loop_and_are_off_by_default():
