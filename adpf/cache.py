@@ -49,7 +49,7 @@ from adpf.data.prepared import Prepared, cache_root
 #: Fields only FusionNet and the patch rule read; AttentionNet does not depend on them.
 FUSION_ONLY_FIELDS = ("fusion_channels", "patch_size", "patch_channels", "patch_stream", "ranking", "rank_by",
                       "patch_threshold", "patch_baseline", "patch_min_frac", "patch_max_frac", "reference_width", "fusion_head",
-                      "fusion_stem_stride", "fusion_block", "patch_placement")
+                      "fusion_stem_stride", "fusion_block", "patch_placement", "patch_dropout")
 
 #: The source files that shape what a training produces: the model, its losses, the patch rule,
 #: the config, the training loop (with its learning-rate schedule), the processes it runs in

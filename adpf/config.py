@@ -112,6 +112,10 @@ class ADPFConfig:
         in training and at test time, is cropped at each rank's median box
         (``patches.rank_median_boxes``, kept in the model as ``ADPF.placed_boxes``). The heads
         still choose where P_1..P_n lie, once for the data set rather than for each face.
+    patch_dropout: in training, each face's patch features at each FusionNet stage are dropped
+        (set to zero) with this probability and the kept ones scaled by 1 / (1 - patch_dropout),
+        so the stages cannot lean on one face's patches alone (book/open_choices.md, choice 22;
+        not the paper's). 0 (default): never, as in the paper; at test time nothing is dropped.
 
     Implementation
     --------------
@@ -158,6 +162,7 @@ class ADPFConfig:
     patch_min_frac: float = 0.15
     patch_max_frac: float = 0.6
     patch_placement: Literal["per_face", "rank_median"] = "per_face"
+    patch_dropout: float = 0.0
     # implementation
     attention_impl: Literal["sdpa", "plain"] = "sdpa"
 
@@ -177,6 +182,8 @@ class ADPFConfig:
             raise ValueError(f"mae_weight must be a finite number >= 0, got {self.mae_weight!r}")
         if not (isinstance(self.std_scale, (int, float)) and 0 < self.std_scale < float("inf")):
             raise ValueError(f"std_scale must be a finite number > 0, got {self.std_scale!r}")
+        if not (isinstance(self.patch_dropout, (int, float)) and 0 <= self.patch_dropout < 1):
+            raise ValueError(f"patch_dropout must be a number in [0, 1), got {self.patch_dropout!r}")
         if not (isinstance(self.sigma, (int, float)) and self.sigma > 0):
             raise ValueError(f"sigma must be a number > 0 (years), got {self.sigma!r}")
         if self.x_channels % self.heads:

@@ -142,6 +142,19 @@ class PatchStream(nn.Module):
                              align_corners=False, antialias=self.side > self.size).to(features.dtype)
 
 
+def drop_patches(features: Tensor, p: float, training: bool) -> Tensor:
+    """Patch dropout (``config.patch_dropout``, book/open_choices.md, choice 22; not the paper's).
+
+    In training each face's patch features ``(B, C, h, w)`` are zeroed with probability ``p``
+    and the kept ones scaled by 1 / (1 - p), so their expectation is unchanged; in evaluation,
+    or with p = 0, they pass unchanged.
+    """
+    if not training or p == 0:
+        return features
+    keep = torch.rand(features.shape[0], 1, 1, 1, device=features.device) >= p  # (B, 1, 1, 1)
+    return features * keep.to(features.dtype) / (1 - p)
+
+
 class FusionNet(nn.Module):
     """Main stream with one stage per head; stage k takes R = Concat[I, P_k] (Eq. 8).
 
@@ -182,7 +195,8 @@ class FusionNet(nn.Module):
         features = self.stem(normalize_images(x))
         for k, stage in enumerate(self.stages):
             if patches is not None:
-                p = self.patch_streams[k](normalize_images(patches[:, k]))
+                p = drop_patches(self.patch_streams[k](normalize_images(patches[:, k])),
+                                 self.config.patch_dropout, self.training)
                 features = torch.cat([features, p], dim=1)
             features = stage(features)
         pooled = features.flatten(1) if self.config.fusion_head == "flatten" else features.mean(dim=(2, 3))

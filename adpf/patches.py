@@ -287,9 +287,35 @@ def move_boxes(boxes: Tensor, offsets: Tensor, pad: int, image_size: int) -> Ten
     x0, x1, y0, y1 = scaled(x0, left), scaled(x1, left), scaled(y0, top), scaled(y1, top)
     x0, x1 = torch.where(flip.bool(), image_size - x1, x0), torch.where(flip.bool(), image_size - x0, x1)
     x1, y1 = x0 + (x1 - x0).clamp_max(image_size), y0 + (y1 - y0).clamp_max(image_size)
+    return shifted_inside(x0, y0, x1, y1, image_size)
+
+
+def shifted_inside(x0: Tensor, y0: Tensor, x1: Tensor, y1: Tensor, image_size: int) -> Tensor:
+    """Boxes no larger than the image, each shifted (keeping its side) to lie inside it:
+    ``(..., 4)`` int64 (x0, y0, x1, y1) from four ``(...)`` edge tensors."""
     dx = (-x0).clamp_min(0) - (x1 - image_size).clamp_min(0)
     dy = (-y0).clamp_min(0) - (y1 - image_size).clamp_min(0)
     return torch.stack([x0 + dx, y0 + dy, x1 + dx, y1 + dy], dim=-1)
+
+
+def jitter_boxes(boxes: Tensor, fraction: float, image_size: int, generator: torch.Generator) -> Tensor:
+    """Every box shifted by a random whole number of pixels, then back inside the image.
+
+    The box jitter of stage 2 (``recipe.box_jitter``, book/open_choices.md, choice 22; not the
+    paper's): each box moves by round(u · fraction · side) pixels in x and in y, u uniform in
+    [-1, 1) drawn apart for each box and axis, keeping its side.
+
+    Args:
+        boxes: ``(B, n, 4)`` int64 (x0, y0, x1, y1), x1/y1 exclusive, inside the image.
+        generator: on the boxes' device.
+    Returns:
+        ``(B, n, 4)`` int64.
+    """
+    x0, y0, x1, y1 = boxes.unbind(dim=-1)  # (B, n) each
+    u = torch.rand(*boxes.shape[:-1], 2, generator=generator, device=boxes.device) * 2 - 1  # (B, n, 2)
+    dx = torch.round(u[..., 0] * fraction * (x1 - x0)).long()
+    dy = torch.round(u[..., 1] * fraction * (y1 - y0)).long()
+    return shifted_inside(x0 + dx, y0 + dy, x1 + dx, y1 + dy, image_size)
 
 
 def crop_patches(images: Tensor, boxes: Tensor, patch_size: int) -> Tensor:

@@ -15,6 +15,8 @@ from typing import Literal
 
 import torch
 
+from adpf.data.prepared import check_augmentation
+
 
 @dataclass(frozen=True)
 class Recipe:
@@ -72,6 +74,11 @@ class Recipe:
         (``adpf.patches.move_boxes``), which skips AttentionNet and the box rule in the steps
         (book/open_choices.md, choice 17). Validation and test faces get theirs from their maps
         either way.
+    box_jitter: stage 2 with ``fusion_boxes="once"`` moves every training box, at every step,
+        by a random whole number of pixels up to this fraction of its side in x and in y
+        (``adpf.patches.jitter_boxes``), so a face's patches differ from epoch to epoch. 0 (every
+        named recipe): the boxes move only with the face, as in the paper. Not the paper's
+        (book/open_choices.md, choice 22).
     qk_init: how stage 1 starts the query and key convolutions of every attention head
         (book/open_choices.md, choice 18). "pytorch": PyTorch's default for a convolution, as
         every record up to 6 Dec 2026 was trained; its logits start with a spread of about 0.2,
@@ -106,6 +113,7 @@ class Recipe:
     deterministic: bool = False
     keep_best: bool = False
     fusion_boxes: Literal["every_step", "once"] = "every_step"
+    box_jitter: float = 0.0
     qk_init: Literal["pytorch", "unit_logits"] = "pytorch"
 
     def __post_init__(self) -> None:
@@ -121,11 +129,12 @@ class Recipe:
             raise ValueError(f"fusion_boxes must be 'every_step' or 'once', got {self.fusion_boxes!r}")
         if self.qk_init not in ("pytorch", "unit_logits"):
             raise ValueError(f"qk_init must be 'pytorch' or 'unit_logits', got {self.qk_init!r}")
-        if not 0 < self.crop_scale <= 1:
-            raise ValueError(f"crop_scale must be in (0, 1], got {self.crop_scale}")
-        if not 0 <= self.colour_jitter < 1 or not 0 <= self.grayscale <= 1:
-            raise ValueError(f"need 0 <= colour_jitter < 1 and 0 <= grayscale <= 1, got {self.colour_jitter}, "
-                             f"{self.grayscale}")
+        if not 0 <= self.box_jitter <= 0.5:
+            raise ValueError(f"box_jitter must be in [0, 0.5] (a fraction of the box's side), got {self.box_jitter}")
+        if self.box_jitter and self.fusion_boxes != "once":
+            raise ValueError("box_jitter moves the boxes found once before stage 2: it needs fusion_boxes='once', "
+                             f"got {self.fusion_boxes!r}")
+        check_augmentation(self.crop_scale, self.colour_jitter, self.grayscale)
         if self.schedule == "step" and self.lr_step < 1:
             raise ValueError(f"lr_step must be >= 1, got {self.lr_step}")
 

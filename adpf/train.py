@@ -58,7 +58,7 @@ from adpf.distributed import Process, close_process, setup_process
 from adpf.evaluate import fit_std_scale, predict, summarize
 from adpf.losses import age_estimation_loss, attention_net_loss
 from adpf.networks import ADPF, build_model
-from adpf.patches import move_boxes
+from adpf.patches import jitter_boxes, move_boxes
 from adpf.recipes import SPEED_FIELDS, Recipe, get_recipe
 
 StageName = Literal["attention", "fusion", "single"]
@@ -98,7 +98,7 @@ class Stage:
 
 #: Recipe fields that shape one stage only, and that stage: the others share their keys across
 #: the field's values (stage 2 still follows a changed stage 1 through its key's ``after``).
-ONE_STAGE_FIELDS = {"fusion_boxes": "fusion", "qk_init": "attention"}
+ONE_STAGE_FIELDS = {"fusion_boxes": "fusion", "box_jitter": "fusion", "qk_init": "attention"}
 
 
 def plan_stages(config: ADPFConfig, identity: dict, recipe: Recipe) -> list[Stage]:
@@ -323,24 +323,34 @@ class StoredBoxes:
     = "once"``, book/open_choices.md, choice 17) by `find_stored_boxes`.
 
     boxes: ``(rows, n, 4)`` int64 on the device, row i the boxes of the data's face i as stored
-        (rows outside the training split stay zero); pad, image_size: the augmentation's.
+        (rows outside the training split stay zero); pad, image_size: the augmentation's;
+        jitter, seed: ``recipe.box_jitter`` and the seed of its draws.
     """
 
     boxes: torch.Tensor
     pad: int
     image_size: int
+    jitter: float = 0.0
+    seed: int = 0
 
-    def moved(self, batch: dict) -> torch.Tensor:
-        """The boxes ``(B, n, 4)`` of an augmented training batch (its ``index`` and ``offsets``)."""
+    def moved(self, batch: dict, epoch: int = 0, step: int = 0) -> torch.Tensor:
+        """The boxes ``(B, n, 4)`` of an augmented training batch (its ``index`` and ``offsets``),
+        jittered (`jitter_boxes`) by a draw of its own for each (seed, epoch, step)."""
         rows = batch["index"].to(self.boxes.device)
-        return move_boxes(self.boxes[rows], batch["offsets"], self.pad, self.image_size)
+        boxes = move_boxes(self.boxes[rows], batch["offsets"], self.pad, self.image_size)
+        if not self.jitter:
+            return boxes
+        generator = torch.Generator(device=boxes.device).manual_seed(int(digest([self.seed, epoch, step]), 16) % 2 ** 62)
+        return jitter_boxes(boxes, self.jitter, self.image_size, generator)
 
 
 def find_stored_boxes(model: ADPF, data: Prepared, indices: np.ndarray, recipe: Recipe,
-                      process: Process) -> StoredBoxes:
-    """The boxes ADPF crops at (`ADPF.attend`) for the faces ``indices`` as stored."""
+                      process: Process, seed: int = 0) -> StoredBoxes:
+    """The boxes ADPF crops at (`ADPF.attend`) for the faces ``indices`` as stored (``seed``: of
+    their jitter)."""
     pad = data.image_size // 16 if recipe.pad is None else recipe.pad
-    return StoredBoxes(boxes_of_faces(model.attend, model, data, indices, recipe, process), pad, data.image_size)
+    return StoredBoxes(boxes_of_faces(model.attend, model, data, indices, recipe, process), pad, data.image_size,
+                       recipe.box_jitter, seed)
 
 
 def boxes_of_faces(find: Callable, model: ADPF, data: Prepared, indices: np.ndarray, recipe: Recipe,
@@ -483,7 +493,7 @@ def run_stage(stage: Stage, previous: nn.Module | None, data: Prepared, split: d
 
     stored = None
     if stage.name == "fusion" and recipe.fusion_boxes == "once":
-        stored = find_stored_boxes(model, data, split["train"], recipe, process)
+        stored = find_stored_boxes(model, data, split["train"], recipe, process, stage_seed(recipe, stage, process))
     forward = training_forward(model, recipe, process)
     bar = _progress_bar(stage, len(loader), start, progress and process.main)
     best_path = stage.folder / "best.pt"
@@ -602,7 +612,7 @@ def train_one_epoch(stage: Stage, epoch: int, model: nn.Module, forward: Callabl
     tally, tic = EpochTally(process.device), time.perf_counter()
     for step, batch in enumerate(loader):
         images, age = training_batch(batch, recipe, process)
-        boxes = None if stored is None else stored.moved(batch)
+        boxes = None if stored is None else stored.moved(batch, epoch, step)
         train_step(stage, step, forward, images, age, optimizer, scheduler, recipe, tally, boxes)
         bar.update()
     means, bad_step, bad_values = tally.read()  # waits for the device: the epoch's only sync

@@ -87,6 +87,8 @@ GROUPS = {
                                        ["ADPF w/o diversity loss"],
                                        ["plain CNN", "fixed patches", "ResNet-18 (reference)"]],
     "crop-scale-synthetic": [["ADPF", "AttentionNet alone"], ["plain CNN"]],
+    "patch-dropout-synthetic": [["ADPF"]],
+    "box-jitter-synthetic": [["ADPF"]],
     "no-diversity-synthetic": [["AttentionNet alone"]],
     **{f"diversity-{weight}-synthetic": [["AttentionNet alone"]] for weight in ("0.1", "0.3", "1")},
 }

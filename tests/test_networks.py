@@ -411,3 +411,36 @@ def test_residual_fusion_stages_are_basic_blocks_over_the_same_widths_and_stride
     assert not dead
     with pytest.raises(ValueError, match="fusion_block"):
         tiny(fusion_block="dense")
+
+
+def test_patch_dropout_drops_whole_faces_in_training_and_nothing_in_evaluation():
+    """config.patch_dropout (open choice 22): in training each face's patch features at a stage are
+    all zero or all scaled by 1 / (1 - p), about p of the faces dropped, each stage drawing its own;
+    the gradient reaches a kept face's patch stream scaled alike and a dropped one's not at all;
+    in evaluation FusionNet is the one without dropout."""
+    from adpf.networks import drop_patches
+    torch.manual_seed(0)
+    features = torch.randn(4000, 3, 2, 2, dtype=torch.float64, requires_grad=True)
+    out = drop_patches(features, 0.25, training=True)
+    out.sum().backward()
+    dropped = (out == 0).flatten(1).all(1)
+    kept = ~dropped
+    assert 0.23 < dropped.double().mean() < 0.27
+    torch.testing.assert_close(out[kept], features[kept] / 0.75)
+    torch.testing.assert_close(features.grad[kept], torch.full_like(features[kept], 1 / 0.75))
+    assert (features.grad[dropped] == 0).all()
+    assert drop_patches(features, 0.25, training=False) is features
+    assert drop_patches(features, 0.0, training=True) is features
+    with pytest.raises(ValueError, match="patch_dropout must be a number in"):
+        tiny(patch_dropout=1.0)
+
+    config = tiny(patch_dropout=0.5)
+    net, plain = FusionNet(config), FusionNet(tiny())
+    plain.load_state_dict(net.state_dict())
+    x, patches = torch.rand(64, 3, 16, 16), torch.rand(64, 3, 3, 8, 8)
+    net.eval(), plain.eval()
+    torch.testing.assert_close(net(x, patches).logits, plain(x, patches).logits, rtol=0, atol=0)
+    net.train()
+    inputs = stage_inputs(net, x, patches)
+    zero = [(inp[:, -config.patch_channels:] == 0).flatten(1).all(1) for inp in inputs]  # (64,) a stage
+    assert all(10 < z.sum() < 54 for z in zero) and not torch.equal(zero[0], zero[1])

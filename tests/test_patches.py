@@ -428,3 +428,26 @@ def test_rank_median_boxes_match_a_loop_reference(faces):
 def test_rank_median_boxes_of_one_box_everywhere_is_that_box():
     box = torch.tensor([[3, 5, 13, 15], [0, 20, 12, 32]])
     assert torch.equal(patches.rank_median_boxes(box.expand(9, -1, -1), 32), box)
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.1, 0.25, 0.5])
+def test_jitter_boxes_shifts_each_box_by_its_draw_keeping_its_side(fraction):
+    """jitter_boxes (recipe.box_jitter, open choice 22) against float64 loops on the same draws:
+    each box moves by round(u · fraction · side) in x and in y, then back inside the image."""
+    gen = torch.Generator().manual_seed(3)
+    side = torch.randint(10, 39, (40, 5, 1), generator=gen)
+    x0, y0 = torch.randint(0, S - 38, (40, 5, 1), generator=gen), torch.randint(0, S - 38, (40, 5, 1), generator=gen)
+    boxes = torch.cat([x0, y0, x0 + side, y0 + side], dim=-1)
+    got = patches.jitter_boxes(boxes, fraction, S, torch.Generator().manual_seed(7))
+    u = torch.rand(40, 5, 2, generator=torch.Generator().manual_seed(7)).double() * 2 - 1
+    check_valid(got, S, 10, 38)
+    moved = 0
+    for i, k in itertools.product(range(40), range(5)):
+        bx0, by0, bx1, by1 = boxes[i, k].tolist()
+        s = bx1 - bx0
+        ex0, ey0 = bx0 + round(float(u[i, k, 0]) * fraction * s), by0 + round(float(u[i, k, 1]) * fraction * s)
+        ex0, ey0 = min(max(ex0, 0), S - s), min(max(ey0, 0), S - s)
+        assert got[i, k].tolist() == [ex0, ey0, ex0 + s, ey0 + s], (i, k)
+        assert abs(ex0 - bx0) <= fraction * s + 0.5 and abs(ey0 - by0) <= fraction * s + 0.5
+        moved += (ex0, ey0) != (bx0, by0)
+    assert (moved > 150) == (fraction >= 0.1) and (moved == 0) == (fraction == 0)

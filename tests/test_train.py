@@ -535,3 +535,43 @@ def test_rank_median_placement_crops_every_face_at_the_training_faces_median_box
     assert torch.equal(test.boxes, model.placed_boxes.expand(len(SPLIT["test"]), -1, -1))
     again, trained = run(tiny(patch_placement="rank_median"), data, recipe)  # from the cache
     assert trained == [] and again.metrics == placed.metrics
+
+
+def test_box_jitter_moves_each_steps_boxes_within_its_fraction_and_only_when_asked(data, cache, monkeypatch):
+    """recipe.box_jitter (open choice 22): each stage-2 step crops the stored boxes moved with the
+    face, then shifted by at most the fraction of their side, drawn anew each step and the same
+    on a second run; 0 leaves them as moved; it needs the boxes found once."""
+    import adpf.train as train_module
+    with pytest.raises(ValueError, match="needs fusion_boxes='once'"):
+        RECIPE.replace(box_jitter=0.2)
+    with pytest.raises(ValueError, match="box_jitter must be in"):
+        RECIPE.replace(fusion_boxes="once", box_jitter=0.6)
+    seen = {}
+    original_step = train_module.train_step
+    original_moved = train_module.StoredBoxes.moved
+
+    def recording_step(stage, step, forward, images, age, *args):
+        if stage.name == "fusion":
+            seen.setdefault(current[0], []).append(args[-1].clone())
+        return original_step(stage, step, forward, images, age, *args)
+
+    def recording_moved(self, batch, epoch=0, step=0):
+        unjittered.setdefault(current[0], []).append(original_moved(dataclasses_replace(self, jitter=0.0), batch))
+        return original_moved(self, batch, epoch, step)
+
+    from dataclasses import replace as dataclasses_replace
+    unjittered = {}
+    monkeypatch.setattr(train_module, "train_step", recording_step)
+    monkeypatch.setattr(train_module.StoredBoxes, "moved", recording_moved)
+    for current in (["none"], ["jitter"], ["again"]):
+        jitter = 0.0 if current[0] == "none" else 0.5
+        train(tiny(), data, SPLIT, RECIPE.replace(fusion_boxes="once", box_jitter=jitter), use_cache=False,
+              progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(seen["none"], unjittered["none"]))
+    assert all(torch.equal(a, b) for a, b in zip(seen["jitter"], seen["again"]))
+    assert torch.equal(torch.cat(unjittered["jitter"]), torch.cat(unjittered["none"]))  # same faces, same moves
+    got, moved = torch.cat(seen["jitter"]), torch.cat(unjittered["jitter"])
+    side = (moved[..., 2] - moved[..., 0])[..., None]
+    assert torch.equal(got[..., 2:] - got[..., :2], moved[..., 2:] - moved[..., :2])  # sides kept
+    assert ((got - moved).abs() <= 0.5 * side + 0.5).all()
+    assert (got != moved).any(-1).double().mean() > 0.5

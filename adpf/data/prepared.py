@@ -323,6 +323,15 @@ def images_to_tensor(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(array).permute(*dims).float().div_(255)
 
 
+def check_augmentation(crop_scale: float = 1.0, colour_jitter: float = 0.0, grayscale: float = 0.0) -> None:
+    """The one check of the augmentation's switches beyond the paper's (book/open_choices.md,
+    choice 21), for `Recipe`, `PreparedFaces`, `DeviceBatches` and the draws."""
+    if not 0 < crop_scale <= 1:
+        raise ValueError(f"crop_scale must be in (0, 1], got {crop_scale}")
+    if not 0 <= colour_jitter < 1 or not 0 <= grayscale <= 1:
+        raise ValueError(f"need 0 <= colour_jitter < 1 and 0 <= grayscale <= 1, got {colour_jitter}, {grayscale}")
+
+
 def draw_offsets(n: int, size: int, pad: int, generator: torch.Generator | None = None,
                  crop_scale: float = 1.0) -> torch.Tensor:
     """The random geometry of the augmentation for ``n`` faces of side ``size``: ``(n, 4)`` int64
@@ -339,8 +348,7 @@ def draw_offsets(n: int, size: int, pad: int, generator: torch.Generator | None 
     the two apply the same distribution of augmentations. With crop_scale = 1 it consumes the
     generator as it always has (corners, then flips), so the default draws what it always drew.
     """
-    if not 0 < crop_scale <= 1:
-        raise ValueError(f"crop_scale must be in (0, 1], got {crop_scale}")
+    check_augmentation(crop_scale=crop_scale)
     if crop_scale == 1:
         corner = torch.randint(0, 2 * pad + 1, (n, 2), generator=generator)
         flip = torch.randint(0, 2, (n, 1), generator=generator)
@@ -359,8 +367,7 @@ def draw_colours(n: int, colour_jitter: float = 0.0, grayscale: float = 0.0,
     float32, columns brightness, contrast and saturation factors (each uniform in
     1 ± colour_jitter) and gray (1 with probability ``grayscale``); None when both switches are
     off, which draws nothing (the paper's augmentation changes no colour)."""
-    if not 0 <= colour_jitter < 1 or not 0 <= grayscale <= 1:
-        raise ValueError(f"need 0 <= colour_jitter < 1 and 0 <= grayscale <= 1, got {colour_jitter}, {grayscale}")
+    check_augmentation(colour_jitter=colour_jitter, grayscale=grayscale)
     if colour_jitter == 0 and grayscale == 0:
         return None
     factors = 1 + colour_jitter * (2 * torch.rand(n, 3, generator=generator) - 1)
@@ -480,13 +487,17 @@ def pad_crop_flip(image: torch.Tensor, masks: torch.Tensor | None, pad: int, off
 
 def nearest_masks(masks: torch.Tensor, pad: int, top: int, left: int, flip: bool, side: int) -> torch.Tensor:
     """Masks ``(R, H, W)`` moved as `pad_crop_flip` moves a face with a window of ``side`` pixels at
-    (top, left), each output pixel the padded mask's pixel nearest its source coordinate."""
-    _, h, w = masks.shape
+    (top, left), each output pixel the padded mask's pixel nearest its source coordinate: of the
+    two taps `window_taps` blends, the one of larger weight (the second on a tie)."""
+    _, h, _ = masks.shape
     padded = torch.nn.functional.pad(masks, (pad, pad, pad, pad))
-    i = torch.arange(h)
-    source = ((i + 0.5) * side / h).floor().long().clamp(max=side - 1)
-    cols = source.flip(0) if flip else source
-    return padded[:, top + source[:, None], left + cols[None, :]]
+
+    def nearest(start: int, mirrored: bool) -> torch.Tensor:  # (h,) int64
+        first, second, weight = window_taps(torch.tensor([[start]]), torch.tensor([[side]]), h,
+                                            torch.tensor([[mirrored]]))
+        return torch.where(weight >= 0.5, second, first)[0]
+
+    return padded[:, nearest(top, False)[:, None], nearest(left, flip)[None, :]]
 
 
 class PreparedFaces(Dataset):
@@ -520,9 +531,7 @@ class PreparedFaces(Dataset):
         self.augment = augment
         self.pad = data.image_size // 16 if pad is None else pad
         self.crop_scale, self.colour_jitter, self.grayscale = crop_scale, colour_jitter, grayscale
-        draw_colours(0, colour_jitter, grayscale)  # checks the switches now, not in a worker
-        if not 0 < crop_scale <= 1:
-            raise ValueError(f"crop_scale must be in (0, 1], got {crop_scale}")
+        check_augmentation(crop_scale, colour_jitter, grayscale)  # now, not in a worker
 
     @property
     def data(self) -> Prepared:
@@ -581,6 +590,7 @@ class DeviceBatches:
         self.indices = torch.as_tensor(np.asarray(indices, dtype=np.int64))
         self.pad = data.image_size // 16 if pad is None else pad
         self.size = data.image_size
+        check_augmentation(crop_scale, colour_jitter, grayscale)
         self.crop_scale, self.colour_jitter, self.grayscale = crop_scale, colour_jitter, grayscale
         self.generator = generator
         self.images = torch.from_numpy(np.ascontiguousarray(data.images[self.indices.numpy()])).to(self.device)
