@@ -35,6 +35,11 @@ def end_gap(row: dict) -> float:
     return last_stage(row)[-1]["val_mae"] - last_stage(row)[-1]["train_mae"]
 
 
+def end_train(row: dict) -> float:
+    """Training MAE at the last epoch of the row's last stage."""
+    return last_stage(row)[-1]["train_mae"]
+
+
 def region_lift(row: dict, share: str = "region_share") -> float:
     """The share of a row's attention (``share``: all heads', the top-ranked map's, the boxes') on
     the true age regions over their share of the face (1: chance)."""
@@ -137,6 +142,8 @@ def test_ch10_reads_its_records_and_says_when_the_code_changed():
     stream = json.loads(Path(values["ms_record"]).read_text())
     table7 = json.loads(Path(values["t7_record"]).read_text())
     cropped = json.loads(Path(values["cs_record"]).read_text())
+    dropped = json.loads(Path(values["lp_dropout_record"]).read_text())
+    jittered = json.loads(Path(values["lp_jitter_record"]).read_text())
     stream_real = json.loads(Path(values["msr_record"]).read_text())
     no_diversity = json.loads(Path(values["nodiv_record"]).read_text())
     weights = {Path(path).stem: json.loads(Path(path).read_text()) for path in values["lam_records"]}
@@ -148,6 +155,7 @@ def test_ch10_reads_its_records_and_says_when_the_code_changed():
                                   ("adamw-synthetic", adamw), ("adamw-utkface", adamw_real),
                                   ("no-diversity-synthetic", no_diversity), ("main-stream-synthetic", stream),
                                   ("main-stream-ablation-synthetic", table7), ("crop-scale-synthetic", cropped),
+                                  ("patch-dropout-synthetic", dropped), ("box-jitter-synthetic", jittered),
                                   ("main-stream-utkface", stream_real), *weights.items())
              if r["code_version"] != code_version()}
     assert set(values["stale_records"]) == stale
@@ -158,7 +166,7 @@ def test_ch10_reads_its_records_and_says_when_the_code_changed():
     assert values["n_trainings"] == sum(len(r["rows"]) for r in (record, heads, converged, fullres, real, longer,
                                                                  woken, placed, placed_syn, adamw, adamw_real,
                                                                  no_diversity, stream, table7, cropped,
-                                                                 stream_real,
+                                                                 dropped, jittered, stream_real,
                                                                  *weights.values()))
     # the learning curves are the record's own (one budget): the ADPF rows' stage-2 ends
     ends = [row["history"]["fusion"][-1] for row in adpf]
@@ -201,6 +209,34 @@ def test_ch10_larger_augmentation_is_its_record():
     assert values["cs_adpf_val_verdict"] == verdict(val_before, val["ADPF"])
     clamp = [r["box_at_clamp"] for r in cropped["rows"] if r["model"] == "ADPF"]
     assert values["cs_clamp"] == pytest.approx(100 * np.mean(clamp), abs=1e-9)
+
+
+def test_ch10_patches_held_loosely_are_their_records():
+    """Chapter 10, "Patches held loosely": each record is Table VII's command with one switch of
+    open choice 22 and its ADPF row alone, on the same faces, split and seeds; every glued mean
+    and verdict is the records' (the paper's ADPF against the regularised one, lower is better)."""
+    values = glued("10_ablations")
+    table7 = json.loads(Path(values["t7_record"]).read_text())
+    paper_args = build_parser().parse_args(shlex.split(BOOK_RECORDS["main-stream-ablation-synthetic"])[1:])
+    paper_rows = [r for r in table7["rows"] if r["model"] == "ADPF"]
+    assert values["lp_adpf_train_end"] == pytest.approx(np.mean([end_train(r) for r in paper_rows]), abs=1e-9)
+    for key, name, config_change, recipe_change in (
+            ("dropout", "patch-dropout-synthetic", {"patch_dropout": 0.5}, {}),
+            ("jitter", "box-jitter-synthetic", {}, {"box_jitter": 0.25})):
+        made = json.loads(Path(values[f"lp_{key}_record"]).read_text())
+        assert made["command"] == BOOK_RECORDS[name] and made["models"] == ["ADPF"]
+        args = build_parser().parse_args(shlex.split(BOOK_RECORDS[name])[1:])
+        assert config_from_args(args) == config_from_args(paper_args).replace(**config_change)
+        assert recipe_from_args(args) == recipe_from_args(paper_args).replace(**recipe_change)
+        assert (made["data"], made["split"], made["seeds"]) == (table7["data"], table7["split"], table7["seeds"])
+        assert values[f"lp_{key}"] == (config_change or recipe_change)[next(iter(config_change or recipe_change))]
+        rows = made["rows"]
+        for col, of in (("mae", lambda r: r["mae"]), ("val_mae", lambda r: r["val_mae"]),
+                        ("train_mae_end", end_train), ("gap", end_gap)):
+            assert values[f"lp_{key}_{col}"] == pytest.approx(np.mean([of(r) for r in rows]), abs=1e-9)
+        assert values[f"lp_{key}_verdict"] == verdict([r["mae"] for r in paper_rows], [r["mae"] for r in rows])
+        assert values[f"lp_{key}_val_verdict"] == verdict([r["val_mae"] for r in paper_rows],
+                                                          [r["val_mae"] for r in rows])
 
 
 def test_ch10_table7_at_the_book_setting_is_its_record():
