@@ -1,6 +1,6 @@
 """One config object that names every size of ADPF, and the named presets.
 
-Every open choice of the method (``book/open_choices.md``, choices 1–19) that is cheap to
+Every open choice of the method (``book/open_choices.md``, choices 1–22) that is cheap to
 make configurable is a field here; the docstring of each field says what the paper
 gives and what this project chose where the paper is silent.
 

@@ -597,7 +597,7 @@ def train_one_epoch(stage: Stage, epoch: int, model: nn.Module, forward: Callabl
     """One epoch (0-based ``epoch``) of `train_step` on ``stage``'s loss, then the epoch's one host read.
 
     ``forward`` is ``model`` as `training_forward` made it; ``stored``: the boxes of stage 2 with
-    ``recipe.fusion_boxes="once"``, moved with each batch's augmentation. The loss parts and the finiteness of
+    ``recipe.fusion_boxes="once"``, moved with each batch's augmentation (and jittered, ``recipe.box_jitter``). The loss parts and the finiteness of
     every step stay on the device (`EpochTally`) and are read once, after the last step; a step
     whose loss is NaN or ±inf (and every later step of the epoch) is skipped on the device and
     the read raises `NonFiniteTrainingError` naming it (`check_finite_step`). Returns the epoch's

@@ -75,6 +75,15 @@ def test_recipe_fields_change_the_keys_they_shape():
     assert keys(tiny(), recipe=unit)["fusion"] != base["fusion"]
     for variant in ("plain_cnn", "fixed_patches", "resnet18"):
         assert keys(tiny(variant=variant), recipe=unit) == keys(tiny(variant=variant)), variant
+    # box_jitter shapes stage 2 only (open choice 22): ADPF's stage 1 and the one-stage baselines share
+    once = RECIPE.replace(fusion_boxes="once")
+    jittered = keys(tiny(), recipe=once.replace(box_jitter=0.25))
+    assert jittered["attention"] == base["attention"] and jittered["fusion"] != keys(tiny(), recipe=once)["fusion"]
+    for variant in ("plain_cnn", "resnet18"):
+        assert keys(tiny(variant=variant), recipe=once.replace(box_jitter=0.25)) == keys(tiny(variant=variant)), variant
+    # patch_dropout is a FusionNet field: ADPF's stage 1 is shared, stage 2 is its own
+    dropped = keys(tiny(patch_dropout=0.5))
+    assert dropped["attention"] == base["attention"] and dropped["fusion"] != base["fusion"]
 
 
 def test_data_and_split_change_every_key():
