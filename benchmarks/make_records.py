@@ -89,6 +89,7 @@ GROUPS = {
     "crop-scale-synthetic": [["ADPF", "AttentionNet alone"], ["plain CNN"]],
     "patch-dropout-synthetic": [["ADPF"]],
     "box-jitter-synthetic": [["ADPF"]],
+    "patch-dropout-utkface": [["ADPF"]],
     "no-diversity-synthetic": [["AttentionNet alone"]],
     **{f"diversity-{weight}-synthetic": [["AttentionNet alone"]] for weight in ("0.1", "0.3", "1")},
 }

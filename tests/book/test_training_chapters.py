@@ -145,6 +145,7 @@ def test_ch10_reads_its_records_and_says_when_the_code_changed():
     dropped = json.loads(Path(values["lp_dropout_record"]).read_text())
     jittered = json.loads(Path(values["lp_jitter_record"]).read_text())
     stream_real = json.loads(Path(values["msr_record"]).read_text())
+    dropped_real = json.loads(Path(values["plr_record"]).read_text())
     no_diversity = json.loads(Path(values["nodiv_record"]).read_text())
     weights = {Path(path).stem: json.loads(Path(path).read_text()) for path in values["lam_records"]}
     stale = {name for name, r in (("ablation-synthetic", record), ("heads-synthetic", heads),
@@ -156,7 +157,8 @@ def test_ch10_reads_its_records_and_says_when_the_code_changed():
                                   ("no-diversity-synthetic", no_diversity), ("main-stream-synthetic", stream),
                                   ("main-stream-ablation-synthetic", table7), ("crop-scale-synthetic", cropped),
                                   ("patch-dropout-synthetic", dropped), ("box-jitter-synthetic", jittered),
-                                  ("main-stream-utkface", stream_real), *weights.items())
+                                  ("main-stream-utkface", stream_real),
+                                  ("patch-dropout-utkface", dropped_real), *weights.items())
              if r["code_version"] != code_version()}
     assert set(values["stale_records"]) == stale
     # the coverage of the calibrated ± and the fitted factors are the record's, over its rows
@@ -167,7 +169,7 @@ def test_ch10_reads_its_records_and_says_when_the_code_changed():
                                                                  woken, placed, placed_syn, adamw, adamw_real,
                                                                  no_diversity, stream, table7, cropped,
                                                                  dropped, jittered, stream_real,
-                                                                 *weights.values()))
+                                                                 dropped_real, *weights.values()))
     # the learning curves are the record's own (one budget): the ADPF rows' stage-2 ends
     ends = [row["history"]["fusion"][-1] for row in adpf]
     assert values["fusion_val_end"] == pytest.approx(np.mean([e["val_mae"] for e in ends]), abs=1e-12)
@@ -237,6 +239,41 @@ def test_ch10_patches_held_loosely_are_their_records():
         assert values[f"lp_{key}_verdict"] == verdict([r["mae"] for r in paper_rows], [r["mae"] for r in rows])
         assert values[f"lp_{key}_val_verdict"] == verdict([r["val_mae"] for r in paper_rows],
                                                           [r["val_mae"] for r in rows])
+
+
+def test_ch10_patches_held_loosely_on_real_faces_is_its_record():
+    """Chapter 10, "Patches held loosely, on real faces": the record is main-stream-utkface's command
+    with patch_dropout and its ADPF row alone, on the same faces, split and seeds; every glued mean,
+    seed count and verdict is the records' (lower is better)."""
+    values = glued("10_ablations")
+    made = json.loads(Path(values["plr_record"]).read_text())
+    paper = json.loads(Path(values["msr_record"]).read_text())
+    assert made["command"] == BOOK_RECORDS["patch-dropout-utkface"] and made["models"] == ["ADPF"]
+    args = build_parser().parse_args(shlex.split(BOOK_RECORDS["patch-dropout-utkface"])[1:])
+    paper_args = build_parser().parse_args(shlex.split(BOOK_RECORDS["main-stream-utkface"])[1:])
+    assert config_from_args(args) == config_from_args(paper_args).replace(patch_dropout=0.5)
+    assert recipe_from_args(args) == recipe_from_args(paper_args)
+    assert (made["data"], made["split"], made["seeds"], made["test_on"]) == (
+        paper["data"], paper["split"], paper["seeds"], paper["test_on"])
+    assert values["plr_dropout"] == made["config"]["patch_dropout"] == 0.5
+    rows = made["rows"]
+    paper_rows = {r["seed"]: r for r in paper["rows"] if r["model"] == "ADPF"}
+    for col, of in (("mae", lambda r: r["mae"]), ("val_mae", lambda r: r["val_mae"]),
+                    ("test_on_mae", lambda r: r["test_on_mae"]), ("train_mae_end", end_train),
+                    ("val_mae_end", lambda r: last_stage(r)[-1]["val_mae"]), ("gap", end_gap)):
+        assert values[f"plr_{col}"] == pytest.approx(np.mean([of(r) for r in rows]), abs=1e-9)
+    assert values["plr_paper_train_end"] == pytest.approx(np.mean([end_train(r) for r in paper_rows.values()]))
+    assert values["plr_paper_val_end"] == pytest.approx(
+        np.mean([last_stage(r)[-1]["val_mae"] for r in paper_rows.values()]))
+    assert values["plr_worst"] == max(r["mae"] for r in rows)
+    assert values["plr_n_seeds"] == len(rows) == 3
+    assert values["plr_seeds_lower"] == sum(r["mae"] < paper_rows[r["seed"]]["mae"] for r in rows)
+    mae, before = [r["mae"] for r in rows], mae_by_model(paper)
+    assert values["plr_verdict"] == verdict(mae, before["ADPF"])
+    assert values["plr_val_verdict"] == verdict([r["val_mae"] for r in rows],
+                                                [r["val_mae"] for r in paper_rows.values()])
+    assert values["plr_attention_verdict"] == verdict(mae, before["AttentionNet alone"])
+    assert values["plr_plain_verdict"] == verdict(before["plain CNN"], mae)
 
 
 def test_ch10_table7_at_the_book_setting_is_its_record():
