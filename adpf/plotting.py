@@ -322,6 +322,31 @@ def model_style(k: int) -> dict:
             "marker": MODEL_MARKERS[k % len(MODEL_MARKERS)]}
 
 
+def plot_by_heads(settings: dict, figsize=(5.5, 3.0)) -> Figure:
+    """Test MAE against the number of heads (Table IX), one dot per seed and the mean ± one
+    standard deviation over the seeds, one colour and marker per setting.
+
+    settings: label → rows of a heads record (`adpf.experiments.record_rows`: ``heads``, ``mae``).
+    """
+    fig, ax = plt.subplots(figsize=figsize)
+    shift = 0.08 * (np.arange(len(settings)) - (len(settings) - 1) / 2)
+    for k, (label, rows) in enumerate(settings.items()):
+        style = model_style(k)
+        ax.scatter(rows["heads"] + shift[k], rows["mae"], color=style["color"], alpha=0.35, s=14,
+                   zorder=3, marker=style["marker"])
+        by = rows.groupby("heads")["mae"]
+        ax.errorbar(by.mean().index + shift[k], by.mean(), yerr=by.std(ddof=1), capsize=3,
+                    label=label, **style)
+    ax.set_xlabel("heads")
+    ax.set_ylabel("test MAE (years)")
+    ax.set_xticks(sorted({int(n) for rows in settings.values() for n in rows["heads"]}))
+    if len(settings) > 1:
+        ax.legend(frameon=False, fontsize=8)
+    sns.despine(ax=ax)
+    fig.tight_layout()
+    return fig
+
+
 def plot_stage_curves(curves, order: Sequence[str], constant: float, figsize=(7.0, 3.2),
                       stage1: Sequence[str] = ("ADPF", "ADPF w/SA", "ADPF w/o diversity loss")) -> Figure:
     """Validation MAE after every epoch, two panels: stage 1 (AttentionNet) and stage 2 with the

@@ -298,3 +298,30 @@ def test_plot_box_layouts_draws_every_box_in_its_ranks_colour_and_labels_the_fir
     assert placed.get_images()[0].get_array().shape == (64, 64)  # the empty frame
     assert fixed.get_images()[0].get_array().shape == (64, 64, 3) and len(fixed.patches) == 2
     matplotlib.pyplot.close(fig)
+
+
+def test_plot_by_heads_draws_each_settings_means_and_sample_stds_in_its_own_style():
+    import matplotlib.pyplot
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    settings = {name: pd.DataFrame({"heads": np.repeat([1, 2, 5], 3), "mae": rng.uniform(3, 9, 9)})
+                for name in ("first", "second")}
+    fig = plotting.plot_by_heads(settings)
+    ax = fig.axes[0]
+    lines = list(ax.containers)  # one ErrorbarContainer per setting
+    assert len(lines) == 2
+    colors = set()
+    for container, rows in zip(lines, settings.values()):
+        line, _, (bars,) = container
+        x, y = line.get_data()
+        means = rows.groupby("heads")["mae"].mean()
+        stds = rows.groupby("heads")["mae"].std(ddof=1)
+        np.testing.assert_allclose(np.round(np.asarray(x, dtype=float)), means.index)
+        np.testing.assert_allclose(np.asarray(y, dtype=float), means.to_numpy())
+        spans = [seg[1, 1] - seg[0, 1] for seg in bars.get_segments()]
+        np.testing.assert_allclose(spans, 2 * stds.to_numpy())
+        colors.add(line.get_color())
+    assert len(colors) == 2 and [t.get_text() for t in ax.get_legend().get_texts()] == ["first", "second"]
+    assert list(ax.get_xticks()) == [1, 2, 5]
+    matplotlib.pyplot.close(fig)
