@@ -160,6 +160,13 @@ BOOK_RECORDS: dict[str, str] = {
                             "--set fusion_block=residual --set-recipe crop_scale=0.8 "
                             "--rows 'ADPF,AttentionNet alone,plain CNN' --attention --seeds 0 1 2 "
                             "--record benchmarks/results/crop-scale-synthetic.json",
+    # Table IX (the heads sweep) again at the book's setting, main-stream-ablation-synthetic's
+    # command: whether 5 or 6 heads are best once the recipe lets the models learn
+    "main-stream-heads-synthetic": "adpf experiments heads --data synthetic --synthetic-n 3000 --recipe book "
+                                   "--epochs 10,20 --set-recipe fusion_boxes=once --set-recipe optimizer=adamw "
+                                   "--set-recipe lr=0.001 --set-recipe weight_decay=0.05 --set fusion_stem_stride=1 "
+                                   "--set fusion_block=residual --heads-list 1,2,3,5,6 --seeds 0 1 2 "
+                                   "--record benchmarks/results/main-stream-heads-synthetic.json",
     # Table VII's ADPF at the book's setting with its patches regularised (open choice 22, not the
     # paper's): each face's patch features dropped at each stage with probability 0.5 in training,
     # or every training box shifted at every step by up to a quarter of its side; whether ADPF

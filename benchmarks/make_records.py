@@ -90,6 +90,7 @@ GROUPS = {
     "patch-dropout-synthetic": [["ADPF"]],
     "box-jitter-synthetic": [["ADPF"]],
     "patch-dropout-utkface": [["ADPF"]],
+    "main-stream-heads-synthetic": [["1", "2", "3"], ["5", "6"]],
     "no-diversity-synthetic": [["AttentionNet alone"]],
     **{f"diversity-{weight}-synthetic": [["AttentionNet alone"]] for weight in ("0.1", "0.3", "1")},
 }

@@ -146,6 +146,7 @@ def test_ch10_reads_its_records_and_says_when_the_code_changed():
     jittered = json.loads(Path(values["lp_jitter_record"]).read_text())
     stream_real = json.loads(Path(values["msr_record"]).read_text())
     dropped_real = json.loads(Path(values["plr_record"]).read_text())
+    heads_book = json.loads(Path(values["hb_record"]).read_text())
     no_diversity = json.loads(Path(values["nodiv_record"]).read_text())
     weights = {Path(path).stem: json.loads(Path(path).read_text()) for path in values["lam_records"]}
     stale = {name for name, r in (("ablation-synthetic", record), ("heads-synthetic", heads),
@@ -158,7 +159,8 @@ def test_ch10_reads_its_records_and_says_when_the_code_changed():
                                   ("main-stream-ablation-synthetic", table7), ("crop-scale-synthetic", cropped),
                                   ("patch-dropout-synthetic", dropped), ("box-jitter-synthetic", jittered),
                                   ("main-stream-utkface", stream_real),
-                                  ("patch-dropout-utkface", dropped_real), *weights.items())
+                                  ("patch-dropout-utkface", dropped_real),
+                                  ("main-stream-heads-synthetic", heads_book), *weights.items())
              if r["code_version"] != code_version()}
     assert set(values["stale_records"]) == stale
     # the coverage of the calibrated ± and the fitted factors are the record's, over its rows
@@ -169,7 +171,7 @@ def test_ch10_reads_its_records_and_says_when_the_code_changed():
                                                                  woken, placed, placed_syn, adamw, adamw_real,
                                                                  no_diversity, stream, table7, cropped,
                                                                  dropped, jittered, stream_real,
-                                                                 dropped_real, *weights.values()))
+                                                                 dropped_real, heads_book, *weights.values()))
     # the learning curves are the record's own (one budget): the ADPF rows' stage-2 ends
     ends = [row["history"]["fusion"][-1] for row in adpf]
     assert values["fusion_val_end"] == pytest.approx(np.mean([e["val_mae"] for e in ends]), abs=1e-12)
@@ -239,6 +241,43 @@ def test_ch10_patches_held_loosely_are_their_records():
         assert values[f"lp_{key}_verdict"] == verdict([r["mae"] for r in paper_rows], [r["mae"] for r in rows])
         assert values[f"lp_{key}_val_verdict"] == verdict([r["val_mae"] for r in paper_rows],
                                                           [r["val_mae"] for r in rows])
+
+
+def test_ch10_heads_at_the_book_setting_is_its_record():
+    """Chapter 10, "Table IX at the book's setting": the record is the heads sweep with Table VII's
+    recipe and config at the book's setting (heads apart), on the same faces, split and seeds; the
+    best and worst head counts, the means and the verdicts are the record's (lower is better)."""
+    values = glued("10_ablations")
+    made = json.loads(Path(values["hb_record"]).read_text())
+    table7 = json.loads(Path(values["t7_record"]).read_text())
+    first = json.loads(Path(values["heads_record"]).read_text())
+    assert made["command"] == BOOK_RECORDS["main-stream-heads-synthetic"] and made["kind"] == "heads"
+    args = build_parser().parse_args(shlex.split(BOOK_RECORDS["main-stream-heads-synthetic"])[1:])
+    paper_args = build_parser().parse_args(shlex.split(BOOK_RECORDS["main-stream-ablation-synthetic"])[1:])
+    assert recipe_from_args(args) == recipe_from_args(paper_args)
+    assert config_from_args(args) == config_from_args(paper_args)
+    assert (made["data"], made["split"], made["seeds"]) == (table7["data"], table7["split"], table7["seeds"])
+    mae = {}
+    for row in made["rows"]:
+        mae.setdefault(row["heads"], []).append(row["mae"])
+    assert sorted(mae) == [1, 2, 3, 5, 6] and all(len(v) == 3 for v in mae.values())
+    means = {n: np.mean(v) for n, v in mae.items()}
+    assert values["hb_best_heads"] == min(means, key=means.get)
+    assert values["hb_worst_heads"] == max(means, key=means.get)
+    assert values["hb_best"] == pytest.approx(min(means.values()), abs=1e-12)
+    assert values["hb_five"] == pytest.approx(means[5], abs=1e-12)
+    assert values["hb_one"] == pytest.approx(means[1], abs=1e-12)
+    assert values["hb_five_one_verdict"] == verdict(mae[5], mae[1])
+    five_six = min((5, 6), key=means.get)
+    others = min((n for n in means if n not in (5, 6)), key=means.get)
+    assert values["hb_claim_verdict"] == verdict(mae[five_six], mae[others])
+    first_mae = {}
+    for row in first["rows"]:
+        first_mae.setdefault(row["heads"], []).append(row["mae"])
+    first_means = {n: np.mean(v) for n, v in first_mae.items()}
+    assert values["hb_first_claim_verdict"] == verdict(
+        first_mae[min((5, 6), key=first_means.get)],
+        first_mae[min((n for n in first_means if n not in (5, 6)), key=first_means.get)])
 
 
 def test_ch10_patches_held_loosely_on_real_faces_is_its_record():
