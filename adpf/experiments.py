@@ -181,6 +181,19 @@ BOOK_RECORDS: dict[str, str] = {
                             "--set-recipe lr=0.001 --set-recipe weight_decay=0.05 --set fusion_stem_stride=1 "
                             "--set fusion_block=residual --set-recipe box_jitter=0.25 --rows ADPF --attention "
                             "--seeds 0 1 2 --record benchmarks/results/box-jitter-synthetic.json",
+    # Table VII's ADPF at the book's setting with stage 2 twice as long (10 + 40), as the paper
+    # trains it and with its patches dropped (open choice 22): whether the dropout, which ties at
+    # 20 epochs, needs the longer stage, and whether the paper's ADPF only overfits more with it
+    "main-stream-long-synthetic": "adpf experiments ablation --data synthetic --synthetic-n 3000 --recipe book "
+                                  "--epochs 10,40 --set-recipe fusion_boxes=once --set-recipe optimizer=adamw "
+                                  "--set-recipe lr=0.001 --set-recipe weight_decay=0.05 --set fusion_stem_stride=1 "
+                                  "--set fusion_block=residual --rows ADPF --attention --seeds 0 1 2 "
+                                  "--record benchmarks/results/main-stream-long-synthetic.json",
+    "patch-dropout-long-synthetic": "adpf experiments ablation --data synthetic --synthetic-n 3000 --recipe book "
+                                    "--epochs 10,40 --set-recipe fusion_boxes=once --set-recipe optimizer=adamw "
+                                    "--set-recipe lr=0.001 --set-recipe weight_decay=0.05 --set fusion_stem_stride=1 "
+                                    "--set fusion_block=residual --set patch_dropout=0.5 --rows ADPF --attention "
+                                    "--seeds 0 1 2 --record benchmarks/results/patch-dropout-long-synthetic.json",
     # AttentionNet alone of adamw-synthetic without the diversity loss (Eq. 14's weight 0):
     # what the loss does to the heads' overlap and to where they attend, with a stage 1 that learns
     "no-diversity-synthetic": "adpf experiments ablation --data synthetic --synthetic-n 3000 --recipe book "

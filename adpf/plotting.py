@@ -347,6 +347,35 @@ def plot_by_heads(settings: dict, figsize=(5.5, 3.0)) -> Figure:
     return fig
 
 
+def plot_fit_curves(settings: dict, figsize=(5.8, 3.2)) -> Figure:
+    """Training (dashed) and validation (solid) MAE after every epoch of one stage, the mean over
+    seeds, one colour and marker per setting, with a band of ± one standard deviation of the
+    validation MAE: where the two curves part, the model learns its training faces by heart;
+    where both still fall, it is still learning.
+
+    settings: label → `adpf.experiments.learning_curves` rows of one stage (``seed``, ``epoch``,
+    ``train_mae``, ``val_mae``).
+    """
+    fig, ax = plt.subplots(figsize=figsize)
+    for k, (label, rows) in enumerate(settings.items()):
+        style = model_style(k)
+        by = rows.groupby("epoch")
+        train, val, sd = by["train_mae"].mean(), by["val_mae"].mean(), by["val_mae"].std().fillna(0.0)
+        ax.plot(val.index, val.to_numpy(), marker=style["marker"], markersize=3, color=style["color"],
+                label=f"{label}: validation")
+        ax.fill_between(val.index, (val - sd).to_numpy(), (val + sd).to_numpy(), color=style["color"],
+                        alpha=0.12, linewidth=0)
+        ax.plot(train.index, train.to_numpy(), linestyle="--", color=style["color"],
+                label=f"{label}: training")
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
+    ax.set_ylabel("MAE (years)")
+    ax.legend(frameon=False, fontsize=8)
+    sns.despine(ax=ax)
+    fig.tight_layout()
+    return fig
+
+
 def plot_stage_curves(curves, order: Sequence[str], constant: float, figsize=(7.0, 3.2),
                       stage1: Sequence[str] = ("ADPF", "ADPF w/SA", "ADPF w/o diversity loss")) -> Figure:
     """Validation MAE after every epoch, two panels: stage 1 (AttentionNet) and stage 2 with the

@@ -89,6 +89,8 @@ GROUPS = {
     "crop-scale-synthetic": [["ADPF", "AttentionNet alone"], ["plain CNN"]],
     "patch-dropout-synthetic": [["ADPF"]],
     "box-jitter-synthetic": [["ADPF"]],
+    "main-stream-long-synthetic": [["ADPF"]],
+    "patch-dropout-long-synthetic": [["ADPF"]],
     "patch-dropout-utkface": [["ADPF"]],
     "main-stream-heads-synthetic": [["1", "2", "3"], ["5", "6"]],
     "no-diversity-synthetic": [["AttentionNet alone"]],

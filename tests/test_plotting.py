@@ -325,3 +325,32 @@ def test_plot_by_heads_draws_each_settings_means_and_sample_stds_in_its_own_styl
     assert len(colors) == 2 and [t.get_text() for t in ax.get_legend().get_texts()] == ["first", "second"]
     assert list(ax.get_xticks()) == [1, 2, 5]
     matplotlib.pyplot.close(fig)
+
+
+def test_plot_fit_curves_draws_each_settings_mean_training_and_validation_curves():
+    import matplotlib.pyplot
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    settings = {name: pd.DataFrame({"seed": np.repeat([0, 1, 2], 4), "epoch": np.tile([1, 2, 3, 4], 3),
+                                    "train_mae": rng.uniform(2, 6, 12), "val_mae": rng.uniform(3, 7, 12)})
+                for name in ("paper's", "dropped")}
+    fig = plotting.plot_fit_curves(settings)
+    ax = fig.axes[0]
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert sorted(lines) == sorted(f"{n}: {c}" for n in settings for c in ("training", "validation"))
+    for name, rows in settings.items():
+        for curve, column, style in (("validation", "val_mae", "-"), ("training", "train_mae", "--")):
+            line = lines[f"{name}: {curve}"]
+            x, y = line.get_data()
+            means = rows.groupby("epoch")[column].mean()
+            np.testing.assert_allclose(np.asarray(x, dtype=float), means.index)
+            np.testing.assert_allclose(np.asarray(y, dtype=float), means.to_numpy())
+            assert line.get_linestyle() == style
+        assert lines[f"{name}: training"].get_color() == lines[f"{name}: validation"].get_color()
+    assert lines["paper's: validation"].get_color() != lines["dropped: validation"].get_color()
+    band = ax.collections[0].get_paths()[0].vertices  # ± one std of the first setting's validation MAE
+    by = settings["paper's"].groupby("epoch")["val_mae"]
+    assert band[:, 1].max() == pytest.approx((by.mean() + by.std()).max())
+    assert band[:, 1].min() == pytest.approx((by.mean() - by.std()).min())
+    matplotlib.pyplot.close(fig)

@@ -169,6 +169,8 @@ def test_ch10_reads_its_records_and_says_when_the_code_changed():
     stream_real = json.loads(Path(values["msr_record"]).read_text())
     dropped_real = json.loads(Path(values["plr_record"]).read_text())
     heads_book = json.loads(Path(values["hb_record"]).read_text())
+    paper_long = json.loads(Path(values["s40_paper_record"]).read_text())
+    dropped_long = json.loads(Path(values["s40_dropped_record"]).read_text())
     no_diversity = json.loads(Path(values["nodiv_record"]).read_text())
     weights = {Path(path).stem: json.loads(Path(path).read_text()) for path in values["lam_records"]}
     stale = {name for name, r in (("ablation-synthetic", record), ("heads-synthetic", heads),
@@ -182,7 +184,9 @@ def test_ch10_reads_its_records_and_says_when_the_code_changed():
                                   ("patch-dropout-synthetic", dropped), ("box-jitter-synthetic", jittered),
                                   ("main-stream-utkface", stream_real),
                                   ("patch-dropout-utkface", dropped_real),
-                                  ("main-stream-heads-synthetic", heads_book), *weights.items())
+                                  ("main-stream-heads-synthetic", heads_book),
+                                  ("main-stream-long-synthetic", paper_long),
+                                  ("patch-dropout-long-synthetic", dropped_long), *weights.items())
              if r["code_version"] != code_version()}
     assert set(values["stale_records"]) == stale
     # the coverage of the calibrated ± and the fitted factors are the record's, over its rows
@@ -193,7 +197,8 @@ def test_ch10_reads_its_records_and_says_when_the_code_changed():
                                                                  woken, placed, placed_syn, adamw, adamw_real,
                                                                  no_diversity, stream, table7, cropped,
                                                                  dropped, jittered, stream_real,
-                                                                 dropped_real, heads_book, *weights.values()))
+                                                                 dropped_real, heads_book, paper_long,
+                                                                 dropped_long, *weights.values()))
     # the learning curves are the record's own (one budget): the ADPF rows' stage-2 ends
     ends = [row["history"]["fusion"][-1] for row in adpf]
     assert values["fusion_val_end"] == pytest.approx(np.mean([e["val_mae"] for e in ends]), abs=1e-12)
@@ -263,6 +268,54 @@ def test_ch10_patches_held_loosely_are_their_records():
         assert values[f"lp_{key}_verdict"] == verdict([r["mae"] for r in paper_rows], [r["mae"] for r in rows])
         assert values[f"lp_{key}_val_verdict"] == verdict([r["val_mae"] for r in paper_rows],
                                                           [r["val_mae"] for r in rows])
+
+
+def test_ch10_longer_stage2_is_its_two_records():
+    """Chapter 10, "A longer second stage": both records are Table VII's command at 10 + 40 epochs
+    for its ADPF row alone, one with patch_dropout, on the same faces, split and seeds, and each
+    seed's stage 1 is Table VII's own; every glued mean, count and verdict is the records'."""
+    values = glued("10_ablations")
+    table7 = json.loads(Path(values["t7_record"]).read_text())
+    short_dropped = json.loads(Path(values["lp_dropout_record"]).read_text())
+    t7_args = build_parser().parse_args(shlex.split(BOOK_RECORDS["main-stream-ablation-synthetic"])[1:])
+    t7_rows = {r["seed"]: r for r in table7["rows"] if r["model"] == "ADPF"}
+    made = {}
+    for key, name, change in (("paper", "main-stream-long-synthetic", {}),
+                              ("dropped", "patch-dropout-long-synthetic", {"patch_dropout": 0.5})):
+        record = made[key] = json.loads(Path(values[f"s40_{key}_record"]).read_text())
+        assert record["command"] == BOOK_RECORDS[name] and record["models"] == ["ADPF"]
+        args = build_parser().parse_args(shlex.split(BOOK_RECORDS[name])[1:])
+        assert config_from_args(args) == config_from_args(t7_args).replace(**change)
+        assert recipe_from_args(args) == recipe_from_args(t7_args).replace(fusion_epochs=40)
+        assert record["recipe"]["fusion_epochs"] == values["s40_epochs"] == 40
+        assert (record["data"], record["split"], record["seeds"]) == (table7["data"], table7["split"], table7["seeds"])
+        for row in record["rows"]:  # the same AttentionNet: the same curves (not the same seconds)
+            curves = [{k: e[k] for k in ("epoch", "train_mae", "val_mae")} for e in row["history"]["attention"]]
+            assert curves == [{k: e[k] for k in ("epoch", "train_mae", "val_mae")}
+                              for e in t7_rows[row["seed"]]["history"]["attention"]]
+            assert len(row["history"]["fusion"]) == 40
+        rows = record["rows"]
+        for col, of in (("mae", lambda r: r["mae"]), ("val_mae", lambda r: r["val_mae"]),
+                        ("train_mae_end", end_train), ("val_mae_end", end_val), ("gap", end_gap)):
+            assert values[f"s40_{key}_{col}"] == pytest.approx(np.mean([of(r) for r in rows]), abs=1e-9)
+    paper, dropped = made["paper"]["rows"], made["dropped"]["rows"]
+    mae = {key: [r["mae"] for r in rows] for key, rows in (("paper", paper), ("dropped", dropped))}
+    assert values["s40_n_seeds"] == len(dropped) == 3
+    assert values["s40_dropped_best"] == min(mae["dropped"]) and values["s40_dropped_worst"] == max(mae["dropped"])
+    assert values["s40_dropped_under_3"] == sum(m <= 3.0 for m in mae["dropped"])
+    paper_by_seed = {r["seed"]: r["mae"] for r in paper}
+    assert values["s40_seeds_lower"] == sum(r["mae"] < paper_by_seed[r["seed"]] for r in dropped)
+    assert values["s40_verdict"] == verdict(mae["dropped"], mae["paper"])
+    assert values["s40_val_verdict"] == verdict([r["val_mae"] for r in dropped], [r["val_mae"] for r in paper])
+    assert values["s40_paper_verdict"] == verdict(mae["paper"], [r["mae"] for r in t7_rows.values()])
+    assert values["s40_paper_val_verdict"] == verdict([r["val_mae"] for r in paper],
+                                                       [r["val_mae"] for r in t7_rows.values()])
+    assert values["s40_dropped_verdict"] == verdict(mae["dropped"], [r["mae"] for r in short_dropped["rows"]])
+    assert values["s40_attention_verdict"] == verdict(mae["dropped"], mae_by_model(table7)["AttentionNet alone"])
+    # what the prose says of them: the dropped ADPF's validation curve ends below the paper's at the
+    # same epochs, and both ADPFs' means stay above AttentionNet alone's
+    assert values["s40_dropped_val_mae_end"] < values["s40_paper_val_mae_end"]
+    assert min(values["s40_paper_mae"], values["s40_dropped_mae"]) > values["t7_attention"]
 
 
 def test_ch10_heads_at_the_book_setting_is_its_record():
