@@ -347,6 +347,17 @@ def plot_by_heads(settings: dict, figsize=(5.5, 3.0)) -> Figure:
     return fig
 
 
+def _plot_mean_band(ax: Axes, groups, style: dict, label: str, markersize: float = 4) -> None:
+    """One curve per epoch: the mean of ``groups`` (a pandas ``groupby("epoch")[column]``, one value
+    per seed) in ``style``'s colour and marker, and a band of ± one sample standard deviation
+    (none where an epoch has one seed)."""
+    mean, sd = groups.mean(), groups.std().fillna(0.0)
+    ax.plot(mean.index, mean.to_numpy(), marker=style["marker"], markersize=markersize,
+            color=style["color"], label=label)
+    ax.fill_between(mean.index, (mean - sd).to_numpy(), (mean + sd).to_numpy(), color=style["color"],
+                    alpha=0.12, linewidth=0)
+
+
 def plot_fit_curves(settings: dict, figsize=(5.8, 3.2)) -> Figure:
     """Training (dashed) and validation (solid) MAE after every epoch of one stage, the mean over
     seeds, one colour and marker per setting, with a band of ± one standard deviation of the
@@ -360,11 +371,8 @@ def plot_fit_curves(settings: dict, figsize=(5.8, 3.2)) -> Figure:
     for k, (label, rows) in enumerate(settings.items()):
         style = model_style(k)
         by = rows.groupby("epoch")
-        train, val, sd = by["train_mae"].mean(), by["val_mae"].mean(), by["val_mae"].std().fillna(0.0)
-        ax.plot(val.index, val.to_numpy(), marker=style["marker"], markersize=3, color=style["color"],
-                label=f"{label}: validation")
-        ax.fill_between(val.index, (val - sd).to_numpy(), (val + sd).to_numpy(), color=style["color"],
-                        alpha=0.12, linewidth=0)
+        _plot_mean_band(ax, by["val_mae"], style, label=f"{label}: validation", markersize=3)
+        train = by["train_mae"].mean()
         ax.plot(train.index, train.to_numpy(), linestyle="--", color=style["color"],
                 label=f"{label}: training")
     ax.set_xlabel("epoch")
@@ -396,13 +404,8 @@ def plot_stage_curves(curves, order: Sequence[str], constant: float, figsize=(7.
     fig, axes = plt.subplots(1, 2, figsize=figsize, sharey=True)
     for ax, (part, title) in zip(axes, parts):
         for model in [m for m in order if m in set(part["model"])]:
-            rows = part[part["model"] == model].groupby("epoch")["val_mae"]
-            mean, sd = rows.mean(), rows.std().fillna(0.0)
-            style = styles[model]
-            ax.plot(mean.index, mean.to_numpy(), marker=style["marker"], markersize=4,
-                    color=style["color"], label=model)
-            ax.fill_between(mean.index, (mean - sd).to_numpy(), (mean + sd).to_numpy(),
-                            color=style["color"], alpha=0.12, linewidth=0)
+            _plot_mean_band(ax, part[part["model"] == model].groupby("epoch")["val_mae"], styles[model],
+                           label=model)
         ax.axhline(constant, color="0.4", linestyle="--", label="always the mean age")
         ax.set_title(title)
         ax.set_xlabel("epoch")
